@@ -1,0 +1,397 @@
+/* walq native core: framing, checksums, batched writes, fdatasync and the
+ * recovery scan.  Policy (when to roll, sync, recover) lives in Python
+ * (walq/log/); this file only moves and checks bytes.  Layout: docs/format.md.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#endif
+
+#define XXH_INLINE_ALL
+#include "vendor/xxhash.h"
+
+#include "walq_api.h"
+
+/* Record header: checksum u64 | length u32 | type u8 | flags u8 |
+ * reserved u16 | seq u64, little-endian; payload; zero padding to 8. */
+
+static inline void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
+static inline void put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint32_t get32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t get64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "walq's on-disk format is little-endian; add byte swaps for this target"
+#endif
+
+uint64_t walq_hash(const char *data, size_t len, uint64_t seed)
+{
+    return XXH3_64bits_withSeed(data, len, seed);
+}
+
+uint64_t walq_frame_size(uint32_t len)
+{
+    return ((uint64_t)WALQ_REC_HEADER_SIZE + len + WALQ_ALIGN - 1) & ~(uint64_t)(WALQ_ALIGN - 1);
+}
+
+static void put_header(char *h, uint32_t len, uint8_t type, uint64_t seq)
+{
+    put32(h + 8, len);
+    h[12] = (char)type;
+    h[13] = 0;  /* flags */
+    h[14] = 0;
+    h[15] = 0;
+    put64(h + 16, seq);
+}
+
+/* The checksum covers header bytes 8..24 and the payload, seeded with the
+ * segment salt, so bytes from another segment or a recycled file never
+ * validate here. */
+static uint64_t frame_checksum(const char *h, const char *payload, uint32_t len, uint64_t salt)
+{
+    if (payload == h + WALQ_REC_HEADER_SIZE)
+        return XXH3_64bits_withSeed(h + 8, (size_t)16 + len, salt);
+    XXH3_state_t st;
+    XXH3_64bits_reset_withSeed(&st, salt);
+    XXH3_64bits_update(&st, h + 8, 16);
+    XXH3_64bits_update(&st, payload, len);
+    return XXH3_64bits_digest(&st);
+}
+
+uint64_t walq_frame(char *out, uint64_t salt, uint64_t seq0, size_t n,
+                    const char *data, const uint32_t *lens,
+                    const uint8_t *types, uint8_t type)
+{
+    char *p = out;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = lens[i];
+        uint64_t fs = walq_frame_size(len);
+        put_header(p, len, types ? types[i] : type, seq0 + i);
+        memcpy(p + WALQ_REC_HEADER_SIZE, data, len);
+        memset(p + WALQ_REC_HEADER_SIZE + len, 0, fs - WALQ_REC_HEADER_SIZE - len);
+        put64(p, frame_checksum(p, p + WALQ_REC_HEADER_SIZE, len, salt));
+        data += len;
+        p += fs;
+    }
+    return (uint64_t)(p - out);
+}
+
+static int pwrite_all(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+    while (cnt > 0) {
+        int batch = cnt > IOV_MAX ? IOV_MAX : cnt;
+        ssize_t w = pwritev(fd, iov, batch, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (uint64_t)w;
+        /* A short write: advance through the iovecs already written. */
+        while (cnt > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0 && w > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+int walq_zero(int fd, uint64_t off, uint64_t len)
+{
+    static const char zeros[65536];
+    while (len > 0) {
+        size_t chunk = len > sizeof zeros ? sizeof zeros : (size_t)len;
+        ssize_t w = pwrite(fd, zeros, chunk, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (uint64_t)w;
+        len -= (uint64_t)w;
+    }
+    return 0;
+}
+
+/* Frames small payloads into one scratch buffer (a copy is cheaper than an
+ * iovec for them) and points iovecs at large payloads in place. */
+static int write_batch(int fd, uint64_t off, uint64_t salt, uint64_t seq0, size_t n,
+                       const char *data, const uint32_t *lens,
+                       const uint8_t *types, uint8_t type)
+{
+    uint64_t scratch_size = 0;
+    size_t niov = 1;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] <= WALQ_INLINE_MAX) {
+            scratch_size += walq_frame_size(lens[i]);
+        } else {
+            scratch_size += 2 * WALQ_REC_HEADER_SIZE;
+            niov += 3;
+        }
+    }
+    char stack_buf[8192];
+    struct iovec stack_iov[64];
+    char *scratch = scratch_size <= sizeof stack_buf ? stack_buf : malloc(scratch_size);
+    struct iovec *iov = niov <= 64 ? stack_iov : malloc(niov * sizeof *iov);
+    int rc = 0;
+    if (!scratch || !iov) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    char *p = scratch, *run = scratch;
+    int cnt = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = lens[i];
+        uint64_t fs = walq_frame_size(len);
+        uint8_t t = types ? types[i] : type;
+        put_header(p, len, t, seq0 + i);
+        if (len <= WALQ_INLINE_MAX) {
+            memcpy(p + WALQ_REC_HEADER_SIZE, data, len);
+            memset(p + WALQ_REC_HEADER_SIZE + len, 0, fs - WALQ_REC_HEADER_SIZE - len);
+            put64(p, frame_checksum(p, p + WALQ_REC_HEADER_SIZE, len, salt));
+            p += fs;
+        } else {
+            size_t pad = (size_t)(fs - WALQ_REC_HEADER_SIZE - len);
+            put64(p, frame_checksum(p, data, len, salt));
+            p += WALQ_REC_HEADER_SIZE;
+            iov[cnt].iov_base = run;
+            iov[cnt].iov_len = (size_t)(p - run);
+            cnt++;
+            iov[cnt].iov_base = (void *)data;
+            iov[cnt].iov_len = len;
+            cnt++;
+            memset(p, 0, pad);
+            run = p;
+            p += pad;
+        }
+        data += len;
+    }
+    if (p > run) {
+        iov[cnt].iov_base = run;
+        iov[cnt].iov_len = (size_t)(p - run);
+        cnt++;
+    }
+    rc = pwrite_all(fd, iov, cnt, off);
+out:
+    if (scratch && scratch != stack_buf)
+        free(scratch);
+    if (iov && iov != stack_iov)
+        free(iov);
+    return rc;
+}
+
+uint64_t walq_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+void walq_store(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+void walq_store_max(uint64_t *p, uint64_t v)
+{
+    uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
+    while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
+}
+
+uint32_t walq_notify_word(struct walq_ctl *ctl) { return __atomic_load_n(&ctl->notify, __ATOMIC_ACQUIRE); }
+
+void walq_publish(struct walq_ctl *ctl)
+{
+    __atomic_add_fetch(&ctl->notify, 1, __ATOMIC_ACQ_REL);
+#ifdef __linux__
+    if (__atomic_load_n(&ctl->waiters, __ATOMIC_ACQUIRE))
+        syscall(SYS_futex, &ctl->notify, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+#endif
+}
+
+int walq_wait(struct walq_ctl *ctl, uint32_t seen, int timeout_ms)
+{
+#ifdef __linux__
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+    __atomic_add_fetch(&ctl->waiters, 1, __ATOMIC_ACQ_REL);
+    int rc = 0;
+    if (__atomic_load_n(&ctl->notify, __ATOMIC_ACQUIRE) == seen)
+        rc = (int)syscall(SYS_futex, &ctl->notify, FUTEX_WAIT, seen, &ts, NULL, 0);
+    __atomic_sub_fetch(&ctl->waiters, 1, __ATOMIC_ACQ_REL);
+    return rc < 0 ? -errno : 0;
+#else
+    /* Without futexes a short sleep bounds the wake-up latency. */
+    struct timespec ts = {0, 1000000L};
+    int waited = 0;
+    while (__atomic_load_n(&ctl->notify, __ATOMIC_ACQUIRE) == seen && waited < timeout_ms) {
+        nanosleep(&ts, NULL);
+        waited++;
+    }
+    return 0;
+#endif
+}
+
+int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
+                       size_t n, const char *data, const uint32_t *lens,
+                       const uint8_t *types, uint8_t type, uint64_t *seq0)
+{
+    if (walq_load(&ctl->seg_base) != seg_base)
+        return WALQ_ESTALE;
+    uint64_t end = walq_load(&ctl->end_off);
+    uint64_t reserved = walq_load(&ctl->reserve_off);
+    /* A writer killed mid-write left bytes past the published end; clear
+     * them so that no stale frame can follow what we write now. */
+    if (reserved > end) {
+        int rc = walq_zero(fd, end, reserved - end);
+        if (rc)
+            return rc;
+        walq_store(&ctl->reserve_off, end);
+    }
+    uint64_t size = 0;
+    for (size_t i = 0; i < n; i++)
+        size += walq_frame_size(lens[i]);
+    if (end + size > walq_load(&ctl->seg_cap))
+        return WALQ_EFULL;
+    uint64_t seq = walq_load(&ctl->end_seq);
+    walq_store(&ctl->reserve_off, end + size);
+    int rc = write_batch(fd, end, walq_load(&ctl->salt), seq, n, data, lens, types, type);
+    if (rc)
+        return rc;
+    /* Invariant: end_off and end_seq move together, only after the bytes
+     * are in the OS, so a reader never parses past written data. */
+    walq_store(&ctl->end_off, end + size);
+    walq_store(&ctl->reserve_off, end + size);
+    walq_store(&ctl->end_seq, seq + n);
+    walq_publish(ctl);
+    *seq0 = seq;
+    return WALQ_OK;
+}
+
+int walq_lock(int fd)
+{
+    while (flock(fd, LOCK_EX) < 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+int walq_unlock(int fd)
+{
+    return flock(fd, LOCK_UN) < 0 ? -errno : 0;
+}
+
+int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
+                size_t n, const char *data, const uint32_t *lens,
+                const uint8_t *types, uint8_t type, uint64_t *seq0)
+{
+    int rc = walq_lock(lockfd);
+    if (rc)
+        return rc;
+    rc = walq_append_locked(ctl, fd, seg_base, n, data, lens, types, type, seq0);
+    walq_unlock(lockfd);
+    return rc;
+}
+
+int walq_fdatasync(int fd)
+{
+    return fdatasync(fd) < 0 ? -errno : 0;
+}
+
+static int frame_ok(const char *base, uint64_t size, uint64_t off, uint64_t salt,
+                    uint64_t seq, uint32_t *len_out, uint8_t *type_out)
+{
+    if (size - off < WALQ_REC_HEADER_SIZE)
+        return 0;
+    const char *h = base + off;
+    uint32_t len = get32(h + 8);
+    uint8_t type = (uint8_t)h[12];
+    if (type == 0 || get64(h + 16) != seq || h[13] || h[14] || h[15])
+        return 0;
+    if (walq_frame_size(len) > size - off)
+        return 0;
+    if (frame_checksum(h, h + WALQ_REC_HEADER_SIZE, len, salt) != get64(h))
+        return 0;
+    *len_out = len;
+    *type_out = type;
+    return 1;
+}
+
+static int is_zero(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
+              uint64_t seq, uint64_t max, uint64_t *offs, uint32_t *lens,
+              uint8_t *types, walq_scan_t *out)
+{
+    uint64_t count = 0;
+    int status = WALQ_SCAN_LIMIT;
+    while (count < max) {
+        if (size - off < WALQ_REC_HEADER_SIZE) {
+            status = WALQ_SCAN_EOF;
+            break;
+        }
+        if (is_zero(base + off, WALQ_REC_HEADER_SIZE)) {
+            status = WALQ_SCAN_END;
+            break;
+        }
+        uint32_t len;
+        uint8_t type;
+        if (!frame_ok(base, size, off, salt, seq, &len, &type)) {
+            status = WALQ_SCAN_BAD;
+            break;
+        }
+        if (offs) {
+            offs[count] = off;
+            lens[count] = len;
+            types[count] = type;
+        }
+        off += walq_frame_size(len);
+        seq++;
+        count++;
+    }
+    out->next_off = off;
+    out->next_seq = seq;
+    out->count = count;
+    out->status = status;
+    return status;
+}
+
+uint64_t walq_find_valid(const char *base, uint64_t size, uint64_t off,
+                         uint64_t salt, uint64_t min_seq)
+{
+    off = (off + WALQ_ALIGN - 1) & ~(uint64_t)(WALQ_ALIGN - 1);
+    for (; size - off >= WALQ_REC_HEADER_SIZE && off < size; off += WALQ_ALIGN) {
+        const char *h = base + off;
+        uint64_t seq = get64(h + 16);
+        /* Cheap filters first: most positions are zeros or payload bytes. */
+        if (seq < min_seq || seq - min_seq > ((uint64_t)1 << 40) || h[12] == 0)
+            continue;
+        uint32_t len;
+        uint8_t type;
+        if (frame_ok(base, size, off, salt, seq, &len, &type))
+            return off;
+    }
+    return UINT64_MAX;
+}
+
+int64_t walq_check(const char *base, uint64_t size, uint64_t off,
+                   uint64_t salt, uint64_t seq, uint8_t *type)
+{
+    uint32_t len;
+    if (off > size || !frame_ok(base, size, off, salt, seq, &len, type))
+        return -1;
+    return (int64_t)len;
+}

@@ -1,0 +1,111 @@
+/* walq native core: the declarations Python sees.
+ *
+ * This file is read twice: by the C compiler (walq.c includes it) and by
+ * cffi's cdef (native/ffi_build.py), so it holds only plain declarations and
+ * integer #defines - no include guards, no macros with bodies.
+ *
+ * The byte layout these functions read and write is specified in
+ * docs/format.md; the constants below are that grammar's numbers.
+ */
+
+#define WALQ_SEG_HEADER_SIZE 64
+#define WALQ_REC_HEADER_SIZE 24
+#define WALQ_ALIGN 8
+#define WALQ_INLINE_MAX 4096
+
+/* Return codes (negative errno values are passed through as-is). */
+#define WALQ_OK 0
+#define WALQ_ESTALE 1      /* the active segment changed under the caller */
+#define WALQ_EFULL 2       /* the batch does not fit in the active segment */
+
+/* walq_scan() stop reasons. */
+#define WALQ_SCAN_LIMIT 0  /* max records read */
+#define WALQ_SCAN_END 1    /* a zero header: the end of written data */
+#define WALQ_SCAN_BAD 2    /* a frame that does not validate at next_off */
+#define WALQ_SCAN_EOF 3    /* ran into the end of the buffer */
+
+/* Shared control block: the first bytes of a log's `log.ctl`, mapped
+ * MAP_SHARED by every process that has the log open.  Fields other than
+ * `notify`/`waiters` change only under the append lock (or the sync lock for
+ * durable_seq / dir_synced_base); readers load them with acquire semantics. */
+struct walq_ctl {
+    uint64_t magic;
+    uint64_t end_seq;          /* next sequence number to assign */
+    uint64_t seg_base;         /* base sequence of the active segment */
+    uint64_t end_off;          /* end of published data in the active segment */
+    uint64_t reserve_off;      /* end of the write in progress (> end_off: a writer died mid-write) */
+    uint64_t durable_seq;      /* every record below this is on stable storage */
+    uint64_t first_seq;        /* lowest sequence still stored */
+    uint64_t seg_cap;          /* byte size of the active segment */
+    uint64_t salt;             /* salt of the active segment */
+    uint64_t generation;       /* bumped by every recovery */
+    uint64_t poisoned;         /* a sync failed: every handle must reopen */
+    uint64_t dir_synced_base;  /* newest segment whose directory entry is durable */
+    uint32_t notify;           /* futex word: bumped on every publish */
+    uint32_t waiters;          /* processes blocked in walq_wait */
+    uint64_t reserved[18];
+};
+
+typedef struct {
+    uint64_t next_off;   /* where scanning stopped */
+    uint64_t next_seq;   /* the sequence the next frame must carry */
+    uint64_t count;      /* frames validated */
+    int32_t status;      /* WALQ_SCAN_* */
+} walq_scan_t;
+
+uint64_t walq_hash(const char *data, size_t len, uint64_t seed);
+uint64_t walq_frame_size(uint32_t len);
+
+/* Frame `n` records (payloads concatenated in `data`, lengths in `lens`,
+ * types in `types` or all `type` when `types` is NULL) into `out`, which must
+ * hold the sum of walq_frame_size(lens[i]).  Used by the I/O shim in tests
+ * and by tools; the append path frames inline. */
+uint64_t walq_frame(char *out, uint64_t salt, uint64_t seq0, size_t n,
+                    const char *data, const uint32_t *lens,
+                    const uint8_t *types, uint8_t type);
+
+/* Append under the caller-held append lock: frames the batch and writes it
+ * with pwritev at ctl->end_off of the active segment `fd` (whose base must
+ * equal ctl->seg_base), then publishes the new end.  *seq0 receives the
+ * first assigned sequence.  Returns WALQ_OK, WALQ_ESTALE, WALQ_EFULL or
+ * -errno. */
+int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
+                       size_t n, const char *data, const uint32_t *lens,
+                       const uint8_t *types, uint8_t type, uint64_t *seq0);
+
+/* The same, taking and releasing the append lock (flock on lockfd). */
+int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
+                size_t n, const char *data, const uint32_t *lens,
+                const uint8_t *types, uint8_t type, uint64_t *seq0);
+
+int walq_lock(int fd);      /* blocking flock(LOCK_EX); 0 or -errno */
+int walq_unlock(int fd);
+int walq_fdatasync(int fd); /* 0 or -errno; never retried */
+int walq_zero(int fd, uint64_t off, uint64_t len);
+
+/* Validate frames from `off` in a mapped segment.  Stops after `max`
+ * frames, at a zero header, at a bad frame, or at `size`.  When the arrays
+ * are not NULL, they receive each frame's offset, payload length and type. */
+int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
+              uint64_t seq, uint64_t max, uint64_t *offs, uint32_t *lens,
+              uint8_t *types, walq_scan_t *out);
+
+/* First 8-aligned offset >= off holding a frame that validates with a
+ * sequence >= min_seq, or UINT64_MAX: tells damage (valid data follows)
+ * from a torn tail (nothing valid follows). */
+uint64_t walq_find_valid(const char *base, uint64_t size, uint64_t off,
+                         uint64_t salt, uint64_t min_seq);
+
+/* Checks one frame at `off`; returns its payload length, or -1. */
+int64_t walq_check(const char *base, uint64_t size, uint64_t off,
+                   uint64_t salt, uint64_t seq, uint8_t *type);
+
+uint64_t walq_load(const uint64_t *p);
+void walq_store(uint64_t *p, uint64_t v);
+/* Raise *p to v if it is lower (for durable_seq). */
+void walq_store_max(uint64_t *p, uint64_t v);
+uint32_t walq_notify_word(struct walq_ctl *ctl);
+void walq_publish(struct walq_ctl *ctl);
+/* Block until ctl->notify differs from `seen` or timeout_ms passes
+ * (futex on Linux).  Releases the GIL through cffi. */
+int walq_wait(struct walq_ctl *ctl, uint32_t seen, int timeout_ms);

@@ -1,0 +1,97 @@
+"""Every system call by which a log changes files, in one replaceable object.
+
+The log never touches the file system except through an ``OsIO``; crash tests
+substitute a recording subclass (tests/crashsim.py) that logs each write,
+fsync, creation and rename and then builds the states a power cut could leave.
+"""
+
+from __future__ import annotations
+
+import os
+
+from walq.log._native import check_os, check_sync, ffi, lib
+
+
+class OsIO:
+    """The real file system."""
+
+    def open_rw(self, path: str) -> int:
+        """Opens an existing file for reading and writing."""
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def create_segment(self, directory: str, name: str, header: bytes, size: int) -> int:
+        """Creates a preallocated segment atomically: tmp file, header, rename.
+
+        Preallocation matters for durability cost: an fdatasync that does not
+        extend the file has no size metadata to journal.  The rename is not
+        followed by a directory fsync here - the syncer does that before it
+        declares anything in the new segment durable - so no fsync happens
+        under the append lock.
+        """
+        tmp = os.path.join(directory, name + ".tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, size)
+            self.pwrite(fd, header, 0)
+            os.rename(tmp, os.path.join(directory, name))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> None:
+        """Writes all of ``data`` at ``offset``."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+
+    def append_locked(self, ctl, fd, seg_base, n, data, lens, types, type, seq_out) -> int:
+        """Frames and writes a batch at the published end (append lock held)."""
+        return lib.walq_append_locked(ctl, fd, seg_base, n, data, lens, types, type, seq_out)
+
+    def zero(self, fd: int, offset: int, length: int) -> None:
+        """Overwrites a range with zeros (cutting off a torn tail)."""
+        check_os(lib.walq_zero(fd, offset, length), "zero")
+
+    def fdatasync(self, fd: int, path: str) -> None:
+        """fdatasync, poisoning on failure."""
+        check_sync(lib.walq_fdatasync(fd), path)
+
+    def fsync_dir(self, directory: str) -> None:
+        """Makes file creations, renames and removals in ``directory`` durable."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write_file_atomic(self, path: str, data: bytes) -> None:
+        """Replaces ``path`` with ``data``: tmp file, fsync, rename, fsync dir."""
+        tmp = path + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            self.pwrite(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        # The rename is only durable once the directory is.
+        self.fsync_dir(os.path.dirname(path) or ".")
+
+    def rename(self, src: str, dst: str) -> None:
+        """Renames a file (the caller fsyncs the directory when it matters)."""
+        os.rename(src, dst)
+
+    def unlink(self, path: str) -> None:
+        """Removes a file; a file already gone is fine."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+# Keep cffi scratch types in one place for the hot path.
+SEQ_OUT = "uint64_t[1]"
+LENS = "uint32_t[]"
+NULL = ffi.NULL

@@ -1,0 +1,557 @@
+"""Log: append, read, sync and trim a segmented log shared by many processes.
+
+Concurrency (see docs/format.md for the files):
+
+* ``lock.append`` - flock held while a batch is framed, written and published
+  (taken in C on the hot path; a threading lock orders this process's threads
+  first, since flock does not exclude threads sharing one descriptor).
+* ``lock.sync`` - taken by whoever fdatasyncs on behalf of everyone (group
+  commit, as PostgreSQL's XLogFlush): outside the append lock, so appenders
+  keep writing while one process waits on the disk.
+* ``lock.open`` and ``lock.users`` - every open handle holds ``lock.users``
+  shared; an opener that can take it exclusively is alone and runs recovery.
+"""
+
+from __future__ import annotations
+
+import bisect
+import mmap
+import os
+import secrets
+import threading
+import time
+from typing import Iterator, NamedTuple
+
+import portalocker
+
+from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
+from walq.log import recovery
+from walq.log._native import check_os, ffi, lib
+from walq.log.fileio import OsIO
+from walq.log.format import (
+    CTL_FILE_SIZE,
+    CTL_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    encode_segment_header,
+    parse_segment_name,
+    segment_name,
+)
+from walq.log.options import LogOptions
+from walq.log.segment import Segment
+
+MAX_RECORD = (1 << 32) - 1 - 64
+
+
+class Record(NamedTuple):
+    """One record read back: its sequence, type (1-255) and payload."""
+
+    seq: int
+    type: int
+    payload: bytes
+
+
+class RecordGone(WalqError, LookupError):
+    """The sequence was trimmed by delete_below, or was never written."""
+
+
+class Log:
+    """A segmented append-only log in a directory.  Thread-safe; share the
+    directory with any number of processes, each with its own ``Log``."""
+
+    def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None):
+        self.path = os.fspath(path)
+        self.options = options or LogOptions()
+        self.io = io or OsIO()
+        self._closed = True
+        self._poisoned = False
+        self._segments: dict[int, Segment] = {}
+        self._bases: list[int] = []
+        self._tlock = threading.Lock()  # orders this process's appenders
+        self._sync_tlock = threading.Lock()
+        self._seq_out = ffi.new("uint64_t[1]")
+        self._len1 = ffi.new("uint32_t[1]")
+        os.makedirs(self.path, exist_ok=True)
+        self._open_files()
+        try:
+            self._attach()
+        except BaseException:
+            self._release_files()
+            raise
+        self._closed = False
+        self._flusher = None
+        if self.options.durability == "batch":
+            self._stop = threading.Event()
+            self._flusher = threading.Thread(target=self._flush_loop, name="walq-log-flush", daemon=True)
+            self._flusher.start()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None) -> "Log":
+        """Opens (creating if needed, recovering if it crashed) the log at ``path``."""
+        return cls(path, options, io)
+
+    # -- opening -----------------------------------------------------------
+
+    def _open_files(self) -> None:
+        p = self.path
+        self._open_fh = open(os.path.join(p, "lock.open"), "a+b")
+        self._users_fh = open(os.path.join(p, "lock.users"), "a+b")
+        self._sync_fh = open(os.path.join(p, "lock.sync"), "a+b")
+        self._append_fd = os.open(os.path.join(p, "lock.append"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        ctl_path = os.path.join(p, "log.ctl")
+        fd = os.open(ctl_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            if os.fstat(fd).st_size < CTL_FILE_SIZE:
+                os.ftruncate(fd, CTL_FILE_SIZE)
+            self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        self._ctl_buf = ffi.from_buffer(self._ctl_mm)
+        self.ctl = ffi.cast("struct walq_ctl *", self._ctl_buf)
+
+    def _release_files(self) -> None:
+        for seg in self._segments.values():
+            seg.close()
+        self._segments.clear()
+        for fh in (self._open_fh, self._users_fh, self._sync_fh):
+            fh.close()  # closing drops any flock held through it
+        os.close(self._append_fd)
+        self.ctl = None
+        self._ctl_buf = None
+        try:
+            self._ctl_mm.close()
+        except BufferError:
+            pass
+
+    def _attach(self) -> None:
+        portalocker.lock(self._open_fh, portalocker.LOCK_EX)
+        try:
+            try:
+                portalocker.lock(self._users_fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+                alone = True
+            except portalocker.LockException:
+                alone = False
+            if alone or lib.walq_load(ffi.addressof(self.ctl, "magic")) != CTL_MAGIC:
+                # Nobody else has the log open, so the control block may be
+                # stale (power loss) or absent: rebuild it from the segments.
+                recovery.recover(self)
+            if alone:
+                portalocker.unlock(self._users_fh)
+            portalocker.lock(self._users_fh, portalocker.LOCK_SH)
+        finally:
+            portalocker.unlock(self._open_fh)
+        if self._load("poisoned"):
+            raise LogPoisoned(0, "an fsync failed in another process; close every handle and reopen", self.path)
+        self._refresh_bases()
+
+    # -- control block helpers --------------------------------------------
+
+    def _load(self, field: str) -> int:
+        return lib.walq_load(ffi.addressof(self.ctl, field))
+
+    def _store(self, field: str, value: int) -> None:
+        lib.walq_store(ffi.addressof(self.ctl, field), value)
+
+    def _refresh_bases(self) -> None:
+        self._bases = sorted(b for b in map(parse_segment_name, os.listdir(self.path)) if b is not None)
+
+    def _segment(self, base: int) -> Segment:
+        seg = self._segments.get(base)
+        if seg is None:
+            path = os.path.join(self.path, segment_name(base))
+            try:
+                seg = Segment.open(path, self.io, expected_base=base)
+            except FileNotFoundError:
+                raise RecordGone(f"segment {path} was removed (trimmed by another process)") from None
+            self._segments[base] = seg
+        return seg
+
+    def _active(self) -> Segment:
+        base = self._load("seg_base")
+        if not self._bases or self._bases[-1] != base:
+            self._refresh_bases()
+        return self._segment(base)
+
+    # -- writing -----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed(f"log {self.path} is closed")
+        if self._poisoned or self._load("poisoned"):
+            self._poisoned = True
+            raise LogPoisoned(0, "an fsync failed; close every handle and reopen the log", self.path)
+
+    def append(self, payload: bytes, type: int = 1) -> int:
+        """Appends one record; returns its sequence number.
+
+        Returns once the record is as durable as ``options.durability`` says.
+        """
+        self._check_open()
+        n = len(payload)
+        if not 1 <= type <= 255:
+            raise InvalidParameter(f"record type must be 1-255; got {type}")
+        if n > MAX_RECORD:
+            raise InvalidParameter(f"record of {n} bytes exceeds the {MAX_RECORD}-byte limit")
+        with self._tlock:
+            self._len1[0] = n
+            seg = self._segments.get(self._bases[-1]) if self._bases else None
+            rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
+                self.ctl, self._append_fd, seg.fd, seg.base, 1, payload, self._len1, ffi.NULL, type, self._seq_out
+            )
+            if rc != lib.WALQ_OK:
+                rc = self._append_slow(1, payload, self._len1, ffi.NULL, type)
+            seq = self._seq_out[0]
+        self._after_write(seq + 1)
+        return seq
+
+    def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
+        """Appends records atomically adjacent; returns their sequence range.
+
+        ``type`` is one type for all, or one per record.  The batch is framed
+        and written in one call and synced (in ``"always"``) once.
+        """
+        self._check_open()
+        if not payloads:
+            return range(0)
+        data, lens, types, t = self._pack(payloads, type)
+        with self._tlock:
+            seg = self._segments.get(self._bases[-1]) if self._bases else None
+            rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
+                self.ctl, self._append_fd, seg.fd, seg.base, len(payloads), data, lens, types, t, self._seq_out
+            )
+            if rc != lib.WALQ_OK:
+                self._append_slow(len(payloads), data, lens, types, t)
+            seq = self._seq_out[0]
+        self._after_write(seq + len(payloads))
+        return range(seq, seq + len(payloads))
+
+    @staticmethod
+    def _pack(payloads: list[bytes], type):
+        lengths = [len(p) for p in payloads]
+        if max(lengths) > MAX_RECORD:
+            raise InvalidParameter(f"a record exceeds the {MAX_RECORD}-byte limit")
+        if isinstance(type, int):
+            if not 1 <= type <= 255:
+                raise InvalidParameter(f"record type must be 1-255; got {type}")
+            types, t = ffi.NULL, type
+        else:
+            if len(type) != len(payloads) or not all(1 <= x <= 255 for x in type):
+                raise InvalidParameter("types must give one type 1-255 per record")
+            types, t = ffi.new("uint8_t[]", type), 0
+        return b"".join(payloads), ffi.new("uint32_t[]", lengths), types, t
+
+    def _append_slow(self, n, data, lens, types, t) -> int:
+        """Append under an explicitly held lock, rolling the segment if full."""
+        check_os(lib.walq_lock(self._append_fd), "lock", self.path)
+        try:
+            return self._append_locked(n, data, lens, types, t)
+        finally:
+            lib.walq_unlock(self._append_fd)
+
+    def _append_locked(self, n, data, lens, types, t) -> int:
+        for _attempt in range(3):
+            seg = self._active()
+            rc = self.io.append_locked(self.ctl, seg.fd, seg.base, n, data, lens, types, t, self._seq_out)
+            if rc == lib.WALQ_OK:
+                return rc
+            if rc == lib.WALQ_EFULL:
+                need = SEGMENT_HEADER_SIZE + sum(lib.walq_frame_size(lens[i]) for i in range(n)) + 8
+                self._roll(max(self.options.segment_size, need))
+                continue
+            if rc == lib.WALQ_ESTALE:
+                continue
+            check_os(rc, "append", seg.path)
+        raise CorruptionError(f"could not append to {self.path}: the active segment keeps changing")
+
+    def _roll(self, size: int) -> None:
+        """Starts a new segment at the current end (append lock held)."""
+        base = self._load("end_seq")
+        salt = secrets.randbits(64)
+        header = encode_segment_header(base, salt, time.time_ns())
+        fd = self.io.create_segment(self.path, segment_name(base), header, size)
+        os.close(fd)
+        # Writers read these only under the append lock we hold; publish the
+        # new base last so a concurrent fast path fails with ESTALE.
+        self._store("end_off", SEGMENT_HEADER_SIZE)
+        self._store("reserve_off", SEGMENT_HEADER_SIZE)
+        self._store("seg_cap", size)
+        self._store("salt", salt)
+        self._store("seg_base", base)
+        self._refresh_bases()
+
+    def _after_write(self, end: int) -> None:
+        if self.options.durability == "always":
+            self._make_durable(end)
+
+    # -- transactions (used by queues to decide and write atomically) -------
+
+    def locked(self) -> "LockedLog":
+        """Holds the append lock: read the tail, decide, append, release.
+
+        The durability wait happens after the lock is released.
+        """
+        self._check_open()
+        return LockedLog(self)
+
+    # -- durability --------------------------------------------------------
+
+    def sync(self) -> None:
+        """Makes every record appended so far durable (fdatasync)."""
+        self._check_open()
+        self._make_durable(self._load("end_seq"))
+
+    def _make_durable(self, upto: int) -> None:
+        durable = ffi.addressof(self.ctl, "durable_seq")
+        if lib.walq_load(durable) >= upto:
+            return
+        with self._sync_tlock:
+            if lib.walq_load(durable) >= upto:
+                return
+            portalocker.lock(self._sync_fh, portalocker.LOCK_EX)
+            try:
+                done = lib.walq_load(durable)
+                if done >= upto:
+                    return
+                # Sync everything written so far: later waiters ride along.
+                target = self._load("end_seq")
+                active = self._load("seg_base")
+                if not self._bases or self._bases[-1] != active:
+                    self._refresh_bases()
+                i = max(0, bisect.bisect_right(self._bases, done) - 1)
+                try:
+                    for base in self._bases[i:]:
+                        seg = self._segment(base)
+                        self.io.fdatasync(seg.fd, seg.path)
+                    if active > self._load("dir_synced_base"):
+                        self.io.fsync_dir(self.path)
+                        self._store("dir_synced_base", active)
+                except (LogPoisoned, OSError) as exc:
+                    self._poisoned = True
+                    self._store("poisoned", 1)
+                    if isinstance(exc, LogPoisoned):
+                        raise
+                    raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
+                lib.walq_store_max(durable, target)
+            finally:
+                portalocker.unlock(self._sync_fh)
+
+    def _flush_loop(self) -> None:
+        interval = self.options.sync_interval
+        while not self._stop.wait(interval):
+            try:
+                if self._load("durable_seq") < self._load("end_seq"):
+                    self._make_durable(self._load("end_seq"))
+            except WalqError:
+                return  # poisoned: writers see it on their next call
+
+    # -- reading -----------------------------------------------------------
+
+    @property
+    def end(self) -> int:
+        """The next sequence number to be assigned (one past the last record)."""
+        self._check_open()
+        return self._load("end_seq")
+
+    @property
+    def first(self) -> int:
+        """The lowest sequence still stored."""
+        self._check_open()
+        return max(self._load("first_seq"), self._bases[0] if self._bases else 0)
+
+    def _locate(self, seq: int) -> Segment:
+        i = bisect.bisect_right(self._bases, seq) - 1
+        if i < 0 or seq < self._load("first_seq"):
+            raise RecordGone(f"record {seq} is below the log's first record")
+        end = self._load("end_seq")
+        if seq >= end:
+            raise RecordGone(f"record {seq} has not been written (end is {end})")
+        if i == len(self._bases) - 1 and self._bases[-1] != self._load("seg_base"):
+            self._refresh_bases()
+            i = bisect.bisect_right(self._bases, seq) - 1
+        seg = self._segment(self._bases[i])
+        if seq >= seg.next_seq:
+            limit = self._bases[i + 1] if i + 1 < len(self._bases) else end
+            seg.index_to(limit)
+            if seq >= seg.next_seq:
+                raise CorruptionError(
+                    f"record {seq} is missing from {seg.path} (data ends at offset {seg.scan_off})",
+                    seg.path,
+                    seg.scan_off,
+                )
+        return seg
+
+    def read(self, seq: int) -> Record:
+        """The record with sequence ``seq``, checksum verified."""
+        self._check_open()
+        seg = self._locate(seq)
+        off, n, t = seg.frame_at(seq)
+        return Record(seq, t, seg.mm[off : off + n])
+
+    def read_batch(self, seq: int, max_records: int = 4096) -> list[Record]:
+        """Up to ``max_records`` consecutive records from ``seq`` (fewer at the
+        end of a segment or of the log); each checksum is verified."""
+        self._check_open()
+        end = self._load("end_seq")
+        if seq >= end:
+            return []
+        seg = self._locate(seq)
+        i = bisect.bisect_right(self._bases, seq)
+        limit = min(end, seq + max_records)
+        if i < len(self._bases):
+            limit = min(limit, self._bases[i])
+        if seg.next_seq < limit:
+            seg.index_to(limit)
+        last = min(limit, seg.next_seq)
+        out = []
+        mm, ptr, salt, offs, base = seg.mm, seg.ptr, seg.salt, seg.offs, seg.base
+        t = ffi.new("uint8_t *")
+        for s in range(seq, last):
+            off = offs[s - base]
+            n = lib.walq_check(ptr, seg.size, off, salt, s, t)
+            if n < 0:
+                raise CorruptionError(f"record {s} in {seg.path} at offset {off} does not validate", seg.path, off)
+            out.append(Record(s, t[0], mm[off + 24 : off + 24 + n]))
+        return out
+
+    def iter_from(self, seq: int | None = None) -> Iterator[Record]:
+        """Records from ``seq`` (default: the first) to the end as of each step."""
+        seq = self.first if seq is None else seq
+        while True:
+            batch = self.read_batch(seq)
+            if not batch:
+                return
+            yield from batch
+            seq = batch[-1].seq + 1
+
+    # -- waiting for other writers -----------------------------------------
+
+    def change_token(self) -> int:
+        """A value that changes whenever any process publishes an append."""
+        return lib.walq_notify_word(self.ctl)
+
+    def wait_for_change(self, token: int, timeout: float) -> None:
+        """Blocks until an append is published after ``token`` was read, or
+        ``timeout`` seconds pass.  A futex on the shared control block: a
+        writer in another process wakes us within microseconds."""
+        if timeout > 0:
+            lib.walq_wait(self.ctl, token, max(1, int(timeout * 1000)))
+
+    # -- trimming ------------------------------------------------------------
+
+    def delete_below(self, seq: int) -> int:
+        """Removes the segments whose records all lie below ``seq``.
+
+        The active segment always stays.  Returns the new first sequence.
+        """
+        self._check_open()
+        with self._tlock:
+            check_os(lib.walq_lock(self._append_fd), "lock", self.path)
+            try:
+                self._refresh_bases()
+                active = self._load("seg_base")
+                doomed = [
+                    b for i, b in enumerate(self._bases[:-1]) if self._bases[i + 1] <= seq and b != active
+                ]
+                if not doomed:
+                    return self.first
+                new_first = self._bases[len(doomed)]
+                # Raise first_seq before unlinking, so that no reader trusts a
+                # file that is about to go.
+                self._store("first_seq", new_first)
+                for base in doomed:  # lowest first: what remains stays contiguous
+                    seg = self._segments.pop(base, None)
+                    if seg is not None:
+                        seg.close()
+                    self.io.unlink(os.path.join(self.path, segment_name(base)))
+                if self.options.durability != "os":
+                    self.io.fsync_dir(self.path)
+                self._refresh_bases()
+                return new_first
+            finally:
+                lib.walq_unlock(self._append_fd)
+
+    def disk_bytes(self) -> int:
+        """Bytes the segment files occupy (allocated size)."""
+        total = 0
+        for name in os.listdir(self.path):
+            if parse_segment_name(name) is not None:
+                try:
+                    total += os.stat(os.path.join(self.path, name)).st_blocks * 512
+                except FileNotFoundError:
+                    pass
+        return total
+
+    # -- closing -------------------------------------------------------------
+
+    def close(self) -> None:
+        """Syncs (in ``"batch"`` mode), then releases files and locks.  Idempotent."""
+        if self._closed:
+            return
+        if self._flusher is not None:
+            self._stop.set()
+            self._flusher.join()
+            if not self._poisoned:
+                try:
+                    self._make_durable(self._load("end_seq"))
+                except WalqError:
+                    pass
+        with self._tlock:
+            self._closed = True
+            self._release_files()
+
+    def __enter__(self) -> "Log":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<walq.log.Log {self.path!r} {'closed' if self._closed else 'open'}>"
+
+
+class LockedLog:
+    """The append lock, held: catch up on the tail, then append atomically.
+
+    Use as a context manager from ``Log.locked()``; appends made through it
+    become durable (per the log's mode) after the lock is released.
+    """
+
+    def __init__(self, log: Log):
+        self.log = log
+        self._end = 0
+
+    def __enter__(self) -> "LockedLog":
+        log = self.log
+        log._tlock.acquire()
+        rc = lib.walq_lock(log._append_fd)
+        if rc < 0:
+            log._tlock.release()
+            check_os(rc, "lock", log.path)
+        return self
+
+    @property
+    def end(self) -> int:
+        """The log's end; stable while the lock is held."""
+        return self.log._load("end_seq")
+
+    def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
+        """Appends under the held lock (same contract as Log.append_batch)."""
+        log = self.log
+        log._check_open()
+        if not payloads:
+            return range(0)
+        data, lens, types, t = log._pack(payloads, type)
+        log._append_locked(len(payloads), data, lens, types, t)
+        seq = log._seq_out[0]
+        self._end = seq + len(payloads)
+        return range(seq, self._end)
+
+    def append(self, payload: bytes, type: int = 1) -> int:
+        """Appends one record under the held lock; returns its sequence."""
+        return self.append_batch([payload], type)[0]
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        log = self.log
+        lib.walq_unlock(log._append_fd)
+        log._tlock.release()
+        if self._end and exc_type is None:
+            log._after_write(self._end)

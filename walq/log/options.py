@@ -1,0 +1,44 @@
+"""LogOptions: every knob of a log, with its default and its cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from walq.errors import InvalidParameter
+
+DURABILITY_MODES = ("always", "batch", "os")
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    """How a log writes and syncs.
+
+    durability:
+        ``"always"`` (default): an append returns after fdatasync covers it;
+        concurrent appenders, threads or processes, share one fdatasync
+        (group commit).  Survives power loss.  Costs one disk flush per group.
+        ``"batch"``: an append returns after write(); a background thread
+        fdatasyncs every ``sync_interval`` seconds.  Power loss may lose the
+        last interval.  ``"os"``: never fsyncs; power loss may lose anything
+        the kernel had not written back.  Every mode survives kill -9.
+    sync_interval:
+        Seconds between background syncs in ``"batch"`` mode (default 0.01).
+    segment_size:
+        Bytes preallocated per segment file (default 64 MiB).  Larger
+        segments mean fewer files and rolls; recovery after a crash scans the
+        active segment, so its size bounds the worst-case open time.
+    """
+
+    durability: str = "always"
+    sync_interval: float = 0.01
+    segment_size: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.durability not in DURABILITY_MODES:
+            raise InvalidParameter(
+                f"durability must be one of {', '.join(DURABILITY_MODES)}; got {self.durability!r}"
+            )
+        if not (isinstance(self.sync_interval, (int, float)) and 0 < self.sync_interval <= 60):
+            raise InvalidParameter(f"sync_interval must be in (0, 60] seconds; got {self.sync_interval!r}")
+        if not (isinstance(self.segment_size, int) and 4096 <= self.segment_size <= 1 << 40):
+            raise InvalidParameter(f"segment_size must be 4096 B - 1 TiB; got {self.segment_size!r}")

@@ -1,0 +1,120 @@
+"""Recovery on open: find the end of valid data and rebuild the control block.
+
+Runs only when no other process has the log open (the caller holds
+``lock.open`` and ``lock.users`` exclusively), so nothing moves underneath.
+
+* Segments before the active one were fdatasynced before anything in a later
+  segment was declared durable, so only their headers are checked here;
+  their frames are verified whenever they are read.
+* The active (last) segment is scanned in C from its header.  Where the scan
+  stops on a frame that does not validate, the rest of the segment decides:
+  if any valid frame follows, the log is damaged (CorruptionError with file
+  and offset); if none does, it is a torn tail - a write cut short by a crash
+  - and the bytes are copied aside to ``torn-<base>-<offset>.bin`` and zeroed.
+* Every step is idempotent, so a crash during recovery is recovered by the
+  next open.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from walq.errors import CorruptionError
+from walq.log._native import ffi, lib
+from walq.log.format import (
+    CTL_MAGIC,
+    SEGMENT_HEADER_SIZE,
+    decode_segment_header,
+    encode_segment_header,
+    parse_segment_name,
+    segment_name,
+)
+from walq.log.segment import Segment
+
+
+def recover(log) -> None:
+    """Scans ``log``'s directory and writes a fresh control block."""
+    io, path = log.io, log.path
+    for name in os.listdir(path):
+        if name.endswith(".seg.tmp"):
+            # A segment creation that never reached its rename: nothing in it
+            # was ever published.
+            io.unlink(os.path.join(path, name))
+    bases = sorted(b for b in map(parse_segment_name, os.listdir(path)) if b is not None)
+    for base in bases[:-1]:
+        seg_path = os.path.join(path, segment_name(base))
+        with open(seg_path, "rb") as f:
+            decoded = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+        if decoded is None or decoded[0] != base:
+            raise CorruptionError(f"segment header does not validate: {seg_path} at offset 0", seg_path, 0)
+
+    seg = None
+    while bases and seg is None:
+        last = os.path.join(path, segment_name(bases[-1]))
+        try:
+            seg = Segment.open(last, io, expected_base=bases[-1])
+        except CorruptionError:
+            # The newest segment's header never became durable (its creation
+            # was cut off): nothing in it was acknowledged.  Keep it aside.
+            io.rename(last, os.path.join(path, f"torn-{bases[-1]:020d}-header.bin"))
+            io.fsync_dir(path)
+            if len(bases) == 1:
+                break
+            bases.pop()
+    if seg is None:
+        base = bases[-1] if bases else 0
+        size = log.options.segment_size
+        salt = secrets.randbits(64)
+        fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()), size)
+        io.fdatasync(fd, path)
+        os.close(fd)
+        io.fsync_dir(path)
+        seg = Segment.open(os.path.join(path, segment_name(base)), io, expected_base=base)
+        bases = [base]
+
+    try:
+        end_off, end_seq = _find_end(seg, io)
+        io.fdatasync(seg.fd, seg.path)
+        io.fsync_dir(path)
+        ctl = log.ctl
+        store = lambda field, v: lib.walq_store(ffi.addressof(ctl, field), v)  # noqa: E731
+        store("magic", 0)  # invalid while half-written
+        store("end_seq", end_seq)
+        store("seg_base", seg.base)
+        store("end_off", end_off)
+        store("reserve_off", end_off)
+        store("durable_seq", end_seq)
+        store("first_seq", bases[0])
+        store("seg_cap", seg.size)
+        store("salt", seg.salt)
+        store("generation", lib.walq_load(ffi.addressof(ctl, "generation")) + 1)
+        store("poisoned", 0)
+        store("dir_synced_base", seg.base)
+        store("magic", CTL_MAGIC)
+    finally:
+        seg.close()
+
+
+def _find_end(seg: Segment, io) -> tuple[int, int]:
+    """``(end offset, end seq)`` of the active segment, cutting a torn tail."""
+    res = ffi.new("walq_scan_t *")
+    lib.walq_scan(seg.ptr, seg.size, SEGMENT_HEADER_SIZE, seg.salt, seg.base, 1 << 62,
+                  ffi.NULL, ffi.NULL, ffi.NULL, res)
+    end_off, end_seq = res.next_off, res.next_seq
+    if res.status != lib.WALQ_SCAN_BAD:
+        return end_off, end_seq
+    later = lib.walq_find_valid(seg.ptr, seg.size, end_off + 8, seg.salt, end_seq)
+    if later != 0xFFFFFFFFFFFFFFFF:
+        raise CorruptionError(
+            f"record {end_seq} in {seg.path} at offset {end_off} does not validate, "
+            f"but a valid record follows at offset {later}: the log is damaged",
+            seg.path,
+            end_off,
+        )
+    tail = seg.mm[end_off:].rstrip(b"\0")
+    aside = os.path.join(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}.bin")
+    io.write_file_atomic(aside, tail)
+    io.zero(seg.fd, end_off, len(tail))
+    return end_off, end_seq

@@ -1,0 +1,106 @@
+"""One segment file: its header, its memory map, and an index of its frames."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from array import array
+
+from walq.errors import CorruptionError
+from walq.log._native import ffi, lib
+from walq.log.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
+
+_SCAN_CHUNK = 8192
+
+
+class Segment:
+    """A segment open in this process.
+
+    ``offs[i]`` is the byte offset of the frame with sequence ``base + i``;
+    the index grows as this process scans further (``scan_off``/``scan_seq``).
+    The map covers the whole preallocated file, so appends by other processes
+    become visible without remapping.
+    """
+
+    __slots__ = ("path", "base", "salt", "fd", "size", "mm", "ptr", "offs", "scan_off", "sealed")
+
+    def __init__(self, path: str, fd: int, base: int, salt: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.base = base
+        self.salt = salt
+        self.size = os.fstat(fd).st_size
+        self.mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
+        self.ptr = ffi.from_buffer(self.mm)
+        self.offs = array("Q")
+        self.scan_off = SEGMENT_HEADER_SIZE
+        self.sealed = False  # True once a scan hit this segment's end of data
+
+    @classmethod
+    def open(cls, path: str, io, expected_base: int | None = None) -> "Segment":
+        """Opens and validates the header; CorruptionError if it is damaged."""
+        fd = io.open_rw(path)
+        try:
+            header = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+            decoded = decode_segment_header(header)
+            if decoded is None:
+                raise CorruptionError(f"segment header does not validate: {path} at offset 0", path, 0)
+            base, salt = decoded
+            if expected_base is not None and base != expected_base:
+                raise CorruptionError(
+                    f"segment {path} says its base is {base}, its name says {expected_base}", path, 0
+                )
+            return cls(path, fd, base, salt)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence of the first frame not yet indexed."""
+        return self.base + len(self.offs)
+
+    def index_to(self, limit_seq: int) -> None:
+        """Extends the frame index up to ``limit_seq`` (exclusive) or the end of data.
+
+        Everything below ``limit_seq`` was published, so a frame that does not
+        validate there is damage, not a write in progress.
+        """
+        offs = ffi.new("uint64_t[]", _SCAN_CHUNK)
+        lens = ffi.new("uint32_t[]", _SCAN_CHUNK)
+        types = ffi.new("uint8_t[]", _SCAN_CHUNK)
+        res = ffi.new("walq_scan_t *")
+        while self.next_seq < limit_seq and not self.sealed:
+            want = min(_SCAN_CHUNK, limit_seq - self.next_seq)
+            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.next_seq, want, offs, lens, types, res)
+            if res.count:
+                self.offs.frombytes(ffi.buffer(offs, 8 * res.count))
+                self.scan_off = res.next_off
+            if res.status == lib.WALQ_SCAN_BAD:
+                raise CorruptionError(
+                    f"record {res.next_seq} in {self.path} at offset {res.next_off} does not validate",
+                    self.path,
+                    res.next_off,
+                )
+            if res.status in (lib.WALQ_SCAN_END, lib.WALQ_SCAN_EOF):
+                self.sealed = True
+
+    def frame_at(self, seq: int) -> tuple[int, int, int]:
+        """``(offset, length, type)`` of a validated frame; CorruptionError if damaged."""
+        off = self.offs[seq - self.base]
+        t = ffi.new("uint8_t *")
+        n = lib.walq_check(self.ptr, self.size, off, self.salt, seq, t)
+        if n < 0:
+            raise CorruptionError(
+                f"record {seq} in {self.path} at offset {off} does not validate", self.path, off
+            )
+        return off + RECORD_HEADER_SIZE, n, t[0]
+
+    def close(self) -> None:
+        """Unmaps and closes (pending reads must not hold views into the map)."""
+        try:
+            self.ptr = None
+            self.mm.close()
+        except BufferError:
+            pass  # a caller still holds a view; the map dies with it
+        os.close(self.fd)
