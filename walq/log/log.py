@@ -469,6 +469,12 @@ class Log:
             finally:
                 lib.walq_unlock(self._append_fd)
 
+    def segment_bases(self) -> list[int]:
+        """Base sequences of the segment files, oldest first."""
+        self._check_open()
+        self._refresh_bases()
+        return list(self._bases)
+
     def disk_bytes(self) -> int:
         """Bytes the segment files occupy (allocated size)."""
         total = 0

@@ -1,0 +1,292 @@
+"""Benchmark helpers: the disk's raw fdatasync rate, percentiles, tables, machine facts.
+
+Every benchmark run measures the raw fdatasync rate of the same directory it
+benchmarks in, because the disk is shared and its speed drifts: a durable
+number means little without the disk's own limit measured beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+RAW_WRITE_SIZE = 128  # one framed 100-byte record: 24 B header + 100 B + padding to 8
+
+
+# -- statistics ----------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of an ascending list, linearly interpolated."""
+    if not sorted_values:
+        return float("nan")
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def percentiles(values, qs=(50, 90, 99, 99.9)) -> dict[float, float]:
+    """``{q: value}`` for each percentile ``q`` of ``values`` (any order)."""
+    s = sorted(values)
+    return {q: percentile(s, q) for q in qs}
+
+
+def median(values) -> float:
+    return percentile(sorted(values), 50)
+
+
+@dataclass
+class Measurement:
+    """Operations (and records) done in ``seconds``, with optional per-op latencies (s)."""
+
+    name: str
+    ops: int
+    seconds: float
+    records_per_op: int = 1
+    latencies: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def records(self) -> int:
+        return self.ops * self.records_per_op
+
+    @property
+    def ops_per_s(self) -> float:
+        return self.ops / self.seconds if self.seconds else float("nan")
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds else float("nan")
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        if getattr(self, "_sorted_n", None) != len(self.latencies):
+            self._sorted = sorted(self.latencies)
+            self._sorted_n = len(self.latencies)
+        return percentile(self._sorted, q)
+
+    def merge(self, other: "Measurement") -> None:
+        """Adds another round of the same benchmark (interleaved rounds)."""
+        self.ops += other.ops
+        self.seconds += other.seconds
+        self.latencies.extend(other.latencies)
+
+
+# -- the disk's limit ------------------------------------------------------------
+
+
+def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int = RAW_WRITE_SIZE,
+                  max_ops: int = 1_000_000) -> Measurement:
+    """pwrite ``write_size`` bytes at the next offset + fdatasync, in a loop.
+
+    ``layout``:
+      * ``"append"``: the file grows with every write (size metadata to journal);
+      * ``"fallocate"``: the file was posix_fallocate'd first (on ext4 and xfs
+        the extents are *unwritten*: the first write into each block converts
+        it, which is a metadata change too) - what walq's segments do today;
+      * ``"overwrite"``: the file was filled with zeros and synced first, so
+        every write lands on allocated, written blocks - what SQLite's WAL does
+        when it reuses its file, and what a recycled segment would do.
+    """
+    path = os.path.join(directory, f"raw-fdatasync-{layout}.bin")
+    span = max_ops * write_size
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if layout == "fallocate":
+            os.posix_fallocate(fd, 0, span)
+            os.fsync(fd)
+        elif layout == "overwrite":
+            # Enough for the run: about 20,000 syncs/s at most on this class of disk.
+            span = min(span, int(seconds * 40_000 + 1000) * write_size)
+            chunk = b"\0" * (1 << 20)
+            for off in range(0, span, len(chunk)):
+                os.pwrite(fd, chunk, off)
+            os.fsync(fd)
+        elif layout != "append":
+            raise ValueError(f"unknown layout {layout!r}")
+        buf = os.urandom(write_size)
+        lat: list[float] = []
+        perf = time.perf_counter
+        off = 0
+        t0 = perf()
+        deadline = t0 + seconds
+        while True:
+            a = perf()
+            os.pwrite(fd, buf, off)
+            os.fdatasync(fd)
+            b = perf()
+            lat.append(b - a)
+            off += write_size
+            if b >= deadline or off + write_size > span:
+                break
+        elapsed = perf() - t0
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return Measurement(f"raw pwrite {write_size} B + fdatasync ({layout})", len(lat), elapsed, latencies=lat)
+
+
+# -- output ----------------------------------------------------------------------
+
+
+def fmt_rate(x: float) -> str:
+    if x != x:  # nan
+        return "-"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:,.1f}"
+
+
+def fmt_us(seconds: float) -> str:
+    if seconds != seconds:
+        return "-"
+    us = seconds * 1e6
+    if us >= 100:
+        return f"{us:,.0f}"
+    return f"{us:,.1f}"
+
+
+def fmt_ms(seconds: float) -> str:
+    if seconds != seconds:
+        return "-"
+    return f"{seconds * 1e3:,.1f}"
+
+
+def table(headers: list[str], rows: list[list], out=None, markdown: bool = True) -> str:
+    """Formats rows as a Markdown table (numbers right-aligned) and prints it."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [
+        all(_looks_numeric(r[i]) for r in cells[1:]) and len(cells) > 1 for i in range(len(headers))
+    ]
+
+    def line(r):
+        parts = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)]
+        return "| " + " | ".join(parts) + " |" if markdown else "  ".join(parts)
+
+    lines = [line(cells[0])]
+    if markdown:
+        lines.append("|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2))
+                                     for w, num in zip(widths, numeric)) + "|")
+    lines += [line(r) for r in cells[1:]]
+    text = "\n".join(lines)
+    print(text, file=out or sys.stdout, flush=True)
+    return text
+
+
+def _looks_numeric(s: str) -> bool:
+    s = s.replace(",", "").replace("x", "").replace("%", "").strip()
+    if s in ("-", ""):
+        return True
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+# -- the machine -------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mount_of(directory: str) -> tuple[str, str, str, str]:
+    """``(device, mount point, fs type, options)`` of the mount holding ``directory``."""
+    real = os.path.realpath(directory)
+    best = ("?", "?", "?", "?")
+    best_len = -1
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 4:
+                    continue
+                dev, mnt, fstype, opts = parts[:4]
+                mnt = mnt.replace("\\040", " ")
+                if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best_len:
+                    best, best_len = (dev, mnt, fstype, opts), len(mnt)
+    except OSError:
+        pass
+    return best
+
+
+def mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def git_commit(repo_dir: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", repo_dir, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        head = out.stdout.strip() or "?"
+        dirty = subprocess.run(
+            ["git", "-C", repo_dir, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return head + (" (+ uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine(directory: str) -> dict[str, str]:
+    """Facts that decide what the numbers mean."""
+    import sqlite3
+
+    dev, mnt, fstype, opts = mount_of(directory)
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count() or 0
+    return {
+        "cpu": cpu_model(),
+        "nproc": f"{affinity} (os.cpu_count {os.cpu_count()})",
+        "memory": f"{mem_total_gib():.1f} GiB",
+        "kernel": f"{platform.system()} {platform.release()}",
+        "filesystem": f"{fstype} on {dev} mounted at {mnt} ({opts})",
+        "bench dir": os.path.realpath(directory),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def print_machine(info: dict[str, str]) -> None:
+    width = max(map(len, info))
+    for k, v in info.items():
+        print(f"  {k.ljust(width)} : {v}")
+    sys.stdout.flush()
+
+
+def drop_page_cache() -> bool:
+    """Writes back and drops the page cache (root only); False if not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""SQS-style queues on the durable log (see walq/broker.py for the entry point)."""

@@ -1,0 +1,300 @@
+"""The in-memory index of one queue: which messages are visible, delayed or
+in flight, rebuilt from a checkpoint plus the log tail.
+
+The index is a pure function of the records applied (``apply``) and of the
+time passed to ``sweep``; every process builds the same one from the same
+log, so decisions taken under the queue's append lock agree across processes.
+It holds no message bodies: those stay in the log and are read on delivery.
+
+Heaps are invalidated lazily: an entry counts only while ``state`` agrees
+with it, so removing a message is O(1) and the heaps are cleaned as popped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections import deque
+
+from walq.queue import records as R
+from walq.queue.attributes import DEDUP_WINDOW_S
+
+VISIBLE, DELAYED, INFLIGHT = 0, 1, 2
+
+
+class Index:
+    """State of every live message of one queue."""
+
+    def __init__(self, fifo: bool, dedup_scope: str = "queue"):
+        self.fifo = fifo
+        self.dedup_scope = dedup_scope
+        self.applied = 0  # next log sequence to apply
+        self.state: dict[int, int] = {}  # msg seq -> VISIBLE/DELAYED/INFLIGHT
+        self.counts = [0, 0, 0]
+        self.visible: list[int] = []  # heap of seqs (standard queues)
+        self.delayed: list[tuple[float, int]] = []  # heap (visible_at, seq)
+        self.leases: dict[int, tuple[int, float]] = {}  # seq -> (lease seq, deadline)
+        self.lease_heap: list[tuple[float, int, int]] = []  # (deadline, seq, lease seq)
+        self.receives: dict[int, tuple[int, float]] = {}  # seq -> (count, first received at)
+        self.prior: dict[int, int] = {}  # seq -> receives carried from another queue
+        # Retention sweep order: sends in log order (times are nearly sorted).
+        self.ret_seq = array("q")
+        self.ret_at = array("d")
+        self.ret_head = 0
+        # FIFO only.
+        self.group_of: dict[int, str] = {}
+        self.groups: dict[str, list[int]] = {}  # group -> heap of visible seqs
+        self.ready: list[tuple[int, str]] = []  # heap (head seq, group), lazily valid
+        self.group_inflight: dict[str, int] = {}
+        self.dedup: dict[str, tuple[bytes, int, float]] = {}  # key -> (message id, seq, sent_at)
+        self.dedup_order: deque[tuple[float, str]] = deque()
+
+    # -- applying records ----------------------------------------------------
+
+    def apply(self, seq: int, type: int, payload: bytes) -> None:
+        """Folds one log record into the index."""
+        if type == R.SEND:
+            sent, vis, prior, group, dedup, mid = R.decode_send_head(payload)
+            self._add(seq, sent, vis, prior, group, dedup, mid)
+        elif type == R.LEASE:
+            now, entries = R.decode_lease(payload)
+            for m, deadline in entries:
+                if m in self.state:
+                    count, first = self.receives.get(m, (self.prior.get(m, 0), now))
+                    self.receives[m] = (count + 1, first)
+                    self._lease(m, seq, deadline)
+        elif type == R.HIDE:
+            for m, deadline in R.decode_hide(payload):
+                if m in self.state:
+                    self._lease(m, seq, deadline)
+        elif type == R.CHVIS:
+            for m, lease_seq, deadline in R.decode_chvis(payload):
+                cur = self.leases.get(m)
+                if cur is not None and cur[0] == lease_seq:
+                    self.leases[m] = (lease_seq, deadline)
+                    heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
+        elif type in (R.DELETE, R.MOVED):
+            for m in R.decode_seqs(payload):
+                self.remove(m)
+        elif type == R.PURGE:
+            upto = R.decode_purge(payload)
+            for m in [m for m in self.state if m < upto]:
+                self.remove(m)
+            self._compact_heaps()
+        self.applied = seq + 1
+
+    def _add(self, seq, sent, vis, prior, group, dedup, mid) -> None:
+        if prior:
+            self.prior[seq] = prior
+        self.ret_seq.append(seq)
+        self.ret_at.append(sent)
+        if self.fifo:
+            self.group_of[seq] = group or ""
+            if dedup:
+                key = self.dedup_key(group, dedup)
+                if key not in self.dedup:
+                    self.dedup[key] = (mid, seq, sent)
+                    self.dedup_order.append((sent, key))
+        if vis > sent:
+            self._set(seq, DELAYED)
+            heapq.heappush(self.delayed, (vis, seq))
+        else:
+            self._make_visible(seq)
+
+    def dedup_key(self, group: str | None, dedup_id: str) -> str:
+        """The dedup window's key under the queue's dedup scope."""
+        return f"{group}\x00{dedup_id}" if self.dedup_scope == "group" else dedup_id
+
+    def _set(self, seq: int, st: int) -> None:
+        old = self.state.get(seq)
+        if old is not None:
+            self.counts[old] -= 1
+        self.state[seq] = st
+        self.counts[st] += 1
+
+    def _make_visible(self, seq: int) -> None:
+        self._set(seq, VISIBLE)
+        if self.fifo:
+            g = self.group_of[seq]
+            heap = self.groups.setdefault(g, [])
+            heapq.heappush(heap, seq)
+            if heap[0] == seq and not self.group_inflight.get(g):
+                heapq.heappush(self.ready, (seq, g))
+        else:
+            heapq.heappush(self.visible, seq)
+
+    def _lease(self, m: int, lease_seq: int, deadline: float) -> None:
+        if self.fifo and self.state[m] != INFLIGHT:
+            g = self.group_of[m]
+            self.group_inflight[g] = self.group_inflight.get(g, 0) + 1
+        self._set(m, INFLIGHT)
+        self.leases[m] = (lease_seq, deadline)
+        heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
+
+    def _unlease(self, m: int) -> None:
+        del self.leases[m]
+        if self.fifo:
+            g = self.group_of[m]
+            left = self.group_inflight[g] - 1
+            if left:
+                self.group_inflight[g] = left
+            else:
+                del self.group_inflight[g]
+                heap = self.groups.get(g)
+                if heap:
+                    heapq.heappush(self.ready, (heap[0], g))
+
+    def remove(self, m: int) -> None:
+        """Forgets a message (deleted, moved, purged or expired)."""
+        st = self.state.pop(m, None)
+        if st is None:
+            return
+        self.counts[st] -= 1
+        if st == INFLIGHT:
+            self._unlease(m)
+        self.receives.pop(m, None)
+        self.prior.pop(m, None)
+        if self.fifo:
+            g = self.group_of.pop(m)
+            heap = self.groups.get(g)
+            if heap and heap[0] == m:
+                self._clean_group(g)
+
+    def _clean_group(self, g: str) -> None:
+        heap = self.groups.get(g)
+        while heap and self.state.get(heap[0]) != VISIBLE:
+            heapq.heappop(heap)
+        if not heap:
+            self.groups.pop(g, None)
+        elif not self.group_inflight.get(g):
+            heapq.heappush(self.ready, (heap[0], g))
+
+    # -- time ------------------------------------------------------------------
+
+    def sweep(self, now: float, retention: float) -> None:
+        """Applies the passage of time: leases run out, delays end, retention
+        expires.  Deterministic in ``now``, so it needs no records."""
+        lh = self.lease_heap
+        while lh and lh[0][0] <= now:
+            deadline, m, lease_seq = heapq.heappop(lh)
+            if self.leases.get(m) == (lease_seq, deadline):
+                self._unlease(m)
+                self._make_visible(m)
+        dh = self.delayed
+        while dh and dh[0][0] <= now:
+            _, m = heapq.heappop(dh)
+            if self.state.get(m) == DELAYED:
+                self._make_visible(m)
+        limit = now - retention
+        rs, ra = self.ret_seq, self.ret_at
+        i = self.ret_head
+        while i < len(rs) and ra[i] <= limit:
+            self.remove(rs[i])
+            i += 1
+        self.ret_head = i
+        if i > 4096 and i * 2 > len(rs):
+            del rs[:i]
+            del ra[:i]
+            self.ret_head = 0
+        if self.fifo:
+            dq = self.dedup_order
+            while dq and dq[0][0] <= now - DEDUP_WINDOW_S:
+                _, key = dq.popleft()
+                entry = self.dedup.get(key)
+                if entry is not None and entry[2] <= now - DEDUP_WINDOW_S:
+                    del self.dedup[key]
+
+    def next_event(self) -> float | None:
+        """The earliest time at which a sweep could make a message visible."""
+        times = []
+        if self.lease_heap:
+            times.append(self.lease_heap[0][0])
+        if self.delayed:
+            times.append(self.delayed[0][0])
+        return min(times) if times else None
+
+    # -- choosing what to deliver -------------------------------------------------
+
+    def candidates(self, n: int) -> list[int]:
+        """Up to ``n`` visible messages in delivery order, without leasing them.
+
+        Standard: lowest sequence first.  FIFO: the group with the oldest head
+        first, in order within it, then the next group; a group with a message
+        in flight offers nothing.
+        """
+        if not self.fifo:
+            out = []
+            heap = self.visible
+            popped = []
+            while heap and len(out) < n:
+                m = heapq.heappop(heap)
+                if self.state.get(m) == VISIBLE and (not out or out[-1] != m):
+                    out.append(m)
+                    popped.append(m)
+            for m in popped:  # leave the heap as it was; leasing removes them
+                heapq.heappush(heap, m)
+            return out
+        out: list[int] = []
+        ready = self.ready
+        taken: list[str] = []
+        while ready and len(out) < n:
+            head, g = heapq.heappop(ready)
+            if g in taken or self.group_inflight.get(g):
+                continue  # an in-flight group is offered again when its lease ends
+            self._clean_group_quiet(g)
+            heap = self.groups.get(g)
+            if not heap:
+                continue
+            if heap[0] != head:
+                heapq.heappush(ready, (heap[0], g))  # stale entry: requeue at the true head
+                continue
+            taken.append(g)
+            want = n - len(out)
+            picks = [m for m in heapq.nsmallest(2 * want + 8, heap) if self.state.get(m) == VISIBLE]
+            if len(picks) < want and len(heap) > 2 * want + 8:
+                picks = sorted(m for m in heap if self.state.get(m) == VISIBLE)
+            out.extend(picks[:want])
+        for g in taken:
+            heap = self.groups.get(g)
+            if heap:
+                heapq.heappush(ready, (heap[0], g))
+        return out
+
+    def _clean_group_quiet(self, g: str) -> None:
+        heap = self.groups.get(g)
+        while heap and self.state.get(heap[0]) != VISIBLE:
+            heapq.heappop(heap)
+        if heap is not None and not heap:
+            del self.groups[g]
+
+    def _compact_heaps(self) -> None:
+        self.visible = [m for m in self.visible if self.state.get(m) == VISIBLE]
+        heapq.heapify(self.visible)
+        self.delayed = [e for e in self.delayed if self.state.get(e[1]) == DELAYED]
+        heapq.heapify(self.delayed)
+        self.lease_heap = [e for e in self.lease_heap if self.leases.get(e[1]) == (e[2], e[0])]
+        heapq.heapify(self.lease_heap)
+        if self.fifo:
+            for g in list(self.groups):
+                self.groups[g] = [m for m in self.groups[g] if self.state.get(m) == VISIBLE]
+                heapq.heapify(self.groups[g])
+                if not self.groups[g]:
+                    del self.groups[g]
+            self.ready = [(h[0], g) for g, h in self.groups.items() if not self.group_inflight.get(g)]
+            heapq.heapify(self.ready)
+
+    # -- queries -------------------------------------------------------------------
+
+    def min_live(self) -> int | None:
+        """The lowest live message sequence (what pins the oldest segment)."""
+        return min(self.state) if self.state else None
+
+    def oldest_sent(self) -> float | None:
+        """Send time of the oldest live message, from the retention order."""
+        rs, ra, state = self.ret_seq, self.ret_at, self.state
+        i = self.ret_head
+        # A removed message never comes back, so skipping it is permanent.
+        while i < len(rs) and rs[i] not in state:
+            i += 1
+        self.ret_head = i
+        return ra[i] if i < len(rs) else None

@@ -1,0 +1,597 @@
+"""Queue: SQS semantics over one log.
+
+Every decision (which messages to lease, whether a receipt is current,
+whether a FIFO send is a duplicate) is taken under the queue log's append
+lock, after catching the index up with every record any process appended.
+Writes that decide nothing (standard sends) skip the lock's catch-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+import uuid
+
+import portalocker
+
+from walq.errors import (
+    BatchError,
+    BrokerClosed,
+    CorruptionError,
+    InvalidParameter,
+    InvalidReceipt,
+    MessageNotInflight,
+    MessageTooLarge,
+    QueueDoesNotExist,
+    WalqError,
+)
+from walq.log import Log, RecordGone
+from walq.queue import checkpoint, receipts
+from walq.queue import message_attributes as mattrs
+from walq.queue import records as R
+from walq.queue.attributes import RANGES, QueueAttributes
+from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
+from walq.queue.results import BatchResult, Message, QueueStats, SendResult
+
+_ID_CHARS = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
+_SEND_KEYS = frozenset(("body", "attributes", "delay", "group", "dedup_id"))
+MAX_RECEIVE = 1_000
+#: Records applied between checkpoints: bounds the replay on open.
+CHECKPOINT_EVERY = 50_000
+#: How long a message being moved to a dead-letter queue stays hidden; if the
+#: mover dies, it reappears and is moved again (at-least-once).
+MOVE_HIDE_S = 60.0
+
+
+class Queue:
+    """One queue, as seen by this process.  Get it from ``Broker.create_queue``
+    or ``Broker.get_queue``; share it between threads freely."""
+
+    def __init__(self, broker, name: str, uid: int, directory: str):
+        self._broker = broker
+        self.name = name
+        self._uid = uid
+        self._dir = directory
+        self._clock = broker._clock
+        self._log = Log.open(directory, broker._log_options)
+        self._mu = threading.RLock()
+        self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+        with self._mu:
+            self._index = self._load_index()
+            self._last_ckpt = self._index.applied
+            self._catch_up()
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def attributes(self) -> QueueAttributes:
+        """The queue's current attributes (a frozen dataclass)."""
+        return self._broker._attributes_of(self)
+
+    def _attrs(self) -> QueueAttributes:
+        return self._broker._attributes_of(self)
+
+    def _load_index(self) -> Index:
+        idx = checkpoint.load_newest(self._dir)
+        if idx is None:
+            attrs = self._attrs()
+            idx = Index(attrs.fifo, attrs.dedup_scope)
+            idx.applied = self._log.first
+        return idx
+
+    def _catch_up(self) -> None:
+        """Applies every record appended since this process last looked."""
+        log, idx = self._log, self._index
+        while True:
+            end = log.end
+            if idx.applied >= end:
+                return
+            try:
+                batch = log.read_batch(idx.applied, 4096)
+            except RecordGone:
+                # Another process compacted past our position: its checkpoint
+                # covers what the removed segments held.
+                self._index = idx = self._load_index()
+                if idx.applied < log.first:
+                    raise CorruptionError(
+                        f"queue {self.name}: log starts at {log.first} but the newest checkpoint "
+                        f"covers only up to {idx.applied}",
+                        self._dir,
+                    ) from None
+                continue
+            apply = idx.apply
+            for rec in batch:
+                apply(rec.seq, rec.type, rec.payload)
+
+    def _check(self) -> None:
+        self._broker._check_queue(self)
+
+    def _maintain(self) -> None:
+        """Checkpoint (and compact) once enough records have been applied."""
+        if self._index.applied - self._last_ckpt >= CHECKPOINT_EVERY:
+            self.checkpoint()
+
+    # -- sending ---------------------------------------------------------------
+
+    def send(self, body, *, attributes=None, delay=None, group=None, dedup_id=None) -> SendResult:
+        """Stores one message; returns its id (and FIFO sequence)."""
+        self._check()
+        attrs = self._attrs()
+        entry = self._prepare(attrs, body, attributes, delay, group, dedup_id)
+        return self._store([entry], attrs)[0]
+
+    def send_batch(self, entries) -> BatchResult:
+        """Sends many messages with one write; each entry succeeds or fails alone.
+
+        ``entries``: bodies, or dicts with send()'s keywords and ``body``.
+        """
+        self._check()
+        if not isinstance(entries, (list, tuple)) or not entries:
+            raise BatchError("send_batch needs a non-empty list of entries")
+        attrs = self._attrs()
+        result = BatchResult()
+        good, where = [], []
+        for i, entry in enumerate(entries):
+            try:
+                if isinstance(entry, dict):
+                    unknown = set(entry) - _SEND_KEYS
+                    if unknown or "body" not in entry:
+                        raise InvalidParameter(
+                            f"batch entry {i}: needs 'body'; unknown keys: {sorted(unknown) or 'none'}"
+                        )
+                    prepared = self._prepare(attrs, entry["body"], entry.get("attributes"),
+                                             entry.get("delay"), entry.get("group"), entry.get("dedup_id"))
+                else:
+                    prepared = self._prepare(attrs, entry, None, None, None, None)
+            except InvalidParameter as exc:
+                result.failed.append((i, exc))
+                continue
+            good.append(prepared)
+            where.append(i)
+        if good:
+            for i, r in zip(where, self._store(good, attrs)):
+                result.successful.append((i, r))
+        return result
+
+    def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        elif isinstance(body, (bytearray, memoryview)):
+            body = bytes(body)
+        elif not isinstance(body, bytes):
+            raise InvalidParameter(f"message body must be bytes or str; got {type(body).__name__}")
+        if not body:
+            raise InvalidParameter("message body must not be empty")
+        encoded, counted = mattrs.encode(attributes)
+        size = len(body) + counted
+        if size > attrs.max_message_size:
+            raise MessageTooLarge(
+                f"message of {size} bytes (body plus attributes) exceeds queue {self.name}'s "
+                f"max_message_size of {attrs.max_message_size}"
+            )
+        if attrs.fifo:
+            if delay not in (None, 0):
+                raise InvalidParameter("FIFO queues do not support a per-message delay; set the queue's delay")
+            if group is None:
+                raise InvalidParameter("FIFO queues need a message group (group=...)")
+            if dedup_id is None:
+                if not attrs.content_based_dedup:
+                    raise InvalidParameter(
+                        "FIFO queue without content_based_dedup: each message needs dedup_id=..."
+                    )
+                dedup_id = hashlib.sha256(body).hexdigest()
+            for what, value in (("group", group), ("dedup_id", dedup_id)):
+                if not isinstance(value, str) or not _ID_CHARS.match(value):
+                    raise InvalidParameter(
+                        f"{what} must be 1-128 characters of letters, digits and punctuation; got {value!r}"
+                    )
+            delay = attrs.delay
+        else:
+            if dedup_id is not None:
+                raise InvalidParameter("dedup_id applies to FIFO queues only")
+            if group is not None and (not isinstance(group, str) or not _ID_CHARS.match(group)):
+                raise InvalidParameter(f"group must be 1-128 characters of letters, digits and punctuation")
+            if delay is None:
+                delay = attrs.delay
+            elif isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 900:
+                raise InvalidParameter(f"delay must be an integer 0-900 seconds; got {delay!r}")
+        return body, encoded, delay, group, dedup_id
+
+    def _store(self, entries: list[tuple], attrs: QueueAttributes) -> list[SendResult]:
+        now = self._clock()
+        payloads, ids = [], []
+        for body, encoded, delay, group, dedup_id in entries:
+            mid = uuid.uuid4()
+            ids.append(mid)
+            payloads.append(R.encode_send(mid.bytes, now, now + delay, body, encoded, group, dedup_id))
+        if not attrs.fifo:
+            seqs = self._log.append_batch(payloads, R.SEND)
+            return [SendResult(str(mid)) for mid in ids]
+        # FIFO: the dedup window decides, so decide under the lock.
+        results: list[SendResult | None] = [None] * len(entries)
+        fresh, fresh_at = [], []
+        with self._log.locked() as tx, self._mu:
+            self._catch_up()
+            idx = self._index
+            idx.sweep(now, attrs.retention)
+            pending: dict[str, int] = {}
+            for i, (body, _e, _d, group, dedup_id) in enumerate(entries):
+                key = idx.dedup_key(group, dedup_id)
+                hit = idx.dedup.get(key)
+                if hit is not None:
+                    results[i] = SendResult(str(uuid.UUID(bytes=hit[0])), hit[1], duplicate=True)
+                elif key in pending:
+                    results[i] = pending[key]  # filled below
+                else:
+                    pending[key] = i
+                    fresh.append(payloads[i])
+                    fresh_at.append(i)
+            if fresh:
+                seqs = tx.append_batch(fresh, R.SEND)
+                for i, seq in zip(fresh_at, seqs):
+                    results[i] = SendResult(str(ids[i]), seq)
+            for i, r in enumerate(results):
+                if isinstance(r, int):
+                    first = results[r]
+                    results[i] = SendResult(first.message_id, first.sequence, duplicate=True)
+            self._catch_up()
+        self._maintain()
+        return results
+
+    # -- receiving -------------------------------------------------------------
+
+    def receive(self, max_messages: int = 1, *, wait=None, visibility_timeout=None) -> list[Message]:
+        """Leases up to ``max_messages`` visible messages; long-polls ``wait`` s."""
+        self._check()
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or not 1 <= max_messages <= MAX_RECEIVE:
+            raise InvalidParameter(f"max_messages must be an integer 1-{MAX_RECEIVE}; got {max_messages!r}")
+        attrs = self._attrs()
+        if wait is None:
+            wait = attrs.receive_wait
+        elif isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 20:
+            raise InvalidParameter(f"wait must be 0-20 seconds; got {wait!r}")
+        if visibility_timeout is None:
+            visibility_timeout = attrs.visibility_timeout
+        else:
+            lo, hi = RANGES["visibility_timeout"]
+            if isinstance(visibility_timeout, bool) or not isinstance(visibility_timeout, (int, float)) \
+                    or not lo <= visibility_timeout <= hi:
+                raise InvalidParameter(f"visibility_timeout must be {lo}-{hi} seconds; got {visibility_timeout!r}")
+        deadline = time.monotonic() + wait
+        while True:
+            token = self._log.change_token()
+            msgs = self._receive_once(max_messages, visibility_timeout, attrs)
+            left = deadline - time.monotonic()
+            if msgs or left <= 0:
+                return msgs
+            self._check()
+            nxt = self._index.next_event()
+            if nxt is not None:
+                left = min(left, max(0.001, nxt - self._clock()))
+            self._log.wait_for_change(token, left)
+
+    def _receive_once(self, n: int, vt: float, attrs: QueueAttributes) -> list[Message]:
+        policy = attrs.dead_letter
+        dlq = self._broker._dead_letter_target(policy) if policy else None
+        with self._mu:
+            # Cheap pre-check without the lock: nothing visible, nothing to do.
+            self._catch_up()
+            now = self._clock()
+            self._index.sweep(now, attrs.retention)
+            if not self._index.counts[VISIBLE]:
+                return []
+        moves = []
+        out = []
+        with self._log.locked() as tx, self._mu:
+            self._catch_up()
+            idx = self._index
+            now = self._clock()
+            idx.sweep(now, attrs.retention)
+            leased, hidden, recs = [], [], {}
+            for m in idx.candidates(n):
+                try:
+                    rec = R.decode_send(self._log.read(m).payload)
+                except RecordGone:
+                    idx.remove(m)
+                    continue
+                if rec.sent_at + attrs.retention <= now:
+                    idx.remove(m)  # expired: never delivered
+                    continue
+                count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
+                if dlq is not None and count + 1 > policy.max_receives:
+                    hidden.append(m)
+                    moves.append((m, rec, count))
+                    continue
+                leased.append(m)
+                recs[m] = rec
+            payloads, types = [], []
+            if leased:
+                payloads.append(R.encode_lease(now, [(m, now + vt) for m in leased]))
+                types.append(R.LEASE)
+            if hidden:
+                payloads.append(R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden]))
+                types.append(R.HIDE)
+            if payloads:
+                seqs = tx.append_batch(payloads, types)
+                self._catch_up()
+                lease_seq = seqs[0]
+                for m in leased:
+                    rec = recs[m]
+                    count, first = idx.receives[m]
+                    out.append(Message(
+                        message_id=str(uuid.UUID(bytes=rec.message_id)),
+                        body=rec.body,
+                        attributes=mattrs.decode(rec.attributes),
+                        receipt=receipts.encode(self._uid, m, lease_seq),
+                        receive_count=count,
+                        sent_at=rec.sent_at,
+                        first_received_at=rec.first_received_at or first,
+                        group=rec.group if attrs.fifo else rec.group,
+                        dedup_id=rec.dedup_id,
+                        sequence=m if attrs.fifo else None,
+                        _queue=self,
+                    ))
+        self._maintain()
+        if moves:
+            self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)
+        return out
+
+    def _move_out(self, moves, target: "Queue", *, reset_time: bool, fresh_count: bool,
+                  source_name: str | None) -> int:
+        """Copies hidden messages into ``target``, then marks them MOVED here.
+
+        Crash between the two steps: the hide runs out, the message is moved
+        again, and the target may hold it twice - at-least-once, never lost.
+        """
+        now = self._clock()
+        payloads = []
+        for _m, rec, count in moves:
+            payloads.append(R.encode_send(
+                rec.message_id,
+                now if reset_time else rec.sent_at,
+                now,
+                rec.body,
+                rec.attributes,
+                rec.group,
+                rec.dedup_id,
+                source=source_name,
+                prior_receives=0 if fresh_count else count,
+                first_received_at=0.0 if fresh_count else rec.first_received_at,
+            ))
+        target._append_moved(payloads)
+        with self._log.locked() as tx, self._mu:
+            tx.append(R.encode_seqs([m for m, _r, _c in moves]), R.MOVED)
+            self._catch_up()
+        return len(moves)
+
+    def _hide_visible(self, accept) -> list[tuple[int, R.SendRecord, int]]:
+        """Hides every visible message whose record ``accept``s (for redrive)."""
+        attrs = self._attrs()
+        with self._log.locked() as tx, self._mu:
+            self._catch_up()
+            idx = self._index
+            now = self._clock()
+            idx.sweep(now, attrs.retention)
+            chosen = []
+            for m in idx.candidates(len(idx.state) or 1):
+                rec = R.decode_send(self._log.read(m).payload)
+                if rec.sent_at + attrs.retention > now and accept(rec):
+                    chosen.append((m, rec, 0))
+            if chosen:
+                tx.append(R.encode_hide([(m, now + MOVE_HIDE_S) for m, _r, _c in chosen]), R.HIDE)
+                self._catch_up()
+        return chosen
+
+    def _append_moved(self, payloads: list[bytes]) -> None:
+        self._check()
+        self._log.append_batch(payloads, R.SEND)
+
+    # -- acknowledging ------------------------------------------------------------
+
+    def delete(self, receipt: str) -> None:
+        """Acknowledges (deletes) a message.  Deleting twice is fine."""
+        self._check()
+        res = self.delete_batch([receipt])
+        if res.failed:
+            raise res.failed[0][1]
+
+    def delete_batch(self, receipts_: list[str]) -> BatchResult:
+        """Deletes many messages with one write; per-entry results."""
+        self._check()
+        if not isinstance(receipts_, (list, tuple)) or not receipts_:
+            raise BatchError("delete_batch needs a non-empty list of receipts")
+        result = BatchResult()
+        parsed = []
+        for i, r in enumerate(receipts_):
+            try:
+                parsed.append((i, r, *receipts.decode(r, self._uid)))
+            except InvalidReceipt as exc:
+                result.failed.append((i, exc))
+        if not parsed:
+            return result
+        attrs = self._attrs()
+        with self._log.locked() as tx, self._mu:
+            self._catch_up()
+            idx = self._index
+            idx.sweep(self._clock(), attrs.retention)
+            doomed = []
+            for i, r, m, lease in parsed:
+                if m not in idx.state:
+                    result.successful.append((i, r))  # already gone: SQS says fine
+                    continue
+                if attrs.fifo:
+                    cur = idx.leases.get(m)
+                    if cur is None or cur[0] != lease:
+                        result.failed.append((i, InvalidReceipt(
+                            "receipt handle has expired: the message's lease ran out or it was received again")))
+                        continue
+                if m not in doomed:
+                    doomed.append(m)
+                result.successful.append((i, r))
+            if doomed:
+                tx.append(R.encode_seqs(doomed), R.DELETE)
+                self._catch_up()
+        self._maintain()
+        result.successful.sort(key=lambda e: e[0])
+        result.failed.sort(key=lambda e: e[0])
+        return result
+
+    def change_visibility(self, receipt: str, seconds) -> None:
+        """Sets the message's lease to end ``seconds`` from now (0 = visible now)."""
+        res = self.change_visibility_batch([(receipt, seconds)])
+        if res.failed:
+            raise res.failed[0][1]
+
+    def change_visibility_batch(self, entries) -> BatchResult:
+        """``[(receipt, seconds), ...]`` with one write; per-entry results."""
+        self._check()
+        if not isinstance(entries, (list, tuple)) or not entries:
+            raise BatchError("change_visibility_batch needs a non-empty list of (receipt, seconds)")
+        result = BatchResult()
+        parsed = []
+        lo, hi = RANGES["visibility_timeout"]
+        for i, entry in enumerate(entries):
+            try:
+                if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+                    raise InvalidParameter(f"entry {i} must be (receipt, seconds)")
+                receipt, seconds = entry
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not lo <= seconds <= hi:
+                    raise InvalidParameter(f"visibility timeout must be {lo}-{hi} seconds; got {seconds!r}")
+                parsed.append((i, receipt, *receipts.decode(receipt, self._uid), seconds))
+            except InvalidParameter as exc:
+                result.failed.append((i, exc))
+        if parsed:
+            attrs = self._attrs()
+            with self._log.locked() as tx, self._mu:
+                self._catch_up()
+                idx = self._index
+                now = self._clock()
+                idx.sweep(now, attrs.retention)
+                changes = []
+                for i, receipt, m, lease, seconds in parsed:
+                    cur = idx.leases.get(m)
+                    if cur is None or cur[0] != lease:
+                        result.failed.append((i, MessageNotInflight(
+                            "message is not in flight under this receipt (deleted, or its lease ran out)")))
+                        continue
+                    changes.append((m, lease, now + seconds))
+                    result.successful.append((i, receipt))
+                if changes:
+                    tx.append(R.encode_chvis(changes), R.CHVIS)
+                    self._catch_up()
+        result.failed.sort(key=lambda e: e[0])
+        return result
+
+    def purge(self) -> None:
+        """Drops every message, in flight included."""
+        self._check()
+        with self._log.locked() as tx, self._mu:
+            tx.append(R.encode_purge(tx.end), R.PURGE)
+            self._catch_up()
+
+    # -- inspecting ------------------------------------------------------------------
+
+    def stats(self) -> QueueStats:
+        """Visible, in-flight and delayed counts and the oldest message's age."""
+        self._check()
+        attrs = self._attrs()
+        with self._mu:
+            self._catch_up()
+            now = self._clock()
+            idx = self._index
+            idx.sweep(now, attrs.retention)
+            oldest = idx.oldest_sent()
+            return QueueStats(
+                visible=idx.counts[VISIBLE],
+                in_flight=idx.counts[INFLIGHT],
+                delayed=idx.counts[DELAYED],
+                oldest_age_s=max(0.0, now - oldest) if oldest is not None else 0.0,
+                total=len(idx.state),
+                disk_bytes=self._log.disk_bytes(),
+            )
+
+    def set_attributes(self, **changes) -> None:
+        """Changes attributes (any but ``name`` and ``fifo``)."""
+        self._broker._set_attributes(self, changes)
+
+    # -- maintenance -------------------------------------------------------------------
+
+    def checkpoint(self) -> int | None:
+        """Saves the index and trims the log below what is still needed.
+
+        Returns the checkpoint's position, or None if another process is
+        writing one right now.
+        """
+        try:
+            portalocker.lock(self._ckpt_fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+        except portalocker.LockException:
+            return None
+        try:
+            with self._mu:
+                self._catch_up()
+                idx = self._index
+                pos = checkpoint.save(idx, self._dir, self._log.io)
+                self._last_ckpt = pos
+                low = idx.min_live()
+                keep = pos if low is None else min(low, pos)
+            self._log.delete_below(keep)
+            self._rewrite_forward()
+            return pos
+        finally:
+            portalocker.unlock(self._ckpt_fh)
+
+    def _rewrite_forward(self) -> None:
+        """Moves the few visible messages that pin old segments to the log's end.
+
+        Standard queues only: FIFO order is by sequence, which a rewrite would
+        change.  In-flight messages are left (their receipts name their seq);
+        they stop pinning when their lease ends.
+        """
+        attrs = self._attrs()
+        if attrs.fifo:
+            return
+        bases = self._log.segment_bases()
+        if len(bases) < 3:
+            return
+        cutoff = bases[-2]
+        with self._mu:
+            idx = self._index
+            pinning = [m for m, st in idx.state.items() if m < cutoff and st != INFLIGHT]
+            live = len(idx.state)
+        if not pinning or len(pinning) > max(1000, live // 10):
+            return  # genuinely live data: disk use already tracks it
+        with self._log.locked() as tx, self._mu:
+            self._catch_up()
+            idx = self._index
+            pinning = [m for m in pinning if idx.state.get(m) in (VISIBLE, DELAYED)]
+            payloads, types = [], []
+            for m in pinning:
+                rec = R.decode_send(self._log.read(m).payload)
+                count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
+                payloads.append(R.encode_send(rec.message_id, rec.sent_at, rec.visible_at, rec.body,
+                                              rec.attributes, rec.group, rec.dedup_id, rec.source,
+                                              count, rec.first_received_at))
+                types.append(R.SEND)
+            if payloads:
+                payloads.append(R.encode_seqs(pinning))
+                types.append(R.MOVED)
+                tx.append_batch(payloads, types)
+                self._catch_up()
+        with self._mu:
+            low = self._index.min_live()
+        self._log.delete_below(self._index.applied if low is None else low)
+
+    def _close(self) -> None:
+        try:
+            if self._index.applied - self._last_ckpt > 1000:
+                self.checkpoint()
+        except WalqError:
+            pass
+        self._log.close()
+        self._ckpt_fh.close()
+
+    def __repr__(self) -> str:
+        return f"<walq.Queue {self.name!r}>"

@@ -1,0 +1,72 @@
+"""The values queue calls return: messages, send results, batch results, stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from walq.queue.queue import Queue
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """``message_id`` of the stored message; ``sequence`` for FIFO queues.
+
+    ``duplicate`` is True when a FIFO send fell in the dedup window: it was
+    accepted, returns the first send's id, and will not be delivered again.
+    """
+
+    message_id: str
+    sequence: int | None = None
+    duplicate: bool = False
+
+
+@dataclass
+class BatchResult:
+    """Per-entry outcome: ``successful`` (index, result) and ``failed`` (index, error)."""
+
+    successful: list[tuple[int, Any]] = field(default_factory=list)
+    failed: list[tuple[int, Exception]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts of a queue's messages as of now (approximate, as in SQS)."""
+
+    visible: int
+    in_flight: int
+    delayed: int
+    oldest_age_s: float
+    total: int = 0
+    disk_bytes: int = 0
+
+
+@dataclass
+class Message:
+    """A received message, leased to this receiver until its visibility timeout."""
+
+    message_id: str
+    body: bytes
+    attributes: dict
+    receipt: str
+    receive_count: int
+    sent_at: float
+    first_received_at: float
+    group: str | None = None
+    dedup_id: str | None = None
+    sequence: int | None = None
+    _queue: "Queue | None" = field(default=None, repr=False, compare=False)
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8."""
+        return self.body.decode("utf-8")
+
+    def ack(self) -> None:
+        """Deletes the message (``queue.delete(self.receipt)``)."""
+        self._queue.delete(self.receipt)
+
+    def change_visibility(self, seconds: int) -> None:
+        """Extends or ends the lease, counted from now (0 = visible now)."""
+        self._queue.change_visibility(self.receipt, seconds)
