@@ -259,6 +259,10 @@ int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
         size += walq_frame_size(lens[i]);
     if (end + size > walq_load(&ctl->seg_cap))
         return WALQ_EFULL;
+    /* Writes land only in preallocated blocks: an fdatasync then has no
+     * block allocation to journal (see docs/format.md, "Preallocation"). */
+    if (end + size > walq_load(&ctl->alloc_off))
+        return WALQ_EALLOC;
     uint64_t seq = walq_load(&ctl->end_seq);
     walq_store(&ctl->reserve_off, end + size);
     int rc = write_batch(fd, end, walq_load(&ctl->salt), seq, n, data, lens, types, type);

@@ -17,6 +17,7 @@
 #define WALQ_OK 0
 #define WALQ_ESTALE 1      /* the active segment changed under the caller */
 #define WALQ_EFULL 2       /* the batch does not fit in the active segment */
+#define WALQ_EALLOC 3      /* the batch runs past the preallocated part of the segment */
 
 /* walq_scan() stop reasons. */
 #define WALQ_SCAN_LIMIT 0  /* max records read */
@@ -43,7 +44,8 @@ struct walq_ctl {
     uint64_t dir_synced_base;  /* newest segment whose directory entry is durable */
     uint32_t notify;           /* futex word: bumped on every publish */
     uint32_t waiters;          /* processes blocked in walq_wait */
-    uint64_t reserved[18];
+    uint64_t alloc_off;        /* bytes of the active segment preallocated so far */
+    uint64_t reserved[17];
 };
 
 typedef struct {
@@ -67,8 +69,8 @@ uint64_t walq_frame(char *out, uint64_t salt, uint64_t seq0, size_t n,
 /* Append under the caller-held append lock: frames the batch and writes it
  * with pwritev at ctl->end_off of the active segment `fd` (whose base must
  * equal ctl->seg_base), then publishes the new end.  *seq0 receives the
- * first assigned sequence.  Returns WALQ_OK, WALQ_ESTALE, WALQ_EFULL or
- * -errno. */
+ * first assigned sequence.  Returns WALQ_OK, WALQ_ESTALE, WALQ_EFULL,
+ * WALQ_EALLOC or -errno. */
 int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
                        size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type, uint64_t *seq0);

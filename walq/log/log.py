@@ -248,11 +248,14 @@ class Log:
             lib.walq_unlock(self._append_fd)
 
     def _append_locked(self, n, data, lens, types, t) -> int:
-        for _attempt in range(3):
+        for _attempt in range(4):
             seg = self._active()
             rc = self.io.append_locked(self.ctl, seg.fd, seg.base, n, data, lens, types, t, self._seq_out)
             if rc == lib.WALQ_OK:
                 return rc
+            if rc == lib.WALQ_EALLOC:
+                self._extend(seg, sum(lib.walq_frame_size(lens[i]) for i in range(n)))
+                continue
             if rc == lib.WALQ_EFULL:
                 need = SEGMENT_HEADER_SIZE + sum(lib.walq_frame_size(lens[i]) for i in range(n)) + 8
                 self._roll(max(self.options.segment_size, need))
@@ -262,17 +265,29 @@ class Log:
             check_os(rc, "append", seg.path)
         raise CorruptionError(f"could not append to {self.path}: the active segment keeps changing")
 
+    def _extend(self, seg: Segment, need: int) -> None:
+        """Allocates blocks ahead of the end (append lock held)."""
+        alloc = self._load("alloc_off")
+        end = self._load("end_off")
+        cap = self._load("seg_cap")
+        target = min(cap, max(end + need, alloc + self.options.preallocate))
+        if target > alloc:
+            self.io.preallocate(seg.fd, alloc, target - alloc)
+        self._store("alloc_off", target)
+
     def _roll(self, size: int) -> None:
         """Starts a new segment at the current end (append lock held)."""
         base = self._load("end_seq")
         salt = secrets.randbits(64)
         header = encode_segment_header(base, salt, time.time_ns())
-        fd = self.io.create_segment(self.path, segment_name(base), header, size)
+        prealloc = min(size, max(self.options.preallocate, size - self.options.segment_size + 4096))
+        fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
         os.close(fd)
         # Writers read these only under the append lock we hold; publish the
         # new base last so a concurrent fast path fails with ESTALE.
         self._store("end_off", SEGMENT_HEADER_SIZE)
         self._store("reserve_off", SEGMENT_HEADER_SIZE)
+        self._store("alloc_off", prealloc)
         self._store("seg_cap", size)
         self._store("salt", salt)
         self._store("seg_base", base)

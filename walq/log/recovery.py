@@ -67,7 +67,8 @@ def recover(log) -> None:
         base = bases[-1] if bases else 0
         size = log.options.segment_size
         salt = secrets.randbits(64)
-        fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()), size)
+        fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()),
+                               size, min(size, log.options.preallocate))
         io.fdatasync(fd, path)
         os.close(fd)
         io.fsync_dir(path)
@@ -85,6 +86,9 @@ def recover(log) -> None:
         store("seg_base", seg.base)
         store("end_off", end_off)
         store("reserve_off", end_off)
+        # What is allocated past the end is unknown after a crash; the next
+        # append re-allocates from here (a no-op for blocks already there).
+        store("alloc_off", end_off)
         store("durable_seq", end_seq)
         store("first_seq", bases[0])
         store("seg_cap", seg.size)
