@@ -52,6 +52,9 @@ class Measurement:
     records_per_op: int = 1
     latencies: list[float] = field(default_factory=list)
     note: str = ""
+    cpu: float | None = None  # CPU seconds (user + system) the benchmarked processes used
+    syncs: int | None = None  # fdatasyncs the benchmarked code issued
+    extra: dict = field(default_factory=dict)
 
     @property
     def records(self) -> int:
@@ -78,6 +81,16 @@ class Measurement:
         self.ops += other.ops
         self.seconds += other.seconds
         self.latencies.extend(other.latencies)
+        if self.cpu is not None and other.cpu is not None:
+            self.cpu += other.cpu
+        if self.syncs is not None and other.syncs is not None:
+            self.syncs += other.syncs
+        for k, v in other.extra.items():
+            self.extra[k] = self.extra.get(k, 0) + v
+
+    def cpu_per_record(self) -> float:
+        """CPU seconds per record, or nan when not measured."""
+        return self.cpu / self.records if self.cpu is not None and self.records else float("nan")
 
 
 # -- the disk's limit ------------------------------------------------------------
@@ -116,6 +129,7 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
         lat: list[float] = []
         perf = time.perf_counter
         off = 0
+        c0 = time.process_time()
         t0 = perf()
         deadline = t0 + seconds
         while True:
@@ -128,10 +142,12 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
             if b >= deadline or off + write_size > span:
                 break
         elapsed = perf() - t0
+        cpu = time.process_time() - c0
     finally:
         os.close(fd)
         os.unlink(path)
-    return Measurement(f"raw pwrite {write_size} B + fdatasync ({layout})", len(lat), elapsed, latencies=lat)
+    return Measurement(f"raw pwrite {write_size} B + fdatasync ({layout})", len(lat), elapsed,
+                       latencies=lat, cpu=cpu, syncs=len(lat))
 
 
 # -- output ----------------------------------------------------------------------
@@ -279,6 +295,18 @@ def print_machine(info: dict[str, str]) -> None:
     for k, v in info.items():
         print(f"  {k.ljust(width)} : {v}")
     sys.stdout.flush()
+
+
+def cpu_times() -> tuple[int, int]:
+    """``(busy, total)`` clock ticks of all CPUs so far, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
 
 
 def drop_page_cache() -> bool:

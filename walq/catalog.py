@@ -44,7 +44,8 @@ class Catalog:
         self.refresh()
 
     def refresh(self) -> None:
-        """Replays records other processes appended."""
+        """Replays records other processes appended (one shared-memory load
+        when nothing changed)."""
         if self._applied >= self.log.end:
             return
         with self.mu:

@@ -107,6 +107,11 @@ class Log:
             os.close(fd)
         self._ctl_buf = ffi.from_buffer(self._ctl_mm)
         self.ctl = ffi.cast("struct walq_ctl *", self._ctl_buf)
+        # Field pointers, computed once: loads on the hot path are one call.
+        self._fields = {name: ffi.addressof(self.ctl, name) for name, _ in ffi.typeof("struct walq_ctl").fields
+                        if name not in ("notify", "waiters", "reserved")}
+        self._p_end_seq = self._fields["end_seq"]
+        self._p_poisoned = self._fields["poisoned"]
 
     def _release_files(self) -> None:
         for seg in self._segments.values():
@@ -146,10 +151,10 @@ class Log:
     # -- control block helpers --------------------------------------------
 
     def _load(self, field: str) -> int:
-        return lib.walq_load(ffi.addressof(self.ctl, field))
+        return lib.walq_load(self._fields[field])
 
     def _store(self, field: str, value: int) -> None:
-        lib.walq_store(ffi.addressof(self.ctl, field), value)
+        lib.walq_store(self._fields[field], value)
 
     def _refresh_bases(self) -> None:
         self._bases = sorted(b for b in map(parse_segment_name, os.listdir(self.path)) if b is not None)
@@ -176,7 +181,7 @@ class Log:
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosed(f"log {self.path} is closed")
-        if self._poisoned or self._load("poisoned"):
+        if self._poisoned or lib.walq_load(self._p_poisoned):
             self._poisoned = True
             raise LogPoisoned(0, "an fsync failed; close every handle and reopen the log", self.path)
 
@@ -315,7 +320,7 @@ class Log:
         self._make_durable(self._load("end_seq"))
 
     def _make_durable(self, upto: int) -> None:
-        durable = ffi.addressof(self.ctl, "durable_seq")
+        durable = self._fields["durable_seq"]
         if lib.walq_load(durable) >= upto:
             return
         with self._sync_tlock:
@@ -363,8 +368,9 @@ class Log:
     @property
     def end(self) -> int:
         """The next sequence number to be assigned (one past the last record)."""
-        self._check_open()
-        return self._load("end_seq")
+        if self._closed:
+            raise BrokerClosed(f"log {self.path} is closed")
+        return lib.walq_load(self._p_end_seq)
 
     @property
     def first(self) -> int:

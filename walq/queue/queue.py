@@ -13,7 +13,6 @@ import os
 import re
 import threading
 import time
-import uuid
 
 import portalocker
 
@@ -30,6 +29,7 @@ from walq.errors import (
 )
 from walq.log import Log, RecordGone
 from walq.queue import checkpoint, receipts
+from walq.queue.ids import IdGenerator, format_id
 from walq.queue import message_attributes as mattrs
 from walq.queue import records as R
 from walq.queue.attributes import RANGES, QueueAttributes
@@ -59,6 +59,7 @@ class Queue:
         self._log = Log.open(directory, broker._log_options)
         self._mu = threading.RLock()
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+        self._ids = IdGenerator()
         with self._mu:
             self._index = self._load_index()
             self._last_ckpt = self._index.applied
@@ -118,9 +119,15 @@ class Queue:
 
     def send(self, body, *, attributes=None, delay=None, group=None, dedup_id=None) -> SendResult:
         """Stores one message; returns its id (and FIFO sequence)."""
-        self._check()
         attrs = self._attrs()
         entry = self._prepare(attrs, body, attributes, delay, group, dedup_id)
+        if not attrs.fifo:
+            # The common case, kept short: no decision, so no lock or catch-up.
+            now = self._clock()
+            text, raw = self._ids.next()
+            b, encoded, d, g, _ = entry
+            self._log.append(R.encode_send(raw, now, now + d, b, encoded, g), R.SEND)
+            return SendResult(text)
         return self._store([entry], attrs)[0]
 
     def send_batch(self, entries) -> BatchResult:
@@ -128,10 +135,9 @@ class Queue:
 
         ``entries``: bodies, or dicts with send()'s keywords and ``body``.
         """
-        self._check()
+        attrs = self._attrs()
         if not isinstance(entries, (list, tuple)) or not entries:
             raise BatchError("send_batch needs a non-empty list of entries")
-        attrs = self._attrs()
         result = BatchResult()
         good, where = [], []
         for i, entry in enumerate(entries):
@@ -204,12 +210,12 @@ class Queue:
         now = self._clock()
         payloads, ids = [], []
         for body, encoded, delay, group, dedup_id in entries:
-            mid = uuid.uuid4()
-            ids.append(mid)
-            payloads.append(R.encode_send(mid.bytes, now, now + delay, body, encoded, group, dedup_id))
+            text, raw = self._ids.next()
+            ids.append(text)
+            payloads.append(R.encode_send(raw, now, now + delay, body, encoded, group, dedup_id))
         if not attrs.fifo:
-            seqs = self._log.append_batch(payloads, R.SEND)
-            return [SendResult(str(mid)) for mid in ids]
+            self._log.append_batch(payloads, R.SEND)
+            return [SendResult(text) for text in ids]
         # FIFO: the dedup window decides, so decide under the lock.
         results: list[SendResult | None] = [None] * len(entries)
         fresh, fresh_at = [], []
@@ -222,7 +228,7 @@ class Queue:
                 key = idx.dedup_key(group, dedup_id)
                 hit = idx.dedup.get(key)
                 if hit is not None:
-                    results[i] = SendResult(str(uuid.UUID(bytes=hit[0])), hit[1], duplicate=True)
+                    results[i] = SendResult(format_id(hit[0]), hit[1], duplicate=True)
                 elif key in pending:
                     results[i] = pending[key]  # filled below
                 else:
@@ -232,7 +238,7 @@ class Queue:
             if fresh:
                 seqs = tx.append_batch(fresh, R.SEND)
                 for i, seq in zip(fresh_at, seqs):
-                    results[i] = SendResult(str(ids[i]), seq)
+                    results[i] = SendResult(ids[i], seq)
             for i, r in enumerate(results):
                 if isinstance(r, int):
                     first = results[r]
@@ -322,7 +328,7 @@ class Queue:
                     rec = recs[m]
                     count, first = idx.receives[m]
                     out.append(Message(
-                        message_id=str(uuid.UUID(bytes=rec.message_id)),
+                        message_id=format_id(rec.message_id),
                         body=rec.body,
                         attributes=mattrs.decode(rec.attributes),
                         receipt=receipts.encode(self._uid, m, lease_seq),

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from walq.queue.queue import Queue
 
 
-@dataclass(frozen=True)
-class SendResult:
+class SendResult(NamedTuple):
     """``message_id`` of the stored message; ``sequence`` for FIFO queues.
 
     ``duplicate`` is True when a FIFO send fell in the dedup window: it was

@@ -1,0 +1,32 @@
+"""Message ids: UUID-shaped strings, unique across processes.
+
+uuid4() costs a urandom call and object churn per message; instead each
+generator draws 64 random bits once and counts.  Two generators collide only
+if their random halves do (1 in 2**64 per pair).  A forked child must not
+reuse its parent's generator - it opens its own Broker, which makes a new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+
+class IdGenerator:
+    """Yields ``(text id, 16 raw bytes)`` pairs."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8)
+        self._count = itertools.count()
+
+    def next(self) -> tuple[str, bytes]:
+        """A fresh id."""
+        raw = self._prefix + next(self._count).to_bytes(8, "big")
+        h = raw.hex()
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", raw
+
+
+def format_id(raw: bytes) -> str:
+    """The text form of 16 raw id bytes."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
