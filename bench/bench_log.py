@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import shutil
 import signal
 import sqlite3
@@ -42,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
     Measurement,
+    cpu_times,
     drop_page_cache,
     fmt_rate,
     fmt_ms,
@@ -81,6 +83,7 @@ def timed_loop(name: str, fn, seconds: float, records_per_op: int = 1) -> Measur
     """Calls ``fn()`` until ``seconds`` pass, timing every call."""
     perf = time.perf_counter
     lat = array("d")
+    c0 = time.process_time()
     t0 = perf()
     deadline = t0 + seconds
     while True:
@@ -90,13 +93,15 @@ def timed_loop(name: str, fn, seconds: float, records_per_op: int = 1) -> Measur
         lat.append(b - a)
         if b >= deadline:
             break
-    return Measurement(name, len(lat), perf() - t0, records_per_op, list(lat))
+    elapsed = perf() - t0
+    return Measurement(name, len(lat), elapsed, records_per_op, list(lat), cpu=time.process_time() - c0)
 
 
 def bulk_loop(name: str, fn, seconds: float, records_per_op: int = 1, chunk: int = 1000) -> Measurement:
     """Calls ``fn()`` in chunks until ``seconds`` pass; no per-call clock."""
     perf = time.perf_counter
     n = 0
+    c0 = time.process_time()
     t0 = perf()
     deadline = t0 + seconds
     rng = range(chunk)
@@ -106,7 +111,8 @@ def bulk_loop(name: str, fn, seconds: float, records_per_op: int = 1, chunk: int
         n += chunk
         if perf() >= deadline:
             break
-    return Measurement(name, n, perf() - t0, records_per_op)
+    elapsed = perf() - t0
+    return Measurement(name, n, elapsed, records_per_op, cpu=time.process_time() - c0)
 
 
 # -- the peers -----------------------------------------------------------------------
@@ -134,7 +140,7 @@ def bench_log(base: str, mode: str, batch: bool, seconds: float, latency_seconds
             m = bulk_loop(name, fn, seconds, per_op, chunk)
             m.latencies = timed_loop(name, fn, latency_seconds, per_op).latencies
         m.note = mode
-        m.syncs = io.syncs - syncs0  # type: ignore[attr-defined]
+        m.syncs = io.syncs - syncs0
         return m
     finally:
         log.close()
@@ -185,8 +191,6 @@ def rounds(benches: list[tuple[str, callable]], n_rounds: int) -> dict[str, Meas
             m = run()
             if key in out:
                 out[key].merge(m)
-                if hasattr(m, "syncs"):
-                    out[key].syncs += m.syncs  # type: ignore[attr-defined]
             else:
                 out[key] = m
             print(f"  round {r + 1}/{n_rounds}  {key:<32} {fmt_rate(m.records_per_s):>12} records/s", flush=True)
@@ -203,6 +207,7 @@ def _mp_worker(path: str, seconds: float, barrier, out_q) -> None:
         log.append(PAYLOAD)
     syncs0 = io.syncs
     barrier.wait()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     perf = time.perf_counter
     lat = array("d")
     t0 = time.monotonic()
@@ -216,9 +221,15 @@ def _mp_worker(path: str, seconds: float, barrier, out_q) -> None:
         if b >= deadline:
             break
     t1 = time.monotonic()
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     syncs = io.syncs - syncs0
     log.close()
-    out_q.put((len(lat), t0, t1, syncs, lat.tobytes()))
+    usage = {
+        "cpu": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+        "voluntary_switches": r1.ru_nvcsw - r0.ru_nvcsw,
+        "involuntary_switches": r1.ru_nivcsw - r0.ru_nivcsw,
+    }
+    out_q.put((len(lat), t0, t1, syncs, usage, lat.tobytes()))
 
 
 def bench_processes(base: str, nproc: int, seconds: float) -> Measurement:
@@ -226,12 +237,16 @@ def bench_processes(base: str, nproc: int, seconds: float) -> Measurement:
     ctx = multiprocessing.get_context("spawn")
     path = tempfile.mkdtemp(prefix=f"log-mp{nproc}-", dir=base)
     Log(path, LogOptions(durability="always")).close()
-    barrier = ctx.Barrier(nproc)
+    barrier = ctx.Barrier(nproc + 1)
     q = ctx.Queue()
     procs = [ctx.Process(target=_mp_worker, args=(path, seconds, barrier, q)) for _ in range(nproc)]
     for p in procs:
         p.start()
-    results = [q.get(timeout=seconds + 120) for _ in procs]
+    barrier.wait(timeout=120)
+    busy0, total0 = cpu_times()
+    results = [q.get(timeout=seconds + 120)]
+    busy1, total1 = cpu_times()  # the first appender is done: the window is over
+    results += [q.get(timeout=seconds + 120) for _ in procs[1:]]
     for p in procs:
         p.join()
         if p.exitcode != 0:
@@ -242,10 +257,16 @@ def bench_processes(base: str, nproc: int, seconds: float) -> Measurement:
     lat: list[float] = []
     for r in results:
         a = array("d")
-        a.frombytes(r[4])
+        a.frombytes(r[5])
         lat.extend(a)
-    m = Measurement(f"{nproc} process(es) x Log.append()", count, window, 1, lat, "always")
-    m.syncs = sum(r[3] for r in results)  # type: ignore[attr-defined]
+    m = Measurement(f"{nproc} process(es) x Log.append()", count, window, 1, lat, "always",
+                    cpu=sum(r[4]["cpu"] for r in results), syncs=sum(r[3] for r in results))
+    m.extra = {
+        "voluntary_switches": sum(r[4]["voluntary_switches"] for r in results),
+        "involuntary_switches": sum(r[4]["involuntary_switches"] for r in results),
+        "machine_busy_ticks": busy1 - busy0,
+        "machine_ticks": total1 - total0,
+    }
     return m
 
 
@@ -359,14 +380,15 @@ def latency_row(m: Measurement, unit: float | None = None) -> list:
         fmt_us(m.pct(99)),
         fmt_us(m.pct(99.9)),
     ]
-    syncs = getattr(m, "syncs", None)
-    row.append(f"{m.records / syncs:,.1f}" if syncs else "-")
+    row.append(f"{m.records / m.syncs:,.1f}" if m.syncs else "-")
+    row.append(fmt_us(m.cpu_per_record()))
     if unit:
         row.append(f"{m.pct(99) / unit:.2f}")
     return row
 
 
-HEAD = ["benchmark", "mode", "records/s", "calls/s", "p50 µs", "p99 µs", "p99.9 µs", "records/fdatasync"]
+HEAD = ["benchmark", "mode", "records/s", "calls/s", "p50 µs", "p99 µs", "p99.9 µs", "records/fdatasync",
+        "CPU µs/record"]
 
 
 def main(argv=None) -> int:
@@ -400,6 +422,8 @@ def main(argv=None) -> int:
                 ("raw-append", lambda: raw_fdatasync(base, "append", dur)),
                 ("raw-fallocate", lambda: raw_fdatasync(base, "fallocate", dur)),
                 ("raw-overwrite", lambda: raw_fdatasync(base, "overwrite", dur)),
+                ("raw-append-12800", lambda: raw_fdatasync(base, "append", dur, write_size=BATCH * 128)),
+                ("raw-fallocate-12800", lambda: raw_fdatasync(base, "fallocate", dur, write_size=BATCH * 128)),
                 ("raw-overwrite-12800", lambda: raw_fdatasync(base, "overwrite", dur, write_size=BATCH * 128)),
                 ("sqlite-full-1", lambda: bench_sqlite(base, "FULL", 1, dur, 0)),
                 ("sqlite-full-100", lambda: bench_sqlite(base, "FULL", BATCH, dur, 0)),
@@ -414,10 +438,10 @@ def main(argv=None) -> int:
         sync_rate, sync_lat = ref.ops_per_s, ref.pct(50)
         print()
         table(
-            ["raw fdatasync", "syncs/s", "p50 µs", "p99 µs", "p99.9 µs"],
+            ["raw fdatasync", "syncs/s", "p50 µs", "p99 µs", "p99.9 µs", "CPU µs/sync"],
             [[durable[k].name, fmt_rate(durable[k].ops_per_s), fmt_us(durable[k].pct(50)),
-              fmt_us(durable[k].pct(99)), fmt_us(durable[k].pct(99.9))]
-             for k in raw_keys + ["raw-overwrite-12800"]],
+              fmt_us(durable[k].pct(99)), fmt_us(durable[k].pct(99.9)), fmt_us(durable[k].cpu_per_record())]
+             for k in raw_keys + ["raw-append-12800", "raw-fallocate-12800", "raw-overwrite-12800"]],
         )
         print(f"\nreference (the disk's limit, fastest layout): {ref.name}: {fmt_rate(sync_rate)} syncs/s, "
               f"median latency {fmt_us(sync_lat)} µs")
@@ -448,6 +472,11 @@ def main(argv=None) -> int:
         mp = rounds([(f"procs-{n}", (lambda n=n: bench_processes(base, n, mp_dur))) for n in (1, 4, 8)], mp_rounds)
         print()
         table(HEAD + ["p99 / fdatasync p50"], [latency_row(mp[f"procs-{n}"], sync_lat) for n in (1, 4, 8)])
+        print()
+        table(["processes", "machine CPU busy", "context switches/record (voluntary)", "(involuntary)"],
+              [[n, f"{m.extra['machine_busy_ticks'] / max(1, m.extra['machine_ticks']):.0%}",
+                f"{m.extra['voluntary_switches'] / m.records:.2f}", f"{m.extra['involuntary_switches'] / m.records:.2f}"]
+               for n, m in ((n, mp[f"procs-{n}"]) for n in (1, 4, 8))])
 
         # 4. open time ---------------------------------------------------------------------------
         print(f"\n## 4. Open time of a {'~100 MB' if args.quick else '~1 GB'} log (100-byte records, 64 MiB segments)")

@@ -21,7 +21,10 @@ class IdGenerator:
 
     def next(self) -> tuple[str, bytes]:
         """A fresh id."""
-        raw = self._prefix + next(self._count).to_bytes(8, "big")
+        # An odd multiplier is a bijection mod 2**64: distinct counts stay
+        # distinct, and consecutive ids do not look consecutive.
+        mixed = (next(self._count) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        raw = self._prefix + mixed.to_bytes(8, "big")
         h = raw.hex()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", raw
 
