@@ -136,11 +136,12 @@ def bench_log(base: str, mode: str, batch: bool, seconds: float, latency_seconds
         syncs0 = io.syncs
         if mode == "always":
             m = timed_loop(name, fn, seconds, per_op)
+            m.syncs = io.syncs - syncs0
         else:
             m = bulk_loop(name, fn, seconds, per_op, chunk)
+            m.syncs = io.syncs - syncs0
             m.latencies = timed_loop(name, fn, latency_seconds, per_op).latencies
         m.note = mode
-        m.syncs = io.syncs - syncs0
         return m
     finally:
         log.close()
@@ -288,7 +289,7 @@ while True:
 def build_log(path: str, segments: float) -> tuple[int, int]:
     """Fills a log with 100-byte records up to ``segments`` default segments.
 
-    Returns (records, bytes of segment files)."""
+    Returns (records, bytes of record frames)."""
     opts = LogOptions(durability="os")
     per_segment = (opts.segment_size - 64) // 128  # frame: 24 B header + 100 B + 4 B padding
     total = int(segments * per_segment)
@@ -301,8 +302,7 @@ def build_log(path: str, segments: float) -> tuple[int, int]:
         done += n
     log.sync()
     log.close()
-    size = sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(".seg"))
-    return total, size
+    return total, total * 128
 
 
 def time_open(path: str) -> tuple[float, int]:
@@ -336,7 +336,8 @@ def bench_open(base: str, segments: float, warm_runs: int, cold_runs: int) -> di
     records, size = build_log(path, segments)
     build_s = time.perf_counter() - t0
     n_seg = sum(1 for f in os.listdir(path) if f.endswith(".seg"))
-    print(f"  built {records:,} records, {size / 1e9:.2f} GB in {n_seg} segments in {build_s:.1f} s", flush=True)
+    print(f"  built {records:,} records ({size / 1e9:.2f} GB of frames) in {n_seg} segment files of 64 MiB "
+          f"(the active one {segments % 1:.0%} full) in {build_s:.1f} s", flush=True)
     res: dict = {"records": records, "bytes": size, "segments": n_seg, "cold_available": True}
 
     time_open(path)  # the first open after the build warms the cache like any later one
