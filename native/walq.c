@@ -22,8 +22,12 @@
 
 #include "walq_api.h"
 
-/* Record header: checksum u64 | length u32 | type u8 | flags u8 |
- * reserved u16 | seq u64, little-endian; payload; zero padding to 8. */
+/* Record header: checksum u64 | length u32 | type u8 | lag u24 | seq u64,
+ * little-endian; payload; zero padding to 8.  `lag` is how many records the
+ * log's durable point trailed this one when it was written (saturating):
+ * recovery uses it to tell damage to synced data from an unsynced tail. */
+
+#define WALQ_LAG_MAX 0xFFFFFFu
 
 static inline void put32(char *p, uint32_t v) { memcpy(p, &v, 4); }
 static inline void put64(char *p, uint64_t v) { memcpy(p, &v, 8); }
@@ -44,14 +48,22 @@ uint64_t walq_frame_size(uint32_t len)
     return ((uint64_t)WALQ_REC_HEADER_SIZE + len + WALQ_ALIGN - 1) & ~(uint64_t)(WALQ_ALIGN - 1);
 }
 
-static void put_header(char *h, uint32_t len, uint8_t type, uint64_t seq)
+static void put_header(char *h, uint32_t len, uint8_t type, uint64_t seq, uint64_t durable)
 {
+    uint64_t lag = seq > durable ? seq - durable : 0;
+    if (lag > WALQ_LAG_MAX)
+        lag = WALQ_LAG_MAX;
     put32(h + 8, len);
     h[12] = (char)type;
-    h[13] = 0;  /* flags */
-    h[14] = 0;
-    h[15] = 0;
+    h[13] = (char)(lag & 0xFF);
+    h[14] = (char)((lag >> 8) & 0xFF);
+    h[15] = (char)((lag >> 16) & 0xFF);
     put64(h + 16, seq);
+}
+
+static uint64_t header_lag(const char *h)
+{
+    return (uint64_t)(uint8_t)h[13] | (uint64_t)(uint8_t)h[14] << 8 | (uint64_t)(uint8_t)h[15] << 16;
 }
 
 /* The checksum covers header bytes 8..24 and the payload, seeded with the
@@ -76,7 +88,7 @@ uint64_t walq_frame(char *out, uint64_t salt, uint64_t seq0, size_t n,
     for (size_t i = 0; i < n; i++) {
         uint32_t len = lens[i];
         uint64_t fs = walq_frame_size(len);
-        put_header(p, len, types ? types[i] : type, seq0 + i);
+        put_header(p, len, types ? types[i] : type, seq0 + i, seq0 + i);
         memcpy(p + WALQ_REC_HEADER_SIZE, data, len);
         memset(p + WALQ_REC_HEADER_SIZE + len, 0, fs - WALQ_REC_HEADER_SIZE - len);
         put64(p, frame_checksum(p, p + WALQ_REC_HEADER_SIZE, len, salt));
@@ -130,8 +142,8 @@ int walq_zero(int fd, uint64_t off, uint64_t len)
 
 /* Frames small payloads into one scratch buffer (a copy is cheaper than an
  * iovec for them) and points iovecs at large payloads in place. */
-static int write_batch(int fd, uint64_t off, uint64_t salt, uint64_t seq0, size_t n,
-                       const char *data, const uint32_t *lens,
+static int write_batch(int fd, uint64_t off, uint64_t salt, uint64_t seq0, uint64_t durable,
+                       size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type)
 {
     uint64_t scratch_size = 0;
@@ -159,7 +171,7 @@ static int write_batch(int fd, uint64_t off, uint64_t salt, uint64_t seq0, size_
         uint32_t len = lens[i];
         uint64_t fs = walq_frame_size(len);
         uint8_t t = types ? types[i] : type;
-        put_header(p, len, t, seq0 + i);
+        put_header(p, len, t, seq0 + i, durable);
         if (len <= WALQ_INLINE_MAX) {
             memcpy(p + WALQ_REC_HEADER_SIZE, data, len);
             memset(p + WALQ_REC_HEADER_SIZE + len, 0, fs - WALQ_REC_HEADER_SIZE - len);
@@ -265,7 +277,8 @@ int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
         return WALQ_EALLOC;
     uint64_t seq = walq_load(&ctl->end_seq);
     walq_store(&ctl->reserve_off, end + size);
-    int rc = write_batch(fd, end, walq_load(&ctl->salt), seq, n, data, lens, types, type);
+    int rc = write_batch(fd, end, walq_load(&ctl->salt), seq, walq_load(&ctl->durable_seq),
+                         n, data, lens, types, type);
     if (rc)
         return rc;
     /* Invariant: end_off and end_seq move together, only after the bytes
@@ -317,7 +330,7 @@ static int frame_ok(const char *base, uint64_t size, uint64_t off, uint64_t salt
     const char *h = base + off;
     uint32_t len = get32(h + 8);
     uint8_t type = (uint8_t)h[12];
-    if (type == 0 || get64(h + 16) != seq || h[13] || h[14] || h[15])
+    if (type == 0 || get64(h + 16) != seq)
         return 0;
     if (walq_frame_size(len) > size - off)
         return 0;
@@ -398,4 +411,26 @@ int64_t walq_check(const char *base, uint64_t size, uint64_t off,
     if (off > size || !frame_ok(base, size, off, salt, seq, &len, type))
         return -1;
     return (int64_t)len;
+}
+
+uint64_t walq_durable_after(const char *base, uint64_t size, uint64_t off,
+                            uint64_t salt, uint64_t min_seq, uint64_t *found)
+{
+    uint64_t best = 0, n = 0;
+    for (;;) {
+        uint64_t at = walq_find_valid(base, size, off, salt, min_seq);
+        if (at == UINT64_MAX)
+            break;
+        const char *h = base + at;
+        uint64_t seq = get64(h + 16), lag = header_lag(h);
+        uint64_t durable = seq > lag ? seq - lag : 0;
+        if (lag == WALQ_LAG_MAX)
+            durable = 0; /* saturated: only "at least this far behind" is known */
+        if (durable > best)
+            best = durable;
+        n++;
+        off = at + walq_frame_size(get32(h + 8));
+    }
+    *found = n;
+    return best;
 }

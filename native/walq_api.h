@@ -98,6 +98,13 @@ int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
 uint64_t walq_find_valid(const char *base, uint64_t size, uint64_t off,
                          uint64_t salt, uint64_t min_seq);
 
+/* Over every valid frame after `off` (sequence >= min_seq): the highest
+ * durable point any of them recorded when it was written (seq - lag), and
+ * in *found how many there are.  A damaged record below that point had been
+ * synced: that is damage, not a torn tail. */
+uint64_t walq_durable_after(const char *base, uint64_t size, uint64_t off,
+                            uint64_t salt, uint64_t min_seq, uint64_t *found);
+
 /* Checks one frame at `off`; returns its payload length, or -1. */
 int64_t walq_check(const char *base, uint64_t size, uint64_t off,
                    uint64_t salt, uint64_t seq, uint8_t *type);

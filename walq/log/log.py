@@ -158,6 +158,11 @@ class Log:
 
     def _refresh_bases(self) -> None:
         self._bases = sorted(b for b in map(parse_segment_name, os.listdir(self.path)) if b is not None)
+        # Drop segments another process removed: an open descriptor would
+        # keep their disk space allocated for as long as this process lives.
+        present = set(self._bases)
+        for base in [b for b in self._segments if b not in present]:
+            self._segments.pop(base).close()
 
     def _segment(self, base: int) -> Segment:
         seg = self._segments.get(base)

@@ -8,9 +8,11 @@ Runs only when no other process has the log open (the caller holds
   their frames are verified whenever they are read.
 * The active (last) segment is scanned in C from its header.  Where the scan
   stops on a frame that does not validate, the rest of the segment decides:
-  if any valid frame follows, the log is damaged (CorruptionError with file
-  and offset); if none does, it is a torn tail - a write cut short by a crash
-  - and the bytes are copied aside to ``torn-<base>-<offset>.bin`` and zeroed.
+  every record carries how far the durable point trailed it when written, so
+  if a later valid record shows the bad one had already been synced, the log
+  is damaged (CorruptionError with file and offset); otherwise it is a torn
+  tail - writes a crash or power cut cut short - and the bytes are copied
+  aside to ``torn-<base>-<offset>.bin`` and zeroed.
 * Every step is idempotent, so a crash during recovery is recovered by the
   next open.
 """
@@ -109,14 +111,20 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     end_off, end_seq = res.next_off, res.next_seq
     if res.status != lib.WALQ_SCAN_BAD:
         return end_off, end_seq
-    later = lib.walq_find_valid(seg.ptr, seg.size, end_off + 8, seg.salt, end_seq)
-    if later != 0xFFFFFFFFFFFFFFFF:
+    found = ffi.new("uint64_t *")
+    durable = lib.walq_durable_after(seg.ptr, seg.size, end_off + 8, seg.salt, end_seq, found)
+    if found[0] and durable > end_seq:
+        # A later record was written after this one had been synced: synced
+        # data does not tear, so this is damage.
         raise CorruptionError(
-            f"record {end_seq} in {seg.path} at offset {end_off} does not validate, "
-            f"but a valid record follows at offset {later}: the log is damaged",
+            f"record {end_seq} in {seg.path} at offset {end_off} does not validate, but later "
+            f"records show it had been synced: the log is damaged",
             seg.path,
             end_off,
         )
+    # Otherwise nothing from here on had been synced when it was written:
+    # a torn tail (a crash, or a power cut that wrote later pages before
+    # earlier ones).  Keep it aside, never return it.
     tail = seg.mm[end_off:].rstrip(b"\0")
     aside = os.path.join(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}.bin")
     io.write_file_atomic(aside, tail)
