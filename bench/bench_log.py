@@ -144,8 +144,7 @@ def bench_log(base: str, mode: str, batch: bool, seconds: float, latency_seconds
         m.note = mode
         return m
     finally:
-        log.close()
-        shutil.rmtree(path, ignore_errors=True)
+        log.close()  # files stay until the run ends (see rounds())
 
 
 def bench_sqlite(base: str, synchronous: str, per_txn: int, seconds: float, latency_seconds: float) -> Measurement:
@@ -180,15 +179,20 @@ def bench_sqlite(base: str, synchronous: str, per_txn: int, seconds: float, late
         return m
     finally:
         db.close()
-        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def rounds(benches: list[tuple[str, callable]], n_rounds: int) -> dict[str, Measurement]:
-    """Runs each benchmark once per round, in a rotating order; merges the rounds."""
+    """Runs each benchmark once per round, in a rotating order; merges the rounds.
+
+    Between two benchmarks everything dirty is written back (``os.sync``), so
+    that no benchmark pays for the previous one's writeback; files are only
+    deleted when the whole run ends, because on a ``discard`` mount deletions
+    slow down the journal commits that follow them."""
     out: dict[str, Measurement] = {}
     for r in range(n_rounds):
         order = benches[r % len(benches):] + benches[: r % len(benches)]
         for key, run in order:
+            os.sync()
             m = run()
             if key in out:
                 out[key].merge(m)
@@ -244,15 +248,14 @@ def bench_processes(base: str, nproc: int, seconds: float) -> Measurement:
     for p in procs:
         p.start()
     barrier.wait(timeout=120)
-    busy0, total0 = cpu_times()
+    busy0, steal0, total0 = cpu_times()
     results = [q.get(timeout=seconds + 120)]
-    busy1, total1 = cpu_times()  # the first appender is done: the window is over
+    busy1, steal1, total1 = cpu_times()  # the first appender is done: the window is over
     results += [q.get(timeout=seconds + 120) for _ in procs[1:]]
     for p in procs:
         p.join()
         if p.exitcode != 0:
             raise RuntimeError(f"appender process exited with {p.exitcode}")
-    shutil.rmtree(path, ignore_errors=True)
     count = sum(r[0] for r in results)
     window = max(r[2] for r in results) - min(r[1] for r in results)
     lat: list[float] = []
@@ -266,6 +269,7 @@ def bench_processes(base: str, nproc: int, seconds: float) -> Measurement:
         "voluntary_switches": sum(r[4]["voluntary_switches"] for r in results),
         "involuntary_switches": sum(r[4]["involuntary_switches"] for r in results),
         "machine_busy_ticks": busy1 - busy0,
+        "machine_steal_ticks": steal1 - steal0,
         "machine_ticks": total1 - total0,
     }
     return m
@@ -332,6 +336,7 @@ def kill_writer(path: str) -> None:
 
 def bench_open(base: str, segments: float, warm_runs: int, cold_runs: int) -> dict:
     path = tempfile.mkdtemp(prefix="log-open-", dir=base)
+    os.sync()
     t0 = time.perf_counter()
     records, size = build_log(path, segments)
     build_s = time.perf_counter() - t0
@@ -364,7 +369,6 @@ def bench_open(base: str, segments: float, warm_runs: int, cold_runs: int) -> di
         (res["kill_cold"] if cold else res["kill_warm"]).append(dt)
     res["torn_files"] = len([f for f in os.listdir(path) if f.startswith("torn-")]) - before
     res["final_records"] = end
-    shutil.rmtree(path, ignore_errors=True)
     return res
 
 
@@ -420,12 +424,12 @@ def main(argv=None) -> int:
         print(f"\n## 1. Durable: the disk, SQLite FULL and the log under 'always' ({n_rounds} rounds x {dur} s each)")
         durable = rounds(
             [
-                ("raw-append", lambda: raw_fdatasync(base, "append", dur)),
-                ("raw-fallocate", lambda: raw_fdatasync(base, "fallocate", dur)),
-                ("raw-overwrite", lambda: raw_fdatasync(base, "overwrite", dur)),
-                ("raw-append-12800", lambda: raw_fdatasync(base, "append", dur, write_size=BATCH * 128)),
-                ("raw-fallocate-12800", lambda: raw_fdatasync(base, "fallocate", dur, write_size=BATCH * 128)),
-                ("raw-overwrite-12800", lambda: raw_fdatasync(base, "overwrite", dur, write_size=BATCH * 128)),
+                ("raw-append", lambda: raw_fdatasync(base, "append", dur, remove=False)),
+                ("raw-fallocate", lambda: raw_fdatasync(base, "fallocate", dur, remove=False)),
+                ("raw-overwrite", lambda: raw_fdatasync(base, "overwrite", dur, remove=False)),
+                ("raw-append-12800", lambda: raw_fdatasync(base, "append", dur, BATCH * 128, remove=False)),
+                ("raw-fallocate-12800", lambda: raw_fdatasync(base, "fallocate", dur, BATCH * 128, remove=False)),
+                ("raw-overwrite-12800", lambda: raw_fdatasync(base, "overwrite", dur, BATCH * 128, remove=False)),
                 ("sqlite-full-1", lambda: bench_sqlite(base, "FULL", 1, dur, 0)),
                 ("sqlite-full-100", lambda: bench_sqlite(base, "FULL", BATCH, dur, 0)),
                 ("log-always-append", lambda: bench_log(base, "always", False, dur, 0)),
@@ -474,8 +478,10 @@ def main(argv=None) -> int:
         print()
         table(HEAD + ["p99 / fdatasync p50"], [latency_row(mp[f"procs-{n}"], sync_lat) for n in (1, 4, 8)])
         print()
-        table(["processes", "machine CPU busy", "context switches/record (voluntary)", "(involuntary)"],
+        table(["processes", "machine CPU busy", "CPU stolen by the host", "context switches/record (voluntary)",
+               "(involuntary)"],
               [[n, f"{m.extra['machine_busy_ticks'] / max(1, m.extra['machine_ticks']):.0%}",
+                f"{m.extra['machine_steal_ticks'] / max(1, m.extra['machine_ticks']):.0%}",
                 f"{m.extra['voluntary_switches'] / m.records:.2f}", f"{m.extra['involuntary_switches'] / m.records:.2f}"]
                for n, m in ((n, mp[f"procs-{n}"]) for n in (1, 4, 8))])
 

@@ -11,6 +11,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -97,7 +98,7 @@ class Measurement:
 
 
 def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int = RAW_WRITE_SIZE,
-                  max_ops: int = 1_000_000) -> Measurement:
+                  max_ops: int = 1_000_000, remove: bool = True) -> Measurement:
     """pwrite ``write_size`` bytes at the next offset + fdatasync, in a loop.
 
     ``layout``:
@@ -108,19 +109,24 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
       * ``"overwrite"``: the file was filled with zeros and synced first, so
         every write lands on allocated, written blocks - what SQLite's WAL does
         when it reuses its file, and what a recycled segment would do.
+
+    ``remove=False`` leaves the file for the caller to delete later: on a file
+    system mounted with ``discard`` a deletion makes the next journal commits
+    slower, which would tax whatever is measured next.
     """
-    path = os.path.join(directory, f"raw-fdatasync-{layout}.bin")
-    span = max_ops * write_size
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd, path = tempfile.mkstemp(prefix=f"raw-fdatasync-{layout}-", suffix=".bin", dir=directory)
+    # Room for the run at up to 40,000 syncs/s (faster than any disk here).
+    span = min(max_ops, int(seconds * 40_000) + 1000) * write_size
+    wrap = span + 1  # offset at which writing starts over at 0 (overwrite only)
     try:
         if layout == "fallocate":
-            os.posix_fallocate(fd, 0, span)
+            os.posix_fallocate(fd, 0, span)  # metadata only: cheap however large
             os.fsync(fd)
         elif layout == "overwrite":
-            # Enough for the run: about 20,000 syncs/s at most on this class of disk.
-            span = min(span, int(seconds * 40_000 + 1000) * write_size)
+            # A 64 MiB file (a segment) written over and over, as SQLite reuses its WAL.
+            wrap = min(span, 64 << 20) // write_size * write_size
             chunk = b"\0" * (1 << 20)
-            for off in range(0, span, len(chunk)):
+            for off in range(0, wrap + len(chunk), len(chunk)):
                 os.pwrite(fd, chunk, off)
             os.fsync(fd)
         elif layout != "append":
@@ -139,13 +145,16 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
             b = perf()
             lat.append(b - a)
             off += write_size
+            if off >= wrap:
+                off = 0
             if b >= deadline or off + write_size > span:
                 break
         elapsed = perf() - t0
         cpu = time.process_time() - c0
     finally:
         os.close(fd)
-        os.unlink(path)
+        if remove:
+            os.unlink(path)
     return Measurement(f"raw pwrite {write_size} B + fdatasync ({layout})", len(lat), elapsed,
                        latencies=lat, cpu=cpu, syncs=len(lat))
 
@@ -297,16 +306,21 @@ def print_machine(info: dict[str, str]) -> None:
     sys.stdout.flush()
 
 
-def cpu_times() -> tuple[int, int]:
-    """``(busy, total)`` clock ticks of all CPUs so far, from /proc/stat."""
+def cpu_times() -> tuple[int, int, int]:
+    """``(busy, steal, total)`` clock ticks of all CPUs so far, from /proc/stat.
+
+    ``steal`` is time the hypervisor gave our virtual CPUs to someone else: a
+    benchmark run with much steal measured a contended host, not walq."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return 0, 0, 0
+    fields += [0] * (8 - len(fields))
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7]
     total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
+    return total - idle - steal, steal, total
 
 
 def drop_page_cache() -> bool:

@@ -336,6 +336,11 @@ static int frame_ok(const char *base, uint64_t size, uint64_t off, uint64_t salt
         return 0;
     if (frame_checksum(h, h + WALQ_REC_HEADER_SIZE, len, salt) != get64(h))
         return 0;
+    /* The checksum does not cover the padding, and the grammar says it is
+     * zeros: check it, or a flipped padding byte would pass unnoticed. */
+    for (const char *p = h + WALQ_REC_HEADER_SIZE + len; p < h + walq_frame_size(len); p++)
+        if (*p)
+            return 0;
     *len_out = len;
     *type_out = type;
     return 1;

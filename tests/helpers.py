@@ -25,7 +25,7 @@ ALIGN = 8
 SEGMENT_MAGIC = b"WALQSEG1"
 
 _SEGMENT_HEADER = struct.Struct("<8sIIQQQ16xQ")  # ... | checksum u64
-_RECORD_HEADER = struct.Struct("<QIBBHQ")  # checksum | len | type | flags | reserved | seq
+_RECORD_HEADER = struct.Struct("<QIB3sQ")  # checksum | len | type | lag u24 | seq
 
 
 # -- corruption ----------------------------------------------------------------
@@ -110,9 +110,9 @@ def frame_size(payload_len: int) -> int:
     return (RECORD_HEADER_SIZE + payload_len + ALIGN - 1) // ALIGN * ALIGN
 
 
-def encode_frame(payload: bytes, seq: int, salt: int, type: int = 1) -> bytes:
+def encode_frame(payload: bytes, seq: int, salt: int, type: int = 1, lag: int = 0) -> bytes:
     """One record frame, built from the format grammar alone (the oracle)."""
-    body = struct.pack("<IBBHQ", len(payload), type, 0, 0, seq) + payload
+    body = struct.pack("<IB3sQ", len(payload), type, lag.to_bytes(3, "little"), seq) + payload
     checksum = xxhash.xxh3_64_intdigest(body, seed=salt)
     frame = struct.pack("<Q", checksum) + body
     return frame + bytes(frame_size(len(payload)) - len(frame))
@@ -123,6 +123,7 @@ class Frame(NamedTuple):
     seq: int
     type: int
     payload: bytes
+    lag: int  # how far the durable point trailed this record when written
 
     @property
     def size(self) -> int:
@@ -141,15 +142,18 @@ def frames(path: str) -> list[Frame]:
         data = f.read()
     out, off, seq = [], SEGMENT_HEADER_SIZE, hdr.base
     while len(data) - off >= RECORD_HEADER_SIZE:
-        checksum, length, type, flags, reserved, fseq = _RECORD_HEADER.unpack_from(data, off)
+        checksum, length, type, lag, fseq = _RECORD_HEADER.unpack_from(data, off)
         if data[off : off + RECORD_HEADER_SIZE] == bytes(RECORD_HEADER_SIZE):
             break
         end = off + frame_size(length)
-        if end > len(data) or type == 0 or flags or reserved or fseq != seq:
+        if end > len(data) or type == 0 or fseq != seq:
             break
         if xxhash.xxh3_64_intdigest(data[off + 8 : off + RECORD_HEADER_SIZE + length], seed=hdr.salt) != checksum:
             break
-        out.append(Frame(off, fseq, type, data[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + length]))
+        if data[off + RECORD_HEADER_SIZE + length : end] != bytes(end - off - RECORD_HEADER_SIZE - length):
+            break  # padding must be zeros
+        payload = data[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + length]
+        out.append(Frame(off, fseq, type, payload, int.from_bytes(lag, "little")))
         off, seq = end, seq + 1
     return out
 

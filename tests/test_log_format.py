@@ -180,6 +180,7 @@ def test_append_and_read_round_trip_through_log(recs, segment_size):
 
 
 def test_appended_bytes_are_exactly_the_grammar(tmp_path):
+    """Byte for byte, what append writes is what docs/format.md describes."""
     with Log.open(tmp_path, LogOptions(durability="os")) as log:
         log.append(b"first", type=3)
         log.append_batch([b"", b"second!!", b"x" * 1000])
@@ -188,11 +189,13 @@ def test_appended_bytes_are_exactly_the_grammar(tmp_path):
     assert hdr.base == 0
     with open(path, "rb") as f:
         data = f.read()
+    # durability="os" never syncs, so the durable point stays at 0 (where
+    # the log was opened) and each record's lag is its distance from it.
     expected = (
-        encode_frame(b"first", 0, hdr.salt, 3)
-        + encode_frame(b"", 1, hdr.salt)
-        + encode_frame(b"second!!", 2, hdr.salt)
-        + encode_frame(b"x" * 1000, 3, hdr.salt)
+        encode_frame(b"first", 0, hdr.salt, 3, lag=0)
+        + encode_frame(b"", 1, hdr.salt, lag=1)
+        + encode_frame(b"second!!", 2, hdr.salt, lag=2)
+        + encode_frame(b"x" * 1000, 3, hdr.salt, lag=3)
     )
     assert data[SEGMENT_HEADER_SIZE : SEGMENT_HEADER_SIZE + len(expected)] == expected
     assert data[SEGMENT_HEADER_SIZE + len(expected) :].count(0) == len(data) - SEGMENT_HEADER_SIZE - len(expected)

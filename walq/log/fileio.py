@@ -48,6 +48,11 @@ class OsIO:
         """
         os.posix_fallocate(fd, offset, length)
 
+    def grow(self, fd: int, size: int) -> None:
+        """Extends a file to ``size`` bytes (sparse: the new part reads as zeros)."""
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+
     def pwrite(self, fd: int, data: bytes, offset: int) -> None:
         """Writes all of ``data`` at ``offset``."""
         view = memoryview(data)

@@ -268,7 +268,15 @@ class Log:
                 continue
             if rc == lib.WALQ_EFULL:
                 need = SEGMENT_HEADER_SIZE + sum(lib.walq_frame_size(lens[i]) for i in range(n)) + 8
-                self._roll(max(self.options.segment_size, need))
+                if self._load("end_seq") == seg.base:
+                    # The active segment holds no record yet (a fresh log, or
+                    # a crash right after a roll) and the batch is bigger than
+                    # it.  A roll would create a file of the same name and
+                    # leave every open descriptor - ours and other processes'
+                    # - on the replaced file, where appends are lost: grow it.
+                    self._grow(seg, max(self.options.segment_size, need))
+                else:
+                    self._roll(max(self.options.segment_size, need))
                 continue
             if rc == lib.WALQ_ESTALE:
                 continue
@@ -284,6 +292,16 @@ class Log:
         if target > alloc:
             self.io.preallocate(seg.fd, alloc, target - alloc)
         self._store("alloc_off", target)
+
+    def _grow(self, seg: Segment, size: int) -> None:
+        """Enlarges the empty active segment in place (append lock held).
+
+        Readers that mapped the old size remap when a scan runs past it
+        (Segment.index_to).
+        """
+        if size > self._load("seg_cap"):
+            self.io.grow(seg.fd, size)
+            self._store("seg_cap", size)
 
     def _roll(self, size: int) -> None:
         """Starts a new segment at the current end (append lock held)."""

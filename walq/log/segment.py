@@ -75,7 +75,10 @@ class Segment:
             lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.next_seq, want, offs, lens, types, res)
             if res.count:
                 self.offs.frombytes(ffi.buffer(offs, 8 * res.count))
+                self._release(self.scan_off, res.next_off)
                 self.scan_off = res.next_off
+            if res.status in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_EOF) and self._remap_if_grown():
+                continue
             if res.status == lib.WALQ_SCAN_BAD:
                 raise CorruptionError(
                     f"record {res.next_seq} in {self.path} at offset {res.next_off} does not validate",
@@ -84,6 +87,30 @@ class Segment:
                 )
             if res.status in (lib.WALQ_SCAN_END, lib.WALQ_SCAN_EOF):
                 self.sealed = True
+
+    def _remap_if_grown(self) -> bool:
+        """Maps the file again if it grew since it was mapped: an empty active
+        segment is enlarged in place for a batch bigger than it (Log._grow).
+        The old map stays valid for views still holding it."""
+        size = os.fstat(self.fd).st_size
+        if size <= self.size:
+            return False
+        self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+        self.ptr = ffi.from_buffer(self.mm)
+        self.size = size
+        return True
+
+    def _release(self, start: int, end: int) -> None:
+        """Drops scanned pages from this process's mapping.
+
+        They stay in the page cache; without this a process that indexed a
+        large log would carry every page it scanned in its resident set.
+        """
+        page = mmap.PAGESIZE
+        lo = (start + page - 1) // page * page
+        hi = end // page * page
+        if hi > lo:
+            self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
     def frame_at(self, seq: int) -> tuple[int, int, int]:
         """``(offset, length, type)`` of a validated frame; CorruptionError if damaged."""

@@ -48,11 +48,17 @@ def list_checkpoints(directory: str) -> list[int]:
 def encode(idx: Index) -> bytes:
     """Serializes an index."""
     keys = sorted(idx.state)
+    state = idx.state
+    ret_seq, ret_at = array("q"), array("d")
+    for m, t in zip(idx.ret_seq[idx.ret_head :], idx.ret_at[idx.ret_head :]):
+        if m in state:
+            ret_seq.append(m)
+            ret_at.append(t)
     arrays = {
         "state_seq": array("q", keys),
-        "state_val": array("b", [idx.state[k] for k in keys]),
-        "ret_seq": idx.ret_seq[idx.ret_head :],
-        "ret_at": idx.ret_at[idx.ret_head :],
+        "state_val": array("b", map(state.__getitem__, keys)),
+        "ret_seq": ret_seq,
+        "ret_at": ret_at,
         "delayed_at": array("d", [t for t, m in idx.delayed if idx.state.get(m) == DELAYED]),
         "delayed_seq": array("q", [m for t, m in idx.delayed if idx.state.get(m) == DELAYED]),
     }
@@ -92,9 +98,9 @@ def decode(raw: bytes, path: str) -> Index:
         arrays[name] = a
     idx = Index(meta["fifo"], meta["dedup_scope"])
     idx.applied = applied
-    idx.state = dict(zip(arrays["state_seq"], arrays["state_val"]))
-    for v in idx.state.values():
-        idx.counts[v] += 1
+    seqs, vals = arrays["state_seq"], arrays["state_val"]
+    idx.state = dict(zip(seqs, vals))
+    idx.counts = [vals.count(VISIBLE), vals.count(DELAYED), vals.count(INFLIGHT)]
     idx.ret_seq, idx.ret_at = arrays["ret_seq"], arrays["ret_at"]
     idx.leases = {m: (l, d) for m, l, d in meta["leases"]}
     idx.lease_heap = [(d, m, l) for m, (l, d) in idx.leases.items()]
@@ -120,7 +126,13 @@ def decode(raw: bytes, path: str) -> Index:
         heapq.heapify(idx.ready)
     else:
         # state_seq is sorted, so the visible seqs already form a heap.
-        idx.visible = [m for m, st in zip(arrays["state_seq"], arrays["state_val"]) if st == VISIBLE]
+        # Reuse the dict's int objects: a second copy of a million ints
+        # would cost ~30 MB.
+        state = idx.state
+        if idx.counts[VISIBLE] == len(seqs):
+            idx.visible = list(state)
+        else:
+            idx.visible = [m for m in state if state[m] == VISIBLE]
     return idx
 
 

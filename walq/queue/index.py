@@ -29,6 +29,7 @@ class Index:
         self.fifo = fifo
         self.dedup_scope = dedup_scope
         self.applied = 0  # next log sequence to apply
+        self.ops = 0  # message operations applied (checkpoint pacing)
         self.state: dict[int, int] = {}  # msg seq -> VISIBLE/DELAYED/INFLIGHT
         self.counts = [0, 0, 0]
         self.visible: list[int] = []  # heap of seqs (standard queues)
@@ -53,6 +54,7 @@ class Index:
 
     def apply(self, seq: int, type: int, payload: bytes) -> None:
         """Folds one log record into the index."""
+        self.ops += 1 if type == R.SEND else 1 + len(payload) // 16
         if type == R.SEND:
             sent, vis, prior, group, dedup, mid = R.decode_send_head(payload)
             self._add(seq, sent, vis, prior, group, dedup, mid)

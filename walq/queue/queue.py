@@ -39,7 +39,8 @@ from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 _ID_CHARS = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
 _SEND_KEYS = frozenset(("body", "attributes", "delay", "group", "dedup_id"))
 MAX_RECEIVE = 1_000
-#: Records applied between checkpoints: bounds the replay on open.
+#: Message operations (sends, leases, deletes...) applied between
+#: checkpoints: bounds the replay on open.
 CHECKPOINT_EVERY = 50_000
 #: How long a message being moved to a dead-letter queue stays hidden; if the
 #: mover dies, it reappears and is moved again (at-least-once).
@@ -62,7 +63,7 @@ class Queue:
         self._ids = IdGenerator()
         with self._mu:
             self._index = self._load_index()
-            self._last_ckpt = self._index.applied
+            self._last_ckpt = self._index.ops
             self._catch_up()
 
     # -- plumbing --------------------------------------------------------------
@@ -96,6 +97,7 @@ class Queue:
                 # Another process compacted past our position: its checkpoint
                 # covers what the removed segments held.
                 self._index = idx = self._load_index()
+                self._last_ckpt = idx.ops
                 if idx.applied < log.first:
                     raise CorruptionError(
                         f"queue {self.name}: log starts at {log.first} but the newest checkpoint "
@@ -112,7 +114,7 @@ class Queue:
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
-        if self._index.applied - self._last_ckpt >= CHECKPOINT_EVERY:
+        if self._index.ops - self._last_ckpt >= CHECKPOINT_EVERY:
             self.checkpoint()
 
     # -- sending ---------------------------------------------------------------
@@ -540,7 +542,7 @@ class Queue:
                 self._catch_up()
                 idx = self._index
                 pos = checkpoint.save(idx, self._dir, self._log.io)
-                self._last_ckpt = pos
+                self._last_ckpt = idx.ops
                 low = idx.min_live()
                 keep = pos if low is None else min(low, pos)
             self._log.delete_below(keep)
@@ -592,7 +594,7 @@ class Queue:
 
     def _close(self) -> None:
         try:
-            if self._index.applied - self._last_ckpt > 1000:
+            if self._index.ops - self._last_ckpt > 1000:
                 self.checkpoint()
         except WalqError:
             pass

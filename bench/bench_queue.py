@@ -1,0 +1,569 @@
+"""Queue benchmarks (issue 3, item 8): walq beside persist-queue's SQLiteAckQueue,
+litequeue and a plain SQLite table queue, 100-byte messages, in one run.
+
+    python bench/bench_queue.py [--dir D] [--quick] [--json FILE]
+
+Sections:
+
+1. Single-process operations, each on a fresh store, in interleaved rounds
+   (the shared disk drifts; every peer gets the same slices of it):
+   ``send`` in a loop; ``send_batch`` of 10 and of 100; ``receive(10)`` +
+   ``delete_batch`` of what it got, on a queue pre-filled with ``--depth``
+   messages.  Every call is timed (perf_counter) for p50/p99.
+2. 4 producer + 4 consumer processes end to end: producers send unique bodies
+   (``send_batch`` of 10; persist-queue, which has no batch, one ``put`` at a
+   time), consumers ``receive(10)`` (walq long-polls; the SQLite peers poll
+   every 1 ms) and delete what they got.  Messages/s = messages consumed /
+   (last consume - start).  Every consumed body is checked: none lost, none
+   delivered twice.
+3. Long-poll wake-up: a receiver in another process blocked in
+   ``q.receive(wait=5)``; the sender stamps CLOCK_MONOTONIC into the body just
+   before ``send``; latency = receive return - that stamp.  walq only: the
+   peers cannot block on another process's insert.
+
+Durability pairs: walq ``"always"`` vs SQLite ``synchronous=FULL`` (a call
+returns after fdatasync); walq ``"os"`` and ``"batch"`` vs ``NORMAL`` (no sync
+per call).  Then every target of issue 3 item 8 with PASS/FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from array import array
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import peers  # noqa: E402
+from common import fmt_rate, git_commit, machine, percentile, print_machine, raw_fdatasync, table  # noqa: E402
+
+PAYLOAD = b"m" * 100
+REPO = os.path.dirname(HERE)
+
+CONFIGS = [
+    ("walq", "always"),
+    ("walq", "batch"),
+    ("walq", "os"),
+    ("sqlite", "FULL"),
+    ("sqlite", "NORMAL"),
+    ("persist-queue", "FULL"),
+    ("persist-queue", "NORMAL"),
+    ("litequeue", "FULL"),
+    ("litequeue", "NORMAL"),
+]
+OPS = [("send", 1), ("send_batch", 10), ("send_batch", 100), ("receive+delete", 10)]
+#: The SQLite mode each walq mode is compared with.
+PAIR = {"always": "FULL", "batch": "NORMAL", "os": "NORMAL"}
+LABEL = {
+    "walq": "walq",
+    "sqlite": "SQLite table",
+    "persist-queue": "persist-queue SQLiteAckQueue",
+    "litequeue": "litequeue",
+}
+
+
+class Result:
+    """Messages moved in ``seconds`` by ``calls`` calls, each call timed."""
+
+    def __init__(self, msgs=0, calls=0, seconds=0.0, lat=None, cpu=0.0, note=""):
+        self.msgs, self.calls, self.seconds, self.cpu, self.note = msgs, calls, seconds, cpu, note
+        self.lat = lat if lat is not None else array("d")
+        self._sorted = None
+
+    def merge(self, other: "Result") -> None:
+        self.msgs += other.msgs
+        self.calls += other.calls
+        self.seconds += other.seconds
+        self.cpu += other.cpu
+        self.lat.extend(other.lat)
+        self._sorted = None
+        if other.note and other.note not in self.note:
+            self.note = f"{self.note}; {other.note}" if self.note else other.note
+
+    @property
+    def rate(self) -> float:
+        return self.msgs / self.seconds if self.seconds else float("nan")
+
+    @property
+    def call_rate(self) -> float:
+        return self.calls / self.seconds if self.seconds else float("nan")
+
+    def pct(self, q: float) -> float:
+        if not self.lat:
+            return float("nan")
+        if self._sorted is None or len(self._sorted) != len(self.lat):
+            self._sorted = sorted(self.lat)
+        return percentile(self._sorted, q)
+
+    def as_dict(self) -> dict:
+        return {"msgs": self.msgs, "calls": self.calls, "seconds": self.seconds, "msgs_per_s": self.rate,
+                "p50_s": self.pct(50), "p99_s": self.pct(99), "cpu_s": self.cpu, "note": self.note}
+
+
+def fmt_lat(seconds: float) -> str:
+    """Microseconds below 10 ms, else milliseconds with a unit."""
+    if seconds != seconds:
+        return "-"
+    if seconds >= 0.01:
+        return f"{seconds * 1e3:,.1f} ms"
+    return f"{seconds * 1e6:,.0f}"
+
+
+# -- single-process operations ---------------------------------------------------------
+
+
+def run_op(base: str, kind: str, dur: str, op: str, size: int, seconds: float, depth: int) -> Result | None:
+    """One measurement of ``op`` on a fresh store; None if the library cannot do it."""
+    d = tempfile.mkdtemp(prefix=f"{kind}-{dur}-", dir=base)
+    q = peers.make(kind, dur, d)
+    try:
+        if op == "send_batch" and not q.supports_batch:
+            return None
+        body = q.wrap(PAYLOAD)
+        perf = time.perf_counter
+        lat = array("d")
+        note = ""
+        if op == "send":
+            send = q.send
+            for _ in range(20):
+                send(body)
+            c0 = time.process_time()
+            t0 = perf()
+            deadline = t0 + seconds
+            while True:
+                a = perf()
+                send(body)
+                b = perf()
+                lat.append(b - a)
+                if b >= deadline:
+                    break
+            msgs = len(lat)
+        elif op == "send_batch":
+            send_batch = q.send_batch
+            bodies = [body] * size
+            for _ in range(3):
+                send_batch(bodies)
+            c0 = time.process_time()
+            t0 = perf()
+            deadline = t0 + seconds
+            while True:
+                a = perf()
+                send_batch(bodies)
+                b = perf()
+                lat.append(b - a)
+                if b >= deadline:
+                    break
+            msgs = len(lat) * size
+        else:
+            q.prefill(depth + 50, PAYLOAD)
+            rd = q.receive_delete
+            for _ in range(5):
+                rd(size)
+            msgs = 0
+            c0 = time.process_time()
+            t0 = perf()
+            deadline = t0 + seconds
+            while True:
+                a = perf()
+                got = len(rd(size))
+                b = perf()
+                if got:
+                    lat.append(b - a)
+                    msgs += got
+                if got < size:
+                    note = f"drained the {depth:,}-message queue"
+                    b = a if not got else b
+                    break
+                if b >= deadline:
+                    break
+        elapsed = b - t0
+        return Result(msgs, len(lat), elapsed, lat, time.process_time() - c0, note)
+    finally:
+        q.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def single_ops(base: str, n_rounds: int, seconds: float, depth: int, configs) -> tuple[dict, dict]:
+    """Every (config, op) once per round, rotating the order; also the disk's
+    raw pwrite+fdatasync rate once per round."""
+    jobs = [(k, d, op, n) for k, d in configs for op, n in OPS]
+    out: dict = {}
+    disk: dict = {}
+    for r in range(n_rounds):
+        shift = (r * len(jobs)) // max(1, n_rounds)
+        order = jobs[shift:] + jobs[:shift]
+        raw = raw_fdatasync(base, "overwrite", min(0.5, seconds))
+        if "raw" in disk:
+            disk["raw"].merge(Result(raw.ops, raw.ops, raw.seconds, array("d", raw.latencies)))
+        else:
+            disk["raw"] = Result(raw.ops, raw.ops, raw.seconds, array("d", raw.latencies))
+        print(f"  round {r + 1}/{n_rounds}: disk raw pwrite+fdatasync {fmt_rate(raw.ops_per_s)}/s", flush=True)
+        for kind, dur, op, n in order:
+            res = run_op(base, kind, dur, op, n, seconds, depth)
+            key = (kind, dur, op, n)
+            if res is None:
+                out.setdefault(key, None)
+                continue
+            if out.get(key) is None:
+                out[key] = res
+            else:
+                out[key].merge(res)
+            print(f"  round {r + 1}/{n_rounds}  {kind:<14} {dur:<7} {op_name(op, n):<26} "
+                  f"{fmt_rate(res.rate):>10} msgs/s", flush=True)
+    return out, disk
+
+
+def op_name(op: str, n: int) -> str:
+    if op == "send":
+        return "send"
+    if op == "send_batch":
+        return f"send_batch({n})"
+    return f"receive({n}) + delete_batch"
+
+
+# -- 4 producers + 4 consumers -------------------------------------------------------------
+
+
+def _body(pid: int, i: int) -> bytes:
+    return f"p{pid}-{i:010d}-".encode().ljust(100, b".")
+
+
+def _producer(kind, dur, path, pid, count, batch, seconds, barrier, results) -> None:
+    q = peers.make(kind, dur, path)
+    barrier.wait()
+    perf = time.monotonic
+    deadline = perf() + seconds
+    sent = 0
+    if batch > 1 and q.supports_batch:
+        send_batch = q.send_batch
+        wrap = q.wrap
+        while sent < count and perf() < deadline:
+            n = min(batch, count - sent)
+            send_batch([wrap(_body(pid, sent + j)) for j in range(n)])
+            sent += n
+    else:
+        send, wrap = q.send, q.wrap
+        while sent < count and perf() < deadline:
+            send(wrap(_body(pid, sent)))
+            sent += 1
+    t_end = perf()
+    q.close()
+    results.put(("producer", pid, sent, t_end))
+
+
+def _consumer(kind, dur, path, cid, barrier, producers_done, hard_deadline_s, out_file, results) -> None:
+    q = peers.make(kind, dur, path)
+    rd = q.receive_delete
+    keys = []
+    barrier.wait()
+    perf = time.monotonic
+    hard = perf() + hard_deadline_s
+    last = 0.0
+    empty_after_done = 0
+    drained = True
+    while True:
+        done_before = producers_done.is_set()
+        got = rd(10, wait=0.2)
+        if got:
+            last = perf()
+            for b in got:
+                if isinstance(b, str):
+                    b = b.encode()
+                keys.append(b[:14])
+            empty_after_done = 0
+        elif done_before:
+            empty_after_done += 1
+            if empty_after_done >= 2:
+                break
+        if perf() > hard:
+            drained = False
+            break
+    q.close()
+    with open(out_file, "wb") as f:
+        f.write(b"\n".join(keys))
+    results.put(("consumer", cid, len(keys), last, drained))
+
+
+def end_to_end(base: str, kind: str, dur: str, per_producer: int, seconds: float, n_prod=4, n_cons=4) -> dict:
+    """``n_prod`` producer and ``n_cons`` consumer processes on one queue."""
+    ctx = multiprocessing.get_context("spawn")
+    path = tempfile.mkdtemp(prefix=f"e2e-{kind}-{dur}-", dir=base)
+    peers.make(kind, dur, path).close()  # create the queue before the race
+    batch = 10
+    barrier = ctx.Barrier(n_prod + n_cons + 1)
+    done = ctx.Event()
+    results = ctx.Queue()
+    hard = seconds + 30
+    procs = []
+    outs = []
+    for c in range(n_cons):
+        out = os.path.join(path, f"consumed-{c}.bin")
+        outs.append(out)
+        procs.append(ctx.Process(target=_consumer, args=(kind, dur, path, c, barrier, done, hard, out, results)))
+    for p in range(n_prod):
+        procs.append(ctx.Process(target=_producer,
+                                 args=(kind, dur, path, p, per_producer, batch, seconds, barrier, results)))
+    for p in procs:
+        p.start()
+    barrier.wait(timeout=120)
+    t0 = time.monotonic()
+    prod, cons = {}, {}
+    while len(prod) < n_prod:
+        r = results.get(timeout=seconds + 120)
+        (prod if r[0] == "producer" else cons)[r[1]] = r
+    done.set()
+    t_prod = max(r[3] for r in prod.values())
+    while len(cons) < n_cons:
+        r = results.get(timeout=hard + 120)
+        cons[r[1]] = r
+    for p in procs:
+        p.join(timeout=60)
+        if p.exitcode != 0:
+            raise RuntimeError(f"{kind} {dur}: a worker exited with {p.exitcode}")
+    sent = {pid: r[2] for pid, r in prod.items()}
+    consumed = []
+    for out in outs:
+        with open(out, "rb") as f:
+            data = f.read()
+        if data:
+            consumed.extend(data.split(b"\n"))
+    shutil.rmtree(path, ignore_errors=True)
+    unique = set(consumed)
+    expected = {_body(pid, i)[:14] for pid, n in sent.items() for i in range(n)}
+    t_last = max(r[3] for r in cons.values())
+    total_sent = sum(sent.values())
+    return {
+        "kind": kind,
+        "durability": dur,
+        "producer_batch": 1 if kind == "persist-queue" else batch,
+        "sent": total_sent,
+        "consumed": len(consumed),
+        "unique": len(unique),
+        "lost": len(expected - unique),
+        "duplicates": len(consumed) - len(unique),
+        "unexpected": len(unique - expected),
+        "drained": all(r[4] for r in cons.values()),
+        "seconds": t_last - t0,
+        "msgs_per_s": len(unique) / (t_last - t0) if t_last > t0 else float("nan"),
+        "send_msgs_per_s": total_sent / (t_prod - t0) if t_prod > t0 else float("nan"),
+        "per_consumer": [cons[c][2] for c in sorted(cons)],
+    }
+
+
+# -- long-poll wake-up ----------------------------------------------------------------------
+
+
+def _long_poll_receiver(path: str, dur: str, conn) -> None:
+    import walq
+
+    b = walq.open(path, durability=dur)
+    q = b.get_queue("longpoll")
+    conn.send("ready")
+    while True:
+        msgs = q.receive(1, wait=5)
+        t = time.monotonic_ns()
+        if not msgs:
+            conn.send(None)
+            continue
+        m = msgs[0]
+        q.delete_batch([m.receipt])
+        if m.body.startswith(b"stop"):
+            break
+        conn.send(t - int(m.body[:20]))
+    b.close()
+    conn.send("bye")
+
+
+def long_poll(base: str, dur: str, trials: int) -> Result:
+    """Median/p99 of (receive return - send start), receiver in another process."""
+    import walq
+
+    ctx = multiprocessing.get_context("spawn")
+    path = tempfile.mkdtemp(prefix=f"longpoll-{dur}-", dir=base)
+    b = walq.open(path, durability=dur)
+    q = b.create_queue("longpoll")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_long_poll_receiver, args=(path, dur, child))
+    proc.start()
+    if parent.recv() != "ready":
+        raise RuntimeError("long-poll receiver did not start")
+    lat = array("d")
+    misses = 0
+    try:
+        for _ in range(trials):
+            time.sleep(random.uniform(0.003, 0.008))  # the receiver is parked in its futex wait
+            t = time.monotonic_ns()
+            q.send(str(t).rjust(20, "0").encode().ljust(100, b"."))
+            if not parent.poll(10):
+                raise RuntimeError("long-poll receiver did not answer")
+            v = parent.recv()
+            while v is None:  # a wait ran out before the send (cannot happen at 5 s, but be exact)
+                misses += 1
+                v = parent.recv()
+            lat.append(v / 1e9)
+        q.send(b"stop".ljust(100, b"."))
+        parent.recv()
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+        b.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return Result(len(lat), len(lat), float(sum(lat)), lat, note=f"{misses} empty waits" if misses else "")
+
+
+# -- report -----------------------------------------------------------------------------------------
+
+
+def print_single(res: dict, configs) -> list[list]:
+    rows = []
+    for op, n in OPS:
+        for kind, dur in configs:
+            r = res.get((kind, dur, op, n))
+            if (kind, dur, op, n) not in res:
+                continue
+            ratio = "-"
+            if kind == "walq" and r is not None:
+                peer = res.get(("sqlite", PAIR[dur], op, n))
+                if peer is not None and peer.rate:
+                    ratio = f"{r.rate / peer.rate:.2f}x vs {PAIR[dur]}"
+            if r is None:
+                rows.append([op_name(op, n), LABEL[kind], dur, "n/a (no batch API)", "-", "-", "-", "-", "-"])
+                continue
+            cpu = r.cpu / r.msgs * 1e6 if r.msgs else float("nan")
+            rows.append([op_name(op, n), LABEL[kind], dur, fmt_rate(r.rate), fmt_rate(r.call_rate),
+                         fmt_lat(r.pct(50)), fmt_lat(r.pct(99)), f"{cpu:,.1f}", ratio + (f" ({r.note})" if r.note else "")])
+    table(["benchmark", "queue", "durability", "msgs/s", "calls/s", "p50 µs/call", "p99 µs/call",
+           "CPU µs/msg", "walq vs SQLite table"], rows)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="directory on the disk to measure (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="short durations (a smoke run, under a minute)")
+    ap.add_argument("--json", help="also write every number to this JSON file")
+    ap.add_argument("--depth", type=int, help="messages pre-filled for receive+delete (default 50,000; quick 10,000)")
+    args = ap.parse_args(argv)
+
+    missing = [k for k in peers.KINDS if not peers.available(k)]
+    if missing:
+        print(f"missing: {', '.join(missing)} - pip install persist-queue litequeue (or pip install -e '.[bench]')")
+        return 2
+    configs = CONFIGS
+    if args.quick:
+        n_rounds, seconds, depth = 1, 0.2, args.depth or 10_000
+        e2e_per_producer, e2e_seconds = 10_000, 1.5
+        e2e_configs = [("walq", "always"), ("walq", "os"), ("sqlite", "FULL"), ("sqlite", "NORMAL")]
+        trials = 50
+    else:
+        n_rounds, seconds, depth = 3, 1.0, args.depth or 50_000
+        e2e_per_producer, e2e_seconds = 50_000, 6.0
+        e2e_configs = [("walq", "always"), ("walq", "batch"), ("walq", "os"), ("sqlite", "FULL"),
+                       ("sqlite", "NORMAL"), ("persist-queue", "FULL"), ("litequeue", "FULL")]
+        trials = 200
+
+    os.makedirs(args.dir, exist_ok=True)
+    base = tempfile.mkdtemp(prefix="walq-bench-queue-", dir=args.dir)
+    started = time.time()
+    info = machine(base)
+    info["walq commit"] = git_commit(REPO)
+    info["libraries"] = ", ".join(peers.library_version(k) for k in peers.KINDS)
+    info["command"] = "python " + " ".join([os.path.relpath(__file__, REPO)] + list(sys.argv[1:] if argv is None else argv))
+    print("# walq queue benchmarks (100-byte messages)\n")
+    print_machine(info)
+    report: dict = {"machine": info, "quick": args.quick}
+    try:
+        print(f"\n## 1. single-process operations ({n_rounds} interleaved round(s) x {seconds} s; "
+              f"receive on a queue pre-filled with {depth:,})\n", flush=True)
+        res, disk = single_ops(base, n_rounds, seconds, depth, configs)
+        print()
+        raw = disk["raw"]
+        print(f"disk: raw 128 B pwrite + fdatasync on an overwritten file: {fmt_rate(raw.rate)}/s, "
+              f"p50 {fmt_lat(raw.pct(50))} µs, p99 {fmt_lat(raw.pct(99))} µs\n")
+        print_single(res, configs)
+        report["single"] = {f"{k} {d} {op_name(op, n)}": (r.as_dict() if r else None)
+                            for (k, d, op, n), r in res.items()}
+        report["disk_raw_fdatasync_per_s"] = raw.rate
+
+        print(f"\n## 2. {4} producer + {4} consumer processes end to end "
+              f"(producers: send_batch(10), persist-queue put(); consumers: receive(10) + delete)\n", flush=True)
+        e2e = []
+        for kind, dur in e2e_configs:
+            r = end_to_end(base, kind, dur, e2e_per_producer, e2e_seconds)
+            e2e.append(r)
+            print(f"  {kind:<14} {dur:<7} {fmt_rate(r['msgs_per_s']):>10} msgs/s end to end  "
+                  f"sent {r['sent']:,} consumed {r['consumed']:,} lost {r['lost']:,} dup {r['duplicates']:,}",
+                  flush=True)
+        print()
+        table(["queue", "durability", "msgs/s end to end", "send msgs/s", "sent", "consumed", "lost",
+               "delivered twice", "drained", "seconds"],
+              [[LABEL[r["kind"]], r["durability"], fmt_rate(r["msgs_per_s"]), fmt_rate(r["send_msgs_per_s"]),
+                f"{r['sent']:,}", f"{r['consumed']:,}", f"{r['lost']:,}", f"{r['duplicates']:,}",
+                "yes" if r["drained"] else "NO", f"{r['seconds']:.2f}"] for r in e2e])
+        report["end_to_end"] = e2e
+
+        print(f"\n## 3. long-poll wake-up: receiver in another process in receive(wait=5), {trials} sends\n",
+              flush=True)
+        lp = {}
+        for dur in ("always", "batch", "os"):
+            lp[dur] = long_poll(base, dur, trials)
+        table(["queue", "durability", "trials", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+              [["walq", dur, r.calls, f"{r.pct(50) * 1e3:.3f}", f"{r.pct(90) * 1e3:.3f}",
+                f"{r.pct(99) * 1e3:.3f}", f"{max(r.lat) * 1e3:.3f}"] for dur, r in lp.items()])
+        report["long_poll"] = {d: {"p50_s": r.pct(50), "p90_s": r.pct(90), "p99_s": r.pct(99),
+                                   "max_s": max(r.lat), "trials": r.calls} for d, r in lp.items()}
+
+        # -- targets --
+        def rate(kind, dur, op, n):
+            r = res.get((kind, dur, op, n))
+            return r.rate if r else float("nan")
+
+        targets = []
+
+        def target(name, value, goal, ok):
+            targets.append([name, value, goal, "PASS" if ok else "FAIL"])
+
+        w, s = rate("walq", "always", "send", 1), rate("sqlite", "FULL", "send", 1)
+        target("send under 'always' >= SQLite FULL, 1 insert/txn", f"{fmt_rate(w)} vs {fmt_rate(s)} ({w / s:.2f}x)",
+               ">= 1.00x", w >= s)
+        w, s = rate("walq", "always", "send_batch", 100), rate("sqlite", "FULL", "send_batch", 100)
+        target("send_batch(100) under 'always' >= 2x SQLite FULL", f"{fmt_rate(w)} vs {fmt_rate(s)} ({w / s:.2f}x)",
+               ">= 2.00x", w >= 2 * s)
+        w, s = rate("walq", "always", "receive+delete", 10), rate("sqlite", "FULL", "receive+delete", 10)
+        target("receive(10)+delete_batch under 'always' >= 2x SQLite FULL",
+               f"{fmt_rate(w)} vs {fmt_rate(s)} ({w / s:.2f}x)", ">= 2.00x", w >= 2 * s)
+        w, s = rate("walq", "os", "send", 1), rate("sqlite", "NORMAL", "send", 1)
+        target("send under 'os' >= 3x SQLite NORMAL, 1 insert/txn", f"{fmt_rate(w)} vs {fmt_rate(s)} ({w / s:.2f}x)",
+               ">= 3.00x", w >= 3 * s)
+        a = next(r for r in e2e if r["kind"] == "walq" and r["durability"] == "always")
+        ok = a["msgs_per_s"] >= 50_000 and a["lost"] == 0 and a["duplicates"] == 0 and a["drained"] \
+            and a["unexpected"] == 0
+        target("4+4 processes under 'always' >= 50,000 msgs/s, no loss, no double delivery",
+               f"{fmt_rate(a['msgs_per_s'])} msgs/s, lost {a['lost']}, twice {a['duplicates']}",
+               ">= 50,000, 0, 0", ok)
+        m = lp["always"].pct(50)
+        target("long-poll wake-up median ('always') < 5 ms", f"{m * 1e3:.3f} ms (p99 {lp['always'].pct(99) * 1e3:.3f})",
+               "< 5 ms", m < 0.005)
+        print("\n## targets (issue 3, item 8)\n")
+        table(["target", "measured", "goal", "result"], targets)
+        report["targets"] = targets
+        print(f"\ntotal {time.time() - started:.0f} s")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,710 @@
+"""Reading a store's files without opening it: ``walq verify`` and ``walq dump``.
+
+Nothing here takes a lock, runs recovery or writes a byte, so both commands
+are safe on a store other processes are using, and on a damaged store that
+``walq.open`` would refuse.  The bytes are read as docs/format.md specifies
+them; frames are checked by the same native code the log uses
+(``walq_scan``, ``walq_find_valid``, ``walq_durable_after``).
+
+What verify calls damage (exit 1) and what it only notes, following the
+recovery rules of docs/format.md ("Recovery"):
+
+* A segment that is not the newest of its log must have a valid header, hold
+  exactly the records from its base up to the next segment's base, and have
+  nothing valid after its end of data.  Anything else is damage.
+* In the newest (active) segment, a record that does not validate is damage
+  when a later valid record shows it had been synced (its ``seq - lag`` is
+  above the bad record); otherwise it is a torn tail - writes a crash cut
+  short, which the next open sets aside in ``torn-*.bin`` - and is noted.
+  With ``strict=True`` (for use when the machine has not lost power since
+  the last writer ran, as after kill -9), a torn tail below the end that
+  ``log.ctl`` says was published is damage too: a process crash alone never
+  tears a published record.
+* Every checkpoint's checksum must match, and the newest checkpoint must
+  cover the records the log no longer holds and no records it does not hold.
+* Every queue record must decode (docs/format.md, "Queue records"), and
+  every catalog record must be a JSON catalog entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, NamedTuple
+
+from walq.errors import CorruptionError, InvalidParameter, QueueDoesNotExist
+from walq.log._native import ffi, lib
+from walq.log.format import (
+    CTL_MAGIC,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    decode_segment_header,
+    parse_segment_name,
+)
+from walq.queue import checkpoint as ckpt
+from walq.queue import message_attributes as mattrs
+from walq.queue import records as R
+from walq.queue.ids import format_id
+
+__all__ = [
+    "Problem",
+    "VerifyReport",
+    "verify_store",
+    "store_logs",
+    "queue_dirs",
+    "dump_log",
+    "dump_segment",
+    "body_json",
+    "attributes_json",
+]
+
+_NOT_FOUND = 0xFFFFFFFFFFFFFFFF
+_SCAN_CHUNK = 8192
+_EXCERPT = 32
+
+DAMAGE, TORN, NOTE = "damage", "torn", "note"
+
+
+class Problem(NamedTuple):
+    """Something verify found: ``kind`` is "damage", "torn" or "note"."""
+
+    kind: str
+    path: str
+    offset: int | None
+    length: int | None  # bytes affected, when known
+    message: str
+    excerpt: bytes = b""  # the first bytes at ``offset``
+
+    def describe(self) -> str:
+        """One line: what, where, how many bytes, and the bytes themselves."""
+        where = self.path if self.offset is None else f"{self.path} offset {self.offset}"
+        size = "" if self.length is None else f" ({self.length} bytes)"
+        dump = f" [{self.excerpt.hex(' ')}{' ...' if self.length and self.length > len(self.excerpt) else ''}]" \
+            if self.excerpt else ""
+        return f"{self.kind.upper()} {where}{size}: {self.message}{dump}"
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "offset": self.offset, "length": self.length,
+                "message": self.message, "bytes": self.excerpt.hex()}
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_store`` read and found."""
+
+    store: str
+    logs: int = 0
+    segments: int = 0
+    records: int = 0
+    checkpoints: int = 0
+    bytes_checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def damage(self) -> list[Problem]:
+        """The problems that make verify fail."""
+        return [p for p in self.problems if p.kind == DAMAGE]
+
+    @property
+    def ok(self) -> bool:
+        return not self.damage
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "ok": self.ok, "logs": self.logs, "segments": self.segments,
+                "records": self.records, "checkpoints": self.checkpoints,
+                "bytes_checked": self.bytes_checked, "problems": [p.to_json() for p in self.problems]}
+
+
+# -- finding the logs of a store ---------------------------------------------------
+
+
+def is_store(path: str) -> bool:
+    """Whether ``path`` looks like a walq store (it has a catalog log)."""
+    return os.path.isdir(os.path.join(path, "catalog"))
+
+
+def queue_dirs(store: str) -> list[str]:
+    """The queue directories (``queues/<uid>``) present, sorted."""
+    root = os.path.join(store, "queues")
+    try:
+        names = sorted(os.listdir(root))
+    except FileNotFoundError:
+        return []
+    return [os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))]
+
+
+def catalog_names(store: str) -> dict[int, str]:
+    """uid -> queue name for every queue the catalog says exists (read raw).
+
+    Stops quietly at the first record that does not validate; verify is the
+    place that reports it.
+    """
+    queues: dict[str, int] = {}
+    try:
+        for rec in iter_log(os.path.join(store, "catalog")):
+            _apply_catalog(queues, rec.payload)
+    except (CorruptionError, ValueError, KeyError):
+        pass
+    return {uid: name for name, uid in queues.items()}
+
+
+def _apply_catalog(queues: dict[str, int], payload: bytes) -> None:
+    r = json.loads(payload)
+    op, name, uid = r["op"], r["name"], r["uid"]
+    if op in ("create", "set"):
+        queues[name] = uid
+    elif op == "delete":
+        if queues.get(name) == uid:
+            del queues[name]
+    else:
+        raise ValueError(f"unknown catalog op {op!r}")
+
+
+def store_logs(store: str) -> list[tuple[str, str]]:
+    """``(label, directory)`` of every log in the store: the catalog, then each queue."""
+    names = catalog_names(store)
+    out = [("catalog", os.path.join(store, "catalog"))]
+    for d in queue_dirs(store):
+        try:
+            uid = int(os.path.basename(d), 16)
+        except ValueError:
+            uid = None
+        out.append((f"queue {names[uid]}" if uid in names else f"queue dir {os.path.basename(d)}", d))
+    return out
+
+
+def segment_files(directory: str) -> list[tuple[int, str]]:
+    """``(base, path)`` of a log's segment files, oldest first."""
+    out = []
+    for name in os.listdir(directory):
+        base = parse_segment_name(name)
+        if base is not None:
+            out.append((base, os.path.join(directory, name)))
+    return sorted(out)
+
+
+def queue_dir(store: str, name: str) -> str:
+    """The directory of the queue called ``name``; QueueDoesNotExist if none."""
+    for uid, n in catalog_names(store).items():
+        if n == name:
+            return os.path.join(store, "queues", f"{uid:016x}")
+    raise QueueDoesNotExist(f"queue {name!r} does not exist")
+
+
+# -- reading segments raw ----------------------------------------------------------
+
+
+class RawRecord(NamedTuple):
+    seq: int
+    type: int
+    payload: bytes
+    path: str
+    offset: int
+
+
+class _Mapped:
+    """A file mapped read-only (or read into memory when it is empty)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with open(path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
+            self.mm = mmap.mmap(f.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ) if self.size else b""
+        self.ptr = ffi.from_buffer(self.mm)
+
+    def close(self) -> None:
+        self.ptr = None
+        if isinstance(self.mm, mmap.mmap):
+            try:
+                self.mm.close()
+            except BufferError:
+                pass
+
+    def __enter__(self) -> "_Mapped":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def excerpt(self, off: int, n: int = _EXCERPT) -> bytes:
+        return bytes(self.mm[off : min(self.size, off + n)])
+
+    def last_nonzero(self, off: int) -> int:
+        """One past the last non-zero byte at or after ``off`` (``off`` if none)."""
+        return off + len(self.mm[off:].rstrip(b"\0"))
+
+
+def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool):
+    """Scans frames from ``off``; yields ``(seq, offset, length, type)`` and
+    finally returns the ``walq_scan_t`` where the scan stopped."""
+    res = ffi.new("walq_scan_t *")
+    if want_records:
+        offs = ffi.new("uint64_t[]", _SCAN_CHUNK)
+        lens = ffi.new("uint32_t[]", _SCAN_CHUNK)
+        types = ffi.new("uint8_t[]", _SCAN_CHUNK)
+    else:
+        offs = lens = types = ffi.NULL
+    while True:
+        lib.walq_scan(m.ptr, m.size, off, salt, seq, _SCAN_CHUNK if want_records else 1 << 62,
+                      offs, lens, types, res)
+        if want_records:
+            for i in range(res.count):
+                yield seq + i, offs[i], lens[i], types[i]
+        off, seq = res.next_off, res.next_seq
+        if res.status != lib.WALQ_SCAN_LIMIT:
+            return res
+
+
+class _SegmentResult(NamedTuple):
+    end_seq: int  # sequence after the last valid record
+    records: int
+
+
+def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base: int | None,
+                   ctl_end: int | None, problems: list[Problem], on_record=None) -> _SegmentResult:
+    """Validates every frame of one mapped segment; appends what it finds to
+    ``problems`` and hands valid records to ``on_record(seq, type, off, len)``."""
+    path = m.path
+    off, seq, count = SEGMENT_HEADER_SIZE, base, 0
+    while True:
+        gen = _scan(m, off, salt, seq, on_record is not None)
+        while True:
+            try:
+                s, o, n, t = next(gen)
+            except StopIteration as stop:
+                res = stop.value
+                break
+            count += 1
+            on_record(s, t, o, n)
+        if on_record is None:
+            count += res.count
+        off, seq = res.next_off, res.next_seq
+        if res.status == lib.WALQ_SCAN_BAD:
+            nxt = lib.walq_find_valid(m.ptr, m.size, off + 8, salt, seq)
+            if active:
+                found = ffi.new("uint64_t *")
+                durable = lib.walq_durable_after(m.ptr, m.size, off + 8, salt, seq, found)
+                synced = bool(found[0]) and durable > seq
+                if not synced:
+                    tail = m.last_nonzero(off) - off
+                    if ctl_end is not None and ctl_end > seq:
+                        problems.append(Problem(
+                            DAMAGE, path, off, tail,
+                            f"record {seq} does not validate, but log.ctl says records up to {ctl_end - 1} "
+                            "were published (no power was lost, so a published record cannot be torn)",
+                            m.excerpt(off)))
+                    else:
+                        problems.append(Problem(
+                            TORN, path, off, tail,
+                            f"torn tail: record {seq} does not validate and nothing after it had been "
+                            "synced (a write cut short by a crash; the next open sets it aside)",
+                            m.excerpt(off)))
+                    return _SegmentResult(seq, count)
+            length = (nxt - off) if nxt != _NOT_FOUND else m.last_nonzero(off) - off
+            why = _why_bad(m, off, salt, seq)
+            if nxt == _NOT_FOUND:
+                problems.append(Problem(DAMAGE, path, off, length,
+                                        f"record {seq} does not validate ({why}); nothing valid follows",
+                                        m.excerpt(off)))
+                return _SegmentResult(seq, count)
+            (resume,) = struct.unpack_from("<Q", m.mm, nxt + 16)
+            lost = f"records {seq}-{resume - 1}" if resume - 1 > seq else f"record {seq}"
+            problems.append(Problem(
+                DAMAGE, path, off, length,
+                f"record {seq} does not validate ({why}); {lost} unreadable, valid data resumes at "
+                f"offset {nxt}" + (" (later records show it had been synced)" if active else ""),
+                m.excerpt(off)))
+            off, seq = nxt, resume
+            continue
+        break
+    # End of data (a zero header) or end of file.  Nothing valid may follow.
+    if res.status == lib.WALQ_SCAN_END:
+        if active:
+            found = ffi.new("uint64_t *")
+            durable = lib.walq_durable_after(m.ptr, m.size, off + 8, salt, seq, found)
+            if found[0] and durable > seq:
+                problems.append(Problem(
+                    DAMAGE, path, off, None,
+                    f"end of data after record {seq - 1}, but {found[0]} valid records follow that show "
+                    f"records up to {durable - 1} had been synced: a zeroed range", m.excerpt(off)))
+            elif found[0]:
+                problems.append(Problem(
+                    TORN, path, off, None,
+                    f"{found[0]} unsynced records follow a zero gap after record {seq - 1} "
+                    "(a torn tail; never returned)", b""))
+        else:
+            nxt = lib.walq_find_valid(m.ptr, m.size, off + 8, salt, seq)
+            if nxt != _NOT_FOUND:
+                problems.append(Problem(
+                    DAMAGE, path, off, nxt - off,
+                    f"end of data after record {seq - 1}, but a valid record follows at offset {nxt}: "
+                    "a zeroed range", m.excerpt(off)))
+    if not active and next_base is not None and seq != next_base:
+        if seq < next_base:
+            problems.append(Problem(
+                DAMAGE, path, off, None,
+                f"segment ends after record {seq - 1} but the next segment starts at {next_base}: "
+                f"records {seq}-{next_base - 1} are missing", m.excerpt(off)))
+        else:
+            problems.append(Problem(
+                DAMAGE, path, off, None,
+                f"segment holds records up to {seq - 1}, overlapping the next segment (base {next_base})",
+                b""))
+    return _SegmentResult(seq, count)
+
+
+def _why_bad(m: _Mapped, off: int, salt: int, seq: int) -> str:
+    """A short reason a frame does not validate, from its header fields."""
+    if m.size - off < RECORD_HEADER_SIZE:
+        return "cut off by the end of the file"
+    _checksum, length, type_ = struct.unpack_from("<QIB", m.mm, off)
+    (fseq,) = struct.unpack_from("<Q", m.mm, off + 16)
+    if type_ == 0:
+        return "type 0"
+    if fseq != seq:
+        return f"it carries sequence {fseq}"
+    if lib.walq_frame_size(length) > m.size - off:
+        return f"length {length} runs past the end of the file"
+    return "checksum mismatch"
+
+
+def _read_ctl(directory: str) -> dict | None:
+    """The control block's fields if it looks current, else None."""
+    try:
+        with open(os.path.join(directory, "log.ctl"), "rb") as f:
+            raw = f.read(ffi.sizeof("struct walq_ctl"))
+    except FileNotFoundError:
+        return None
+    if len(raw) < ffi.sizeof("struct walq_ctl"):
+        return None
+    ctl = ffi.cast("struct walq_ctl *", ffi.from_buffer(raw))
+    if ctl.magic != CTL_MAGIC:
+        return None
+    return {"end_seq": ctl.end_seq, "seg_base": ctl.seg_base, "first_seq": ctl.first_seq,
+            "durable_seq": ctl.durable_seq}
+
+
+class LogSummary(NamedTuple):
+    first: int  # base of the oldest segment
+    end: int  # sequence after the last valid record
+
+
+def verify_log(directory: str, *, kind: str, strict: bool = False, report: VerifyReport,
+               progress: Callable[[str], None] | None = None) -> LogSummary | None:
+    """Checks every segment of one log; returns its extent (None if it has none)."""
+    problems = report.problems
+    segs = segment_files(directory)
+    for name in sorted(os.listdir(directory)):
+        p = os.path.join(directory, name)
+        if name.startswith("torn-") and name.endswith(".bin"):
+            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
+                                    "bytes recovery set aside after a crash (never returned)"))
+        elif name.endswith(".seg.tmp"):
+            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
+                                    "a segment creation cut short (removed on the next open)"))
+    if not segs:
+        return None
+    report.logs += 1
+    ctl = _read_ctl(directory) if strict else None
+    check_record = _check_queue_record if kind == "queue" else _check_catalog_record
+    end = segs[0][0]
+    for i, (base, path) in enumerate(segs):
+        active = i == len(segs) - 1
+        next_base = None if active else segs[i + 1][0]
+        report.segments += 1
+        try:
+            m = _Mapped(path)
+        except OSError as exc:
+            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {exc.strerror or exc}"))
+            continue
+        with m:
+            report.bytes_checked += m.size
+            header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
+            if header is None or header[0] != base:
+                if active and header is None and len(segs) > 1 and m.excerpt(SEGMENT_HEADER_SIZE, 4096).count(0) == \
+                        len(m.excerpt(SEGMENT_HEADER_SIZE, 4096)):
+                    problems.append(Problem(TORN, path, 0, SEGMENT_HEADER_SIZE,
+                                            "newest segment's header never became durable (its creation was "
+                                            "cut short; the next open sets it aside)", m.excerpt(0)))
+                    continue
+                why = "does not validate" if header is None else f"says base {header[0]}, its name says {base}"
+                problems.append(Problem(DAMAGE, path, 0, SEGMENT_HEADER_SIZE, f"segment header {why}",
+                                        m.excerpt(0)))
+                continue
+            salt = header[1]
+            ctl_end = None
+            if ctl is not None and active and ctl["seg_base"] == base:
+                ctl_end = ctl["end_seq"]
+
+            def on_record(seq, type_, off, n, _m=m):
+                try:
+                    check_record(type_, bytes(_m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]))
+                except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+                    problems.append(Problem(DAMAGE, _m.path, off, lib.walq_frame_size(n),
+                                            f"record {seq} (type {type_}) has a valid checksum but does not "
+                                            f"decode as a {kind} record: {exc}", _m.excerpt(off)))
+
+            res = _check_segment(m, base, salt, active=active, next_base=next_base, ctl_end=ctl_end,
+                                 problems=problems, on_record=on_record)
+            report.records += res.records
+            end = res.end_seq
+        if progress:
+            progress(path)
+    return LogSummary(segs[0][0], end)
+
+
+def _check_catalog_record(type_: int, payload: bytes) -> None:
+    if type_ != 1:
+        raise ValueError(f"catalog records have type 1, not {type_}")
+    r = json.loads(payload)
+    if r.get("op") not in ("create", "set", "delete") or not isinstance(r.get("name"), str) \
+            or not isinstance(r.get("uid"), int):
+        raise ValueError(f"not a catalog entry: {payload[:80]!r}")
+
+
+def _check_queue_record(type_: int, p: bytes) -> None:
+    """Raises if ``p`` does not decode as a queue record of ``type_``."""
+    n = len(p)
+    if type_ == R.SEND:
+        if n < R.SEND_HEAD.size:
+            raise ValueError(f"SEND of {n} bytes is shorter than its {R.SEND_HEAD.size}-byte head")
+        _mid, _s, _v, _f, _p, alen, glen, dlen, slen = R.SEND_HEAD.unpack_from(p)
+        if R.SEND_HEAD.size + glen + dlen + slen + alen >= n:
+            raise ValueError("SEND field lengths leave no body")
+        rec = R.decode_send(p)
+        mattrs.decode(rec.attributes)
+    elif type_ == R.LEASE:
+        if n < 8 or (n - 8) % 16:
+            raise ValueError(f"LEASE of {n} bytes is not 8 + 16*k")
+    elif type_ in (R.HIDE,):
+        if n % 16:
+            raise ValueError(f"HIDE of {n} bytes is not 16*k")
+    elif type_ in (R.DELETE, R.MOVED):
+        if n % 8:
+            raise ValueError(f"{R.NAMES[type_].upper()} of {n} bytes is not 8*k")
+    elif type_ == R.CHVIS:
+        if n % 24:
+            raise ValueError(f"CHVIS of {n} bytes is not 24*k")
+    elif type_ == R.PURGE:
+        if n != 8:
+            raise ValueError(f"PURGE of {n} bytes, not 8")
+    else:
+        raise ValueError(f"unknown queue record type {type_}")
+
+
+def _verify_checkpoints(directory: str, extent: LogSummary | None, report: VerifyReport,
+                        progress: Callable[[str], None] | None) -> None:
+    problems = report.problems
+    for name in sorted(os.listdir(directory)):
+        if name.startswith("checkpoint-") and name.endswith(".tmp"):
+            p = os.path.join(directory, name)
+            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
+                                    "a checkpoint write cut short (ignored)"))
+    positions = ckpt.list_checkpoints(directory)
+    newest_ok = None
+    for pos in positions:
+        path = os.path.join(directory, ckpt.checkpoint_name(pos))
+        report.checkpoints += 1
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {exc.strerror or exc}"))
+            continue
+        report.bytes_checked += len(raw)
+        try:
+            ckpt.decode(raw, path)
+        except CorruptionError:
+            problems.append(Problem(DAMAGE, path, 0, len(raw),
+                                    f"checkpoint does not validate (magic or XXH3-64 checksum over bytes "
+                                    f"0..{max(0, len(raw) - 8)} does not match)", raw[:_EXCERPT]))
+            continue
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            problems.append(Problem(DAMAGE, path, 0, len(raw),
+                                    f"checkpoint checksum matches but its contents do not decode: {exc}",
+                                    raw[:_EXCERPT]))
+            continue
+        (applied,) = struct.unpack_from("<Q", raw, 8)
+        if applied != pos:
+            problems.append(Problem(DAMAGE, path, 8, 8, f"checkpoint says it covers records below {applied}, "
+                                    f"its name says {pos}", raw[8:16]))
+            continue
+        newest_ok = pos
+        if progress:
+            progress(path)
+    if positions and newest_ok != positions[-1]:
+        return  # the newest is damaged: already reported
+    if extent is None:
+        return
+    if newest_ok is None:
+        if extent.first > 0:
+            problems.append(Problem(DAMAGE, directory, None, None,
+                                    f"the log starts at record {extent.first} but no checkpoint covers "
+                                    "the records below it"))
+        return
+    if newest_ok < extent.first:
+        problems.append(Problem(DAMAGE, os.path.join(directory, ckpt.checkpoint_name(newest_ok)), None, None,
+                                f"the newest checkpoint covers records below {newest_ok}, but the log starts "
+                                f"at {extent.first}: records {newest_ok}-{extent.first - 1} are gone"))
+    elif newest_ok > extent.end:
+        problems.append(Problem(DAMAGE, os.path.join(directory, ckpt.checkpoint_name(newest_ok)), None, None,
+                                f"the checkpoint covers records below {newest_ok}, but the log holds valid "
+                                f"records only below {extent.end}: records the checkpoint applied are gone"))
+
+
+def verify_store(store: str, *, strict: bool = False,
+                 progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Reads every segment and checkpoint of every log in ``store``.
+
+    ``progress`` is called with each file's path once it is checked.
+    """
+    if not is_store(store):
+        raise InvalidParameter(f"no walq store at {store} (no catalog/ directory)")
+    report = VerifyReport(store)
+    names = catalog_names(store)
+    verify_log(os.path.join(store, "catalog"), kind="catalog", strict=strict, report=report, progress=progress)
+    for d in queue_dirs(store):
+        try:
+            uid = int(os.path.basename(d), 16)
+        except ValueError:
+            uid = None
+        if uid not in names:
+            report.problems.append(Problem(NOTE, d, None, None,
+                                           "directory of a queue the catalog does not list (deleted, its "
+                                           "files not yet removed)"))
+        extent = verify_log(d, kind="queue", strict=strict, report=report, progress=progress)
+        _verify_checkpoints(d, extent, report, progress)
+    return report
+
+
+def count_files(store: str) -> int:
+    """Segments and checkpoints verify will read (for a progress bar)."""
+    n = len(segment_files(os.path.join(store, "catalog"))) if is_store(store) else 0
+    for d in queue_dirs(store):
+        n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
+    return n
+
+
+# -- dumping -------------------------------------------------------------------------
+
+
+def iter_segment(path: str, *, start: int = 0) -> Iterator[RawRecord]:
+    """The valid records of one segment file, from sequence ``start``.
+
+    Stops at the end of data or at a torn tail; raises CorruptionError (with
+    file and offset) at a record that does not validate while valid records
+    follow it.
+    """
+    with _Mapped(path) as m:
+        header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
+        if header is None:
+            raise CorruptionError(f"segment header does not validate: {path} at offset 0", path, 0)
+        base, salt = header
+        gen = _scan(m, SEGMENT_HEADER_SIZE, salt, base, True)
+        while True:
+            try:
+                seq, off, n, t = next(gen)
+            except StopIteration as stop:
+                res = stop.value
+                break
+            if seq >= start:
+                yield RawRecord(seq, t, bytes(m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]),
+                                path, off)
+        if res.status == lib.WALQ_SCAN_BAD:
+            nxt = lib.walq_find_valid(m.ptr, m.size, res.next_off + 8, salt, res.next_seq)
+            if nxt != _NOT_FOUND:
+                raise CorruptionError(
+                    f"record {res.next_seq} in {path} at offset {res.next_off} does not validate "
+                    f"(valid data resumes at offset {nxt}); run walq verify", path, res.next_off)
+
+
+def iter_log(directory: str, *, start: int = 0) -> Iterator[RawRecord]:
+    """The valid records of every segment of a log, oldest first."""
+    segs = segment_files(directory)
+    for i, (base, path) in enumerate(segs):
+        if i + 1 < len(segs) and segs[i + 1][0] <= start:
+            continue
+        yield from iter_segment(path, start=start)
+
+
+def body_json(body: bytes, *, include: bool = True) -> dict:
+    """``{"body": text}`` for UTF-8 bodies, else ``{"body_base64": ...}``."""
+    if not include:
+        return {"size": len(body)}
+    try:
+        return {"body": body.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"body_base64": base64.b64encode(body).decode("ascii")}
+
+
+def attributes_json(attrs: dict) -> dict:
+    """Message attributes with Binary values as ``{"Binary": base64}``."""
+    return {k: ({"Binary": base64.b64encode(v).decode("ascii")} if isinstance(v, bytes) else v)
+            for k, v in attrs.items()}
+
+
+def queue_record_json(rec: RawRecord, *, bodies: bool = True) -> dict:
+    """One queue record as a JSON-able dict (docs/format.md, "Queue records")."""
+    out: dict = {"seq": rec.seq, "type": R.NAMES.get(rec.type, f"type-{rec.type}"),
+                 "segment": os.path.basename(rec.path), "offset": rec.offset}
+    p = rec.payload
+    try:
+        if rec.type == R.SEND:
+            s = R.decode_send(p)
+            out.update(message_id=format_id(s.message_id), sent_at=s.sent_at, visible_at=s.visible_at)
+            if s.first_received_at:
+                out["first_received_at"] = s.first_received_at
+            if s.prior_receives:
+                out["prior_receives"] = s.prior_receives
+            for key in ("group", "dedup_id", "source"):
+                if getattr(s, key) is not None:
+                    out[key] = getattr(s, key)
+            attrs = mattrs.decode(s.attributes)
+            if attrs:
+                out["attributes"] = attributes_json(attrs)
+            out.update(body_json(s.body, include=bodies))
+        elif rec.type == R.LEASE:
+            now, entries = R.decode_lease(p)
+            out.update(now=now, messages=[{"seq": m, "deadline": d} for m, d in entries])
+        elif rec.type == R.HIDE:
+            out["messages"] = [{"seq": m, "deadline": d} for m, d in R.decode_hide(p)]
+        elif rec.type in (R.DELETE, R.MOVED):
+            out["messages"] = R.decode_seqs(p)
+        elif rec.type == R.CHVIS:
+            out["messages"] = [{"seq": m, "lease": lease, "deadline": d} for m, lease, d in R.decode_chvis(p)]
+        elif rec.type == R.PURGE:
+            out["upto"] = R.decode_purge(p)
+        else:
+            out["payload_base64"] = base64.b64encode(p).decode("ascii")
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        out["error"] = f"does not decode: {exc}"
+        out["payload_base64"] = base64.b64encode(p).decode("ascii")
+    return out
+
+
+def catalog_record_json(rec: RawRecord) -> dict:
+    out: dict = {"seq": rec.seq, "type": "catalog", "segment": os.path.basename(rec.path), "offset": rec.offset}
+    try:
+        out["entry"] = json.loads(rec.payload)
+    except ValueError as exc:
+        out["error"] = f"does not decode: {exc}"
+        out["payload_base64"] = base64.b64encode(rec.payload).decode("ascii")
+    return out
+
+
+def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) -> Iterator[dict]:
+    """Every record of a log (``kind`` "queue" or "catalog") as JSON-able dicts."""
+    for rec in iter_log(directory, start=start):
+        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+
+
+def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:
+    """Every record of one segment file; decoded as catalog records when the
+    file lies in a ``catalog`` directory, else as queue records."""
+    kind = "catalog" if os.path.basename(os.path.dirname(os.path.abspath(path))) == "catalog" else "queue"
+    for rec in iter_segment(path, start=start):
+        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
