@@ -123,6 +123,7 @@ def fmt_lat(seconds: float) -> str:
 def run_op(base: str, kind: str, dur: str, op: str, size: int, seconds: float, depth: int) -> Result | None:
     """One measurement of ``op`` on a fresh store; None if the library cannot do it."""
     d = tempfile.mkdtemp(prefix=f"{kind}-{dur}-", dir=base)
+    os.sync()  # the previous measurement's writeback must not land on this one
     q = peers.make(kind, dur, d)
     try:
         if op == "send_batch" and not q.supports_batch:
@@ -296,6 +297,7 @@ def end_to_end(base: str, kind: str, dur: str, per_producer: int, seconds: float
     """``n_prod`` producer and ``n_cons`` consumer processes on one queue."""
     ctx = multiprocessing.get_context("spawn")
     path = tempfile.mkdtemp(prefix=f"e2e-{kind}-{dur}-", dir=base)
+    os.sync()
     peers.make(kind, dur, path).close()  # create the queue before the race
     batch = 10
     barrier = ctx.Barrier(n_prod + n_cons + 1)
@@ -388,6 +390,7 @@ def long_poll(base: str, dur: str, trials: int) -> Result:
 
     ctx = multiprocessing.get_context("spawn")
     path = tempfile.mkdtemp(prefix=f"longpoll-{dur}-", dir=base)
+    os.sync()
     b = walq.open(path, durability=dur)
     q = b.create_queue("longpoll")
     parent, child = ctx.Pipe()

@@ -327,13 +327,15 @@ class Log:
 
     # -- transactions (used by queues to decide and write atomically) -------
 
-    def locked(self) -> "LockedLog":
+    def locked(self, wait_durable: bool = True) -> "LockedLog":
         """Holds the append lock: read the tail, decide, append, release.
 
-        The durability wait happens after the lock is released.
+        The durability wait happens after the lock is released; with
+        ``wait_durable=False`` there is none (the records are in the OS, and
+        the next durable write or sync covers them).
         """
         self._check_open()
-        return LockedLog(self)
+        return LockedLog(self, wait_durable)
 
     # -- durability --------------------------------------------------------
 
@@ -565,9 +567,10 @@ class LockedLog:
     become durable (per the log's mode) after the lock is released.
     """
 
-    def __init__(self, log: Log):
+    def __init__(self, log: Log, wait_durable: bool = True):
         self.log = log
         self._end = 0
+        self._wait = wait_durable
 
     def __enter__(self) -> "LockedLog":
         log = self.log
@@ -603,5 +606,5 @@ class LockedLog:
         log = self.log
         lib.walq_unlock(log._append_fd)
         log._tlock.release()
-        if self._end and exc_type is None:
+        if self._end and self._wait and exc_type is None:
             log._after_write(self._end)

@@ -45,6 +45,23 @@ def recover(log) -> None:
             # was ever published.
             io.unlink(os.path.join(path, name))
     bases = sorted(b for b in map(parse_segment_name, os.listdir(path)) if b is not None)
+    # Newest segments whose creation never reached the disk (no header, and
+    # nothing else, or an all-zero header: nothing in them was ever synced,
+    # since an fdatasync would have persisted the header too) are kept aside.
+    # A roll is not synced by itself, so several may be cut off at once.  A
+    # header that is damaged while the segment holds data is an error: the
+    # records in it may have been acknowledged.
+    newest_gone = None
+    while bases:
+        last = os.path.join(path, segment_name(bases[-1]))
+        state = _header_state(last, bases[-1])
+        if state == "ok":
+            break
+        if state == "damaged":
+            raise CorruptionError(f"segment header does not validate: {last} at offset 0", last, 0)
+        io.rename(last, os.path.join(path, f"torn-{bases[-1]:020d}-header.bin"))
+        io.fsync_dir(path)
+        newest_gone = bases.pop()
     for base in bases[:-1]:
         seg_path = os.path.join(path, segment_name(base))
         with open(seg_path, "rb") as f:
@@ -52,21 +69,9 @@ def recover(log) -> None:
         if decoded is None or decoded[0] != base:
             raise CorruptionError(f"segment header does not validate: {seg_path} at offset 0", seg_path, 0)
 
-    seg = None
-    while bases and seg is None:
-        last = os.path.join(path, segment_name(bases[-1]))
-        try:
-            seg = Segment.open(last, io, expected_base=bases[-1])
-        except CorruptionError:
-            # The newest segment's header never became durable (its creation
-            # was cut off): nothing in it was acknowledged.  Keep it aside.
-            io.rename(last, os.path.join(path, f"torn-{bases[-1]:020d}-header.bin"))
-            io.fsync_dir(path)
-            if len(bases) == 1:
-                break
-            bases.pop()
+    seg = Segment.open(os.path.join(path, segment_name(bases[-1])), io, expected_base=bases[-1]) if bases else None
     if seg is None:
-        base = bases[-1] if bases else 0
+        base = newest_gone if newest_gone is not None else 0
         size = log.options.segment_size
         salt = secrets.randbits(64)
         fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()),
@@ -109,10 +114,16 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     lib.walq_scan(seg.ptr, seg.size, SEGMENT_HEADER_SIZE, seg.salt, seg.base, 1 << 62,
                   ffi.NULL, ffi.NULL, ffi.NULL, res)
     end_off, end_seq = res.next_off, res.next_seq
-    if res.status != lib.WALQ_SCAN_BAD:
+    if res.status not in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_END):
         return end_off, end_seq
+    # A zero header ends the data too, but it is checked the same way: zeros
+    # where synced records were (a lost block) must not silently drop every
+    # record after them, and valid frames left after the end by a power cut
+    # must not come back once new records reach them.
     found = ffi.new("uint64_t *")
     durable = lib.walq_durable_after(seg.ptr, seg.size, end_off + 8, seg.salt, end_seq, found)
+    if res.status == lib.WALQ_SCAN_END and not found[0]:
+        return end_off, end_seq
     if found[0] and durable > end_seq:
         # A later record was written after this one had been synced: synced
         # data does not tear, so this is damage.
@@ -130,3 +141,19 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
+
+
+def _header_state(seg_path: str, base: int) -> str:
+    """``"ok"``, ``"unwritten"`` (the creation was cut off: an all-zero
+    header, or a torn one with nothing after it) or ``"damaged"``."""
+    with open(seg_path, "rb") as f:
+        header = f.read(SEGMENT_HEADER_SIZE)
+        decoded = decode_segment_header(header)
+        if decoded is not None and decoded[0] == base:
+            return "ok"
+        if not any(header):
+            return "unwritten"
+        while chunk := f.read(1 << 20):
+            if any(chunk):
+                return "damaged"
+    return "unwritten"

@@ -252,9 +252,12 @@ class Index:
                 continue
             taken.append(g)
             want = n - len(out)
-            picks = [m for m in heapq.nsmallest(2 * want + 8, heap) if self.state.get(m) == VISIBLE]
+            # A group heap can hold a message twice: its entry stays while it
+            # is in flight and a second one is pushed when its lease runs out.
+            # Without the set, one receive returned (and leased) it twice.
+            picks = sorted({m for m in heapq.nsmallest(2 * want + 8, heap) if self.state.get(m) == VISIBLE})
             if len(picks) < want and len(heap) > 2 * want + 8:
-                picks = sorted(m for m in heap if self.state.get(m) == VISIBLE)
+                picks = sorted({m for m in heap if self.state.get(m) == VISIBLE})
             out.extend(picks[:want])
         for g in taken:
             heap = self.groups.get(g)

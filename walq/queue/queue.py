@@ -293,7 +293,10 @@ class Queue:
                 return []
         moves = []
         out = []
-        with self._log.locked() as tx, self._mu:
+        # A lease need not be durable before it is handed out: if a power cut
+        # loses it, the message is merely visible again early (at-least-once
+        # holds), and the delete that follows is durable and covers it.
+        with self._log.locked(wait_durable=False) as tx, self._mu:
             self._catch_up()
             idx = self._index
             now = self._clock()
