@@ -254,17 +254,30 @@ int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
                        size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type, uint64_t *seq0)
 {
+    /* A process killed in the middle of a segment roll left the block half
+     * updated: Python re-derives it from the segment files. */
+    if (walq_load(&ctl->busy))
+        return WALQ_EREPAIR;
     if (walq_load(&ctl->seg_base) != seg_base)
         return WALQ_ESTALE;
     uint64_t end = walq_load(&ctl->end_off);
+    uint64_t seq = walq_load(&ctl->end_seq);
     uint64_t reserved = walq_load(&ctl->reserve_off);
-    /* A writer killed mid-write left bytes past the published end; clear
-     * them so that no stale frame can follow what we write now. */
-    if (reserved > end) {
-        int rc = walq_zero(fd, end, reserved - end);
-        if (rc)
-            return rc;
-        walq_store(&ctl->reserve_off, end);
+    if (reserved != end || walq_load(&ctl->reserve_seq) != seq) {
+        if (walq_load(&ctl->reserve_seq) == seq) {
+            /* Killed between publishing end_seq and end_off: the batch was
+             * whole and readers may have seen it; finish the publish. */
+            end = reserved;
+            walq_store(&ctl->end_off, end);
+        } else {
+            /* Killed before publishing: clear the partial write so that no
+             * stale frame can follow what we write now. */
+            int rc = walq_zero(fd, end, reserved > end ? reserved - end : 0);
+            if (rc)
+                return rc;
+            walq_store(&ctl->reserve_off, end);
+            walq_store(&ctl->reserve_seq, seq);
+        }
     }
     uint64_t size = 0;
     for (size_t i = 0; i < n; i++)
@@ -275,17 +288,18 @@ int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
      * block allocation to journal (see docs/format.md, "Preallocation"). */
     if (end + size > walq_load(&ctl->alloc_off))
         return WALQ_EALLOC;
-    uint64_t seq = walq_load(&ctl->end_seq);
+    walq_store(&ctl->reserve_seq, seq + n);
     walq_store(&ctl->reserve_off, end + size);
     int rc = write_batch(fd, end, walq_load(&ctl->salt), seq, walq_load(&ctl->durable_seq),
                          n, data, lens, types, type);
     if (rc)
         return rc;
-    /* Invariant: end_off and end_seq move together, only after the bytes
-     * are in the OS, so a reader never parses past written data. */
-    walq_store(&ctl->end_off, end + size);
-    walq_store(&ctl->reserve_off, end + size);
+    /* Invariant: end_seq moves only after the bytes are in the OS, so a
+     * reader (which parses by count up to end_seq) never reads past written
+     * data; end_off follows, and a writer that finds the two out of step
+     * repairs them above. */
     walq_store(&ctl->end_seq, seq + n);
+    walq_store(&ctl->end_off, end + size);
     walq_publish(ctl);
     *seq0 = seq;
     return WALQ_OK;

@@ -18,6 +18,7 @@
 #define WALQ_ESTALE 1      /* the active segment changed under the caller */
 #define WALQ_EFULL 2       /* the batch does not fit in the active segment */
 #define WALQ_EALLOC 3      /* the batch runs past the preallocated part of the segment */
+#define WALQ_EREPAIR 4     /* the control block is mid-update (a roll was cut short) */
 
 /* walq_scan() stop reasons. */
 #define WALQ_SCAN_LIMIT 0  /* max records read */
@@ -45,7 +46,9 @@ struct walq_ctl {
     uint32_t notify;           /* futex word: bumped on every publish */
     uint32_t waiters;          /* processes blocked in walq_wait */
     uint64_t alloc_off;        /* bytes of the active segment preallocated so far */
-    uint64_t reserved[17];
+    uint64_t reserve_seq;      /* end_seq once the write in progress is published */
+    uint64_t busy;             /* nonzero while a roll rewrites this block */
+    uint64_t reserved[15];
 };
 
 typedef struct {
@@ -70,7 +73,7 @@ uint64_t walq_frame(char *out, uint64_t salt, uint64_t seq0, size_t n,
  * with pwritev at ctl->end_off of the active segment `fd` (whose base must
  * equal ctl->seg_base), then publishes the new end.  *seq0 receives the
  * first assigned sequence.  Returns WALQ_OK, WALQ_ESTALE, WALQ_EFULL,
- * WALQ_EALLOC or -errno. */
+ * WALQ_EALLOC, WALQ_EREPAIR or -errno. */
 int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
                        size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type, uint64_t *seq0);

@@ -258,11 +258,15 @@ class Log:
             lib.walq_unlock(self._append_fd)
 
     def _append_locked(self, n, data, lens, types, t) -> int:
-        for _attempt in range(4):
+        for _attempt in range(5):
             seg = self._active()
             rc = self.io.append_locked(self.ctl, seg.fd, seg.base, n, data, lens, types, t, self._seq_out)
             if rc == lib.WALQ_OK:
                 return rc
+            if rc == lib.WALQ_EREPAIR:
+                recovery.repair_active(self)
+                self._refresh_bases()
+                continue
             if rc == lib.WALQ_EALLOC:
                 self._extend(seg, sum(lib.walq_frame_size(lens[i]) for i in range(n)))
                 continue
@@ -311,14 +315,18 @@ class Log:
         prealloc = min(size, max(self.options.preallocate, size - self.options.segment_size + 4096))
         fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
         os.close(fd)
-        # Writers read these only under the append lock we hold; publish the
-        # new base last so a concurrent fast path fails with ESTALE.
+        # Writers read these only under the append lock we hold.  `busy`
+        # brackets the update: if this process dies half way, the next
+        # writer sees it and re-derives the block from the segment files.
+        self._store("busy", 1)
         self._store("end_off", SEGMENT_HEADER_SIZE)
         self._store("reserve_off", SEGMENT_HEADER_SIZE)
         self._store("alloc_off", prealloc)
         self._store("seg_cap", size)
         self._store("salt", salt)
+        self._store("reserve_seq", base)
         self._store("seg_base", base)
+        self._store("busy", 0)
         self._refresh_bases()
 
     def _after_write(self, end: int) -> None:

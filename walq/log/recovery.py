@@ -86,26 +86,56 @@ def recover(log) -> None:
         end_off, end_seq = _find_end(seg, io)
         io.fdatasync(seg.fd, seg.path)
         io.fsync_dir(path)
-        ctl = log.ctl
-        store = lambda field, v: lib.walq_store(ffi.addressof(ctl, field), v)  # noqa: E731
+        store = _storer(log)
         store("magic", 0)  # invalid while half-written
-        store("end_seq", end_seq)
-        store("seg_base", seg.base)
-        store("end_off", end_off)
-        store("reserve_off", end_off)
-        # What is allocated past the end is unknown after a crash; the next
-        # append re-allocates from here (a no-op for blocks already there).
-        store("alloc_off", end_off)
+        _store_active(store, seg, end_off, end_seq)
         store("durable_seq", end_seq)
         store("first_seq", bases[0])
-        store("seg_cap", seg.size)
-        store("salt", seg.salt)
-        store("generation", lib.walq_load(ffi.addressof(ctl, "generation")) + 1)
+        store("generation", lib.walq_load(ffi.addressof(log.ctl, "generation")) + 1)
         store("poisoned", 0)
         store("dir_synced_base", seg.base)
         store("magic", CTL_MAGIC)
     finally:
         seg.close()
+
+
+def repair_active(log) -> None:
+    """Re-derives the active segment's fields of the control block from the
+    newest segment file, after a process died half way through a roll.
+
+    The caller holds the append lock; other processes may be reading, and
+    only ever read up to end_seq, which this never lowers below what was
+    published.
+    """
+    path = log.path
+    bases = sorted(b for b in map(parse_segment_name, os.listdir(path)) if b is not None)
+    seg = Segment.open(os.path.join(path, segment_name(bases[-1])), log.io, expected_base=bases[-1])
+    try:
+        end_off, end_seq = _find_end(seg, log.io)
+        store = _storer(log)
+        _store_active(store, seg, end_off, end_seq)
+        store("busy", 0)
+    finally:
+        seg.close()
+
+
+def _storer(log):
+    ctl = log.ctl
+    return lambda field, v: lib.walq_store(ffi.addressof(ctl, field), v)
+
+
+def _store_active(store, seg: Segment, end_off: int, end_seq: int) -> None:
+    store("end_seq", end_seq)
+    store("seg_base", seg.base)
+    store("end_off", end_off)
+    store("reserve_off", end_off)
+    store("reserve_seq", end_seq)
+    # What is allocated past the end is unknown after a crash; the next
+    # append re-allocates from here (a no-op for blocks already there).
+    store("alloc_off", end_off)
+    store("seg_cap", seg.size)
+    store("salt", seg.salt)
+    store("busy", 0)
 
 
 def _find_end(seg: Segment, io) -> tuple[int, int]:
