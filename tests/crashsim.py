@@ -81,7 +81,8 @@ class Op(NamedTuple):
         if self.kind == SYNC:
             return f"sync(f{self.file})"
         if self.kind == NOTE:
-            return f"note({self.note!r})"
+            what = self.note[:2] if isinstance(self.note, tuple) else self.note
+            return f"note{what!r}"
         return self.kind
 
 
@@ -115,11 +116,12 @@ class RecordingIO(OsIO):
         assert key in self._files, "a write to a file whose creation was not recorded"
         return self._files[key]
 
-    def _created(self, path: str, fd: int) -> int:
-        """Records an O_CREAT|O_TRUNC open: a new file, or a truncated old one."""
+    def _created(self, path: str, fd: int, existed: bool) -> int:
+        """Records an O_CREAT|O_TRUNC open: a new file, or a truncated old one.
+        (Whether the name existed decides: the OS reuses inode numbers.)"""
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
-        if key in self._files:
+        if existed:
             vid = self._files[key]
             self._record(Op(SETSIZE, file=vid, size=0))
         else:
@@ -194,9 +196,10 @@ class RecordingIO(OsIO):
         # directory before it declares anything in the segment durable.
         self._catch_up()
         tmp = os.path.join(directory, name + ".tmp")
+        existed = os.path.exists(tmp)
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            vid = self._created(tmp, fd)
+            vid = self._created(tmp, fd, existed)
             os.ftruncate(fd, size)
             if prealloc:
                 os.posix_fallocate(fd, 0, min(size, prealloc))
@@ -226,16 +229,20 @@ class RecordingIO(OsIO):
 
     def append_locked(self, ctl, fd, seg_base, n, data, lens, types, type, seq_out) -> int:
         self._catch_up()
-        end0 = lib.walq_load(ffi.addressof(ctl, "end_off"))
-        reserved0 = lib.walq_load(ffi.addressof(ctl, "reserve_off"))
-        base0 = lib.walq_load(ffi.addressof(ctl, "seg_base"))
+        load = lambda field: lib.walq_load(ffi.addressof(ctl, field))  # noqa: E731
+        end0, reserved0, base0 = load("end_off"), load("reserve_off"), load("seg_base")
+        seq0, rseq0, busy0 = load("end_seq"), load("reserve_seq"), load("busy")
         rc = super().append_locked(ctl, fd, seg_base, n, data, lens, types, type, seq_out)
-        if base0 == seg_base and reserved0 > end0:
-            # walq_append_locked zeroed a dead writer's partial batch.
-            self._record(Op(WRITE, file=self._file(fd), offset=end0, data=bytes(reserved0 - end0)))
+        start = end0
+        if not busy0 and base0 == seg_base and (reserved0 != end0 or rseq0 != seq0):
+            # Mirrors walq_append_locked's repair of a writer killed mid-append.
+            if rseq0 == seq0:
+                start = reserved0  # it finished the publish of a whole batch
+            elif reserved0 > end0:  # it zeroed a partial batch
+                self._record(Op(WRITE, file=self._file(fd), offset=end0, data=bytes(reserved0 - end0)))
         if rc == lib.WALQ_OK:
-            end1 = lib.walq_load(ffi.addressof(ctl, "end_off"))
-            self._record(Op(WRITE, file=self._file(fd), offset=end0, data=os.pread(fd, end1 - end0, end0)))
+            end1 = load("end_off")
+            self._record(Op(WRITE, file=self._file(fd), offset=start, data=os.pread(fd, end1 - start, start)))
             self._seen = (seg_base, end1)
         return rc
 
@@ -258,9 +265,10 @@ class RecordingIO(OsIO):
         # Mirrors OsIO.write_file_atomic: tmp file, write, fsync, rename, fsync dir.
         self._catch_up()
         tmp = path + ".tmp"
+        existed = os.path.exists(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            vid = self._created(tmp, fd)
+            vid = self._created(tmp, fd, existed)
             self.pwrite(fd, data, 0)
             os.fsync(fd)
             self._record(Op(SYNC, file=vid))
@@ -361,8 +369,10 @@ def crash_states(
     *,
     seed: int = 0,
     max_prefixes: int = 8,
+    points: set[int] | None = None,
 ) -> Iterator[CrashState]:
-    """Every distinct crash state, for a crash after each operation in ``ops``.
+    """Every distinct crash state, for a crash after each operation in ``ops``
+    (or only after the first ``n`` operations for each ``n`` in ``points``).
 
     ``max_prefixes`` bounds how many prefixes of a long run of unsynced
     operations are tried per crash point (evenly spread, always including
@@ -385,6 +395,8 @@ def crash_states(
             elif op.kind == NOTE:
                 notes.append(op.note)
                 continue  # a note changes nothing on disk
+        if points is not None and point not in points:
+            continue
 
         def durable(i: int) -> bool:
             op = ops[i]
@@ -446,6 +458,8 @@ def materialize(state: CrashState, directory: str) -> str:
     return directory
 
 
-def history(ops: list[Op], point: int | None = None) -> str:
-    """The operations before ``point``, one per line (for failure messages)."""
-    return "\n".join(f"{i:4d} {op!r}" for i, op in enumerate(ops[:point]))
+def history(ops: list[Op], point: int | None = None, last: int = 80) -> str:
+    """The last ``last`` operations before ``point``, one per line (for failure messages)."""
+    point = len(ops) if point is None else point
+    start = max(0, point - last)
+    return "\n".join(f"{i:4d} {ops[i]!r}" for i in range(start, point))

@@ -200,3 +200,16 @@ def test_appended_bytes_are_exactly_the_grammar(tmp_path):
     assert data[SEGMENT_HEADER_SIZE : SEGMENT_HEADER_SIZE + len(expected)] == expected
     assert data[SEGMENT_HEADER_SIZE + len(expected) :].count(0) == len(data) - SEGMENT_HEADER_SIZE - len(expected)
     assert os.path.getsize(path) == LogOptions().segment_size
+
+
+def test_lag_records_how_far_the_durable_point_trailed_each_record(tmp_path):
+    with Log.open(tmp_path / "always", LogOptions(durability="always")) as log:
+        for i in range(5):
+            log.append(b"a%d" % i)
+    assert [f.lag for f in frames(segment_paths(str(tmp_path / "always"))[0])] == [0] * 5
+    with Log.open(tmp_path / "os", LogOptions(durability="os")) as log:
+        for i in range(5):
+            log.append(b"o%d" % i)
+        log.sync()
+        log.append(b"after sync")
+    assert [f.lag for f in frames(segment_paths(str(tmp_path / "os"))[0])] == [0, 1, 2, 3, 4, 0]

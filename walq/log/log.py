@@ -313,12 +313,16 @@ class Log:
         salt = secrets.randbits(64)
         header = encode_segment_header(base, salt, time.time_ns())
         prealloc = min(size, max(self.options.preallocate, size - self.options.segment_size + 4096))
-        fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
-        os.close(fd)
         # Writers read these only under the append lock we hold.  `busy`
         # brackets the update: if this process dies half way, the next
         # writer sees it and re-derives the block from the segment files.
+        # It is raised before the file exists: a death between the rename
+        # and the update would otherwise leave a segment file whose name
+        # claims sequences that other writers keep appending to the old
+        # segment, and recovery would take that empty file as the end.
         self._store("busy", 1)
+        fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
+        os.close(fd)
         self._store("end_off", SEGMENT_HEADER_SIZE)
         self._store("reserve_off", SEGMENT_HEADER_SIZE)
         self._store("alloc_off", prealloc)
