@@ -135,6 +135,7 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
         lat: list[float] = []
         perf = time.perf_counter
         off = 0
+        meter = LoadMeter()
         c0 = time.process_time()
         t0 = perf()
         deadline = t0 + seconds
@@ -151,12 +152,13 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
                 break
         elapsed = perf() - t0
         cpu = time.process_time() - c0
+        load = meter.stop()
     finally:
         os.close(fd)
         if remove:
             os.unlink(path)
     return Measurement(f"raw pwrite {write_size} B + fdatasync ({layout})", len(lat), elapsed,
-                       latencies=lat, cpu=cpu, syncs=len(lat))
+                       latencies=lat, cpu=cpu, syncs=len(lat), extra=load)
 
 
 # -- output ----------------------------------------------------------------------
@@ -321,6 +323,54 @@ def cpu_times() -> tuple[int, int, int]:
     steal = fields[7]
     total = sum(fields[:8])  # guest time is already counted in user
     return total - idle - steal, steal, total
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class LoadMeter:
+    """Measures, over a benchmark's window, how busy the whole machine was.
+
+    ``stop(own_cpu)`` returns clock ticks (busy, stolen, total) for the
+    window; with the benchmark's own CPU seconds, :func:`other_load` tells
+    how much of the machine *other* processes used (the disk and the 2 cores
+    are shared with whatever else runs here)."""
+
+    def __init__(self) -> None:
+        self.start = cpu_times()
+
+    def stop(self) -> dict:
+        end = cpu_times()
+        return {"busy_ticks": end[0] - self.start[0], "steal_ticks": end[1] - self.start[1],
+                "total_ticks": end[2] - self.start[2]}
+
+
+def other_load(m: "Measurement") -> float:
+    """Fraction of all CPUs used by others (not this benchmark) while ``m`` ran."""
+    total = m.extra.get("total_ticks", 0)
+    if not total or m.cpu is None:
+        return float("nan")
+    busy = m.extra.get("busy_ticks", 0) + m.extra.get("steal_ticks", 0)
+    own = m.extra.get("window_cpu", m.cpu)
+    return max(0.0, busy - own * CLK_TCK) / total
+
+
+def machine_busy(sample: float = 1.0) -> float:
+    """Fraction of all CPUs busy (or stolen) over ``sample`` seconds while we sleep."""
+    b0, s0, t0 = cpu_times()
+    time.sleep(sample)
+    b1, s1, t1 = cpu_times()
+    return ((b1 - b0) + (s1 - s0)) / max(1, t1 - t0)
+
+
+def wait_quiet(threshold: float = 0.25, max_wait: float = 20.0) -> tuple[float, float]:
+    """Waits (up to ``max_wait`` s) until other processes use under
+    ``threshold`` of the CPUs; returns (seconds waited, last busy fraction)."""
+    t0 = time.monotonic()
+    busy = machine_busy(0.5)
+    while busy > threshold and time.monotonic() - t0 < max_wait:
+        busy = machine_busy(1.0)
+    return time.monotonic() - t0, busy
 
 
 def drop_page_cache() -> bool:

@@ -43,6 +43,7 @@ from walq.log.format import (
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     decode_segment_header,
+    hash64,
     parse_segment_name,
 )
 from walq.queue import checkpoint as ckpt
@@ -207,13 +208,17 @@ class RawRecord(NamedTuple):
 
 
 class _Mapped:
-    """A file mapped read-only (or read into memory when it is empty)."""
+    """A file mapped read-only, with the stretches of it that hold data."""
 
     def __init__(self, path: str):
         self.path = path
-        with open(path, "rb") as f:
-            self.size = os.fstat(f.fileno()).st_size
-            self.mm = mmap.mmap(f.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ) if self.size else b""
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.size = os.fstat(self.fd).st_size
+            self.mm = mmap.mmap(self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ) if self.size else b""
+        except BaseException:
+            os.close(self.fd)
+            raise
         self.ptr = ffi.from_buffer(self.mm)
 
     def close(self) -> None:
@@ -223,6 +228,7 @@ class _Mapped:
                 self.mm.close()
             except BufferError:
                 pass
+        os.close(self.fd)
 
     def __enter__(self) -> "_Mapped":
         return self
@@ -233,9 +239,59 @@ class _Mapped:
     def excerpt(self, off: int, n: int = _EXCERPT) -> bytes:
         return bytes(self.mm[off : min(self.size, off + n)])
 
+    def regions(self, start: int):
+        """``(start, end)`` of each stretch from ``start`` that may hold data:
+        a segment is sparse, and its holes read as zeros (SEEK_DATA/SEEK_HOLE,
+        as recovery does; the whole rest of the file where unsupported)."""
+        if not hasattr(os, "SEEK_DATA"):
+            if start < self.size:
+                yield start, self.size
+            return
+        off = start
+        while off < self.size:
+            try:
+                data = os.lseek(self.fd, off, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from here on
+                return
+            if data >= self.size:
+                return
+            hole = min(os.lseek(self.fd, data, os.SEEK_HOLE), self.size)
+            yield max(data, start), hole
+            off = hole
+
+    def any_data(self, start: int) -> bool:
+        """Whether any byte from ``start`` on is non-zero."""
+        for a, b in self.regions(start):
+            if self.mm[a:b].count(0) != b - a:
+                return True
+        return False
+
     def last_nonzero(self, off: int) -> int:
         """One past the last non-zero byte at or after ``off`` (``off`` if none)."""
-        return off + len(self.mm[off:].rstrip(b"\0"))
+        last = off
+        for a, b in self.regions(off):
+            tail = len(self.mm[a:b].rstrip(b"\0"))
+            if tail:
+                last = a + tail
+        return last
+
+    def find_valid(self, start: int, salt: int, min_seq: int) -> int | None:
+        """Offset of the first valid frame at or after ``start`` (8-aligned)
+        with a sequence >= ``min_seq``, or None."""
+        for a, b in self.regions(start):
+            at = lib.walq_find_valid(self.ptr, b, a, salt, min_seq)
+            if at != _NOT_FOUND:
+                return at
+        return None
+
+    def durable_after(self, start: int, salt: int, min_seq: int) -> tuple[int, int]:
+        """``(valid frames after start, highest durable point they recorded)``."""
+        found, durable = 0, 0
+        one = ffi.new("uint64_t *")
+        for a, b in self.regions(start):
+            durable = max(durable, lib.walq_durable_after(self.ptr, b, a, salt, min_seq, one))
+            found += one[0]
+        return found, durable
 
 
 def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool):
@@ -262,6 +318,7 @@ def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool):
 class _SegmentResult(NamedTuple):
     end_seq: int  # sequence after the last valid record
     records: int
+    end_off: int  # where the valid data ends
 
 
 def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base: int | None,
@@ -284,11 +341,10 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
             count += res.count
         off, seq = res.next_off, res.next_seq
         if res.status == lib.WALQ_SCAN_BAD:
-            nxt = lib.walq_find_valid(m.ptr, m.size, off + 8, salt, seq)
+            nxt = m.find_valid(off + 8, salt, seq)
             if active:
-                found = ffi.new("uint64_t *")
-                durable = lib.walq_durable_after(m.ptr, m.size, off + 8, salt, seq, found)
-                synced = bool(found[0]) and durable > seq
+                found, durable = m.durable_after(off + 8, salt, seq)
+                synced = bool(found) and durable > seq
                 if not synced:
                     tail = m.last_nonzero(off) - off
                     if ctl_end is not None and ctl_end > seq:
@@ -303,14 +359,14 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
                             f"torn tail: record {seq} does not validate and nothing after it had been "
                             "synced (a write cut short by a crash; the next open sets it aside)",
                             m.excerpt(off)))
-                    return _SegmentResult(seq, count)
-            length = (nxt - off) if nxt != _NOT_FOUND else m.last_nonzero(off) - off
+                    return _SegmentResult(seq, count, off)
+            length = (nxt - off) if nxt is not None else m.last_nonzero(off) - off
             why = _why_bad(m, off, salt, seq)
-            if nxt == _NOT_FOUND:
+            if nxt is None:
                 problems.append(Problem(DAMAGE, path, off, length,
                                         f"record {seq} does not validate ({why}); nothing valid follows",
                                         m.excerpt(off)))
-                return _SegmentResult(seq, count)
+                return _SegmentResult(seq, count, off)
             (resume,) = struct.unpack_from("<Q", m.mm, nxt + 16)
             lost = f"records {seq}-{resume - 1}" if resume - 1 > seq else f"record {seq}"
             problems.append(Problem(
@@ -324,21 +380,25 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
     # End of data (a zero header) or end of file.  Nothing valid may follow.
     if res.status == lib.WALQ_SCAN_END:
         if active:
-            found = ffi.new("uint64_t *")
-            durable = lib.walq_durable_after(m.ptr, m.size, off + 8, salt, seq, found)
-            if found[0] and durable > seq:
+            found, durable = m.durable_after(off + 8, salt, seq)
+            if ctl_end is not None and ctl_end > seq:
                 problems.append(Problem(
                     DAMAGE, path, off, None,
-                    f"end of data after record {seq - 1}, but {found[0]} valid records follow that show "
-                    f"records up to {durable - 1} had been synced: a zeroed range", m.excerpt(off)))
-            elif found[0]:
+                    f"end of data after record {seq - 1}, but log.ctl says records up to {ctl_end - 1} were "
+                    "published (no power was lost, so they cannot be missing)", m.excerpt(off)))
+            elif found and durable > seq:
                 problems.append(Problem(
-                    TORN, path, off, None,
-                    f"{found[0]} unsynced records follow a zero gap after record {seq - 1} "
-                    "(a torn tail; never returned)", b""))
+                    DAMAGE, path, off, None,
+                    f"end of data after record {seq - 1}, but {found} valid records follow that show "
+                    f"records up to {durable - 1} had been synced: a zeroed range", m.excerpt(off)))
+            elif found:
+                problems.append(Problem(
+                    TORN, path, off, m.last_nonzero(off) - off,
+                    f"{found} unsynced records follow a zero gap after record {seq - 1} "
+                    "(a torn tail; the next open sets it aside)", b""))
         else:
-            nxt = lib.walq_find_valid(m.ptr, m.size, off + 8, salt, seq)
-            if nxt != _NOT_FOUND:
+            nxt = m.find_valid(off + 8, salt, seq)
+            if nxt is not None:
                 problems.append(Problem(
                     DAMAGE, path, off, nxt - off,
                     f"end of data after record {seq - 1}, but a valid record follows at offset {nxt}: "
@@ -348,13 +408,31 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
             problems.append(Problem(
                 DAMAGE, path, off, None,
                 f"segment ends after record {seq - 1} but the next segment starts at {next_base}: "
-                f"records {seq}-{next_base - 1} are missing", m.excerpt(off)))
+                f"{_span(seq, next_base)} missing", m.excerpt(off)))
         else:
             problems.append(Problem(
                 DAMAGE, path, off, None,
                 f"segment holds records up to {seq - 1}, overlapping the next segment (base {next_base})",
                 b""))
-    return _SegmentResult(seq, count)
+    return _SegmentResult(seq, count, off)
+
+
+def _header_state(path: str, base: int) -> str:
+    """``"ok"``, ``"unwritten"`` (a bad header with nothing after it: a
+    creation cut short), ``"zeroed"`` (an all-zero header with data after
+    it) or ``"damaged"``."""
+    try:
+        m = _Mapped(path)
+    except OSError:
+        return "damaged"
+    with m:
+        header = m.excerpt(0, SEGMENT_HEADER_SIZE)
+        decoded = decode_segment_header(header)
+        if decoded is not None and decoded[0] == base:
+            return "ok"
+        if not m.any_data(SEGMENT_HEADER_SIZE):
+            return "unwritten"
+        return "zeroed" if not any(header) else "damaged"
 
 
 def _why_bad(m: _Mapped, off: int, salt: int, seq: int) -> str:
@@ -369,6 +447,8 @@ def _why_bad(m: _Mapped, off: int, salt: int, seq: int) -> str:
         return f"it carries sequence {fseq}"
     if lib.walq_frame_size(length) > m.size - off:
         return f"length {length} runs past the end of the file"
+    if hash64(bytes(m.mm[off + 8 : off + RECORD_HEADER_SIZE + length]), salt) == _checksum:
+        return "non-zero padding"
     return "checksum mismatch"
 
 
@@ -411,6 +491,29 @@ def verify_log(directory: str, *, kind: str, strict: bool = False, report: Verif
     report.logs += 1
     ctl = _read_ctl(directory) if strict else None
     check_record = _check_queue_record if kind == "queue" else _check_catalog_record
+    # Newest segments whose creation never reached the disk (an all-zero
+    # header, or a torn one with nothing after it) are what a crash leaves;
+    # the next open sets them aside.  The newest other one is the active one.
+    while segs:
+        base, path = segs[-1]
+        state = _header_state(path, base)
+        if state == "ok":
+            break
+        if state == "damaged" or (state == "zeroed" and strict):
+            break  # reported below, as damage
+        if state == "zeroed":
+            problems.append(Problem(TORN, path, 0, SEGMENT_HEADER_SIZE,
+                                    "newest segment's header is all zeros but data follows: a power cut "
+                                    "wrote later pages and not the header (nothing here had been synced); "
+                                    "without a power cut this is damage. The next open sets it aside"))
+        else:
+            problems.append(Problem(TORN, path, 0, SEGMENT_HEADER_SIZE,
+                                    "newest segment's header never reached the disk (its creation was cut "
+                                    "short; the next open sets it aside)"))
+        report.segments += 1
+        segs.pop()
+    if not segs:
+        return None
     end = segs[0][0]
     for i, (base, path) in enumerate(segs):
         active = i == len(segs) - 1
@@ -422,15 +525,8 @@ def verify_log(directory: str, *, kind: str, strict: bool = False, report: Verif
             problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {exc.strerror or exc}"))
             continue
         with m:
-            report.bytes_checked += m.size
             header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
             if header is None or header[0] != base:
-                if active and header is None and len(segs) > 1 and m.excerpt(SEGMENT_HEADER_SIZE, 4096).count(0) == \
-                        len(m.excerpt(SEGMENT_HEADER_SIZE, 4096)):
-                    problems.append(Problem(TORN, path, 0, SEGMENT_HEADER_SIZE,
-                                            "newest segment's header never became durable (its creation was "
-                                            "cut short; the next open sets it aside)", m.excerpt(0)))
-                    continue
                 why = "does not validate" if header is None else f"says base {header[0]}, its name says {base}"
                 problems.append(Problem(DAMAGE, path, 0, SEGMENT_HEADER_SIZE, f"segment header {why}",
                                         m.excerpt(0)))
@@ -451,10 +547,16 @@ def verify_log(directory: str, *, kind: str, strict: bool = False, report: Verif
             res = _check_segment(m, base, salt, active=active, next_base=next_base, ctl_end=ctl_end,
                                  problems=problems, on_record=on_record)
             report.records += res.records
+            report.bytes_checked += res.end_off
             end = res.end_seq
         if progress:
             progress(path)
     return LogSummary(segs[0][0], end)
+
+
+def _span(lo: int, hi: int) -> str:
+    """"record N is" or "records N-M are" for the half-open range [lo, hi)."""
+    return f"record {lo} is" if hi - lo == 1 else f"records {lo}-{hi - 1} are"
 
 
 def _check_catalog_record(type_: int, payload: bytes) -> None:
@@ -549,7 +651,7 @@ def _verify_checkpoints(directory: str, extent: LogSummary | None, report: Verif
     if newest_ok < extent.first:
         problems.append(Problem(DAMAGE, os.path.join(directory, ckpt.checkpoint_name(newest_ok)), None, None,
                                 f"the newest checkpoint covers records below {newest_ok}, but the log starts "
-                                f"at {extent.first}: records {newest_ok}-{extent.first - 1} are gone"))
+                                f"at {extent.first}: {_span(newest_ok, extent.first)} gone"))
     elif newest_ok > extent.end:
         problems.append(Problem(DAMAGE, os.path.join(directory, ckpt.checkpoint_name(newest_ok)), None, None,
                                 f"the checkpoint covers records below {newest_ok}, but the log holds valid "
@@ -615,11 +717,11 @@ def iter_segment(path: str, *, start: int = 0) -> Iterator[RawRecord]:
                 yield RawRecord(seq, t, bytes(m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]),
                                 path, off)
         if res.status == lib.WALQ_SCAN_BAD:
-            nxt = lib.walq_find_valid(m.ptr, m.size, res.next_off + 8, salt, res.next_seq)
-            if nxt != _NOT_FOUND:
+            nxt = m.find_valid(res.next_off + 8, salt, res.next_seq)
+            if nxt is not None:
                 raise CorruptionError(
                     f"record {res.next_seq} in {path} at offset {res.next_off} does not validate "
-                    f"(valid data resumes at offset {nxt}); run walq verify", path, res.next_off)
+                    f"(valid data resumes at offset {nxt})", path, res.next_off)
 
 
 def iter_log(directory: str, *, start: int = 0) -> Iterator[RawRecord]:

@@ -94,7 +94,11 @@ class Index:
             self.group_of[seq] = group or ""
             if dedup:
                 key = self.dedup_key(group, dedup)
-                if key not in self.dedup:
+                cur = self.dedup.get(key)
+                # Replace an entry whose window had ended by this send: a
+                # replay (no sweep between records) still holds it, and
+                # keeping it forgot the newer send once the old one expired.
+                if cur is None or cur[2] <= sent - DEDUP_WINDOW_S:
                     self.dedup[key] = (mid, seq, sent)
                     self.dedup_order.append((sent, key))
         if vis > sent:
@@ -175,7 +179,14 @@ class Index:
 
     def sweep(self, now: float, retention: float) -> None:
         """Applies the passage of time: leases run out, delays end, retention
-        expires.  Deterministic in ``now``, so it needs no records."""
+        expires.  Deterministic in ``now``, so it needs no records.
+
+        Invariant: callers sweep only while holding the queue log's append
+        lock, after catching up.  A lapsed lease is forgotten, so a sweep
+        that ran ahead of a change_visibility another process appended just
+        before the deadline would ignore that record and lease the message
+        a second time.
+        """
         lh = self.lease_heap
         while lh and lh[0][0] <= now:
             deadline, m, lease_seq = heapq.heappop(lh)

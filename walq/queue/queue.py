@@ -285,12 +285,14 @@ class Queue:
         policy = attrs.dead_letter
         dlq = self._broker._dead_letter_target(policy) if policy else None
         with self._mu:
-            # Cheap pre-check without the lock: nothing visible, nothing to do.
+            # Cheap pre-check without the lock: nothing visible and nothing
+            # due, nothing to do.  It must not sweep (see Index.sweep).
             self._catch_up()
-            now = self._clock()
-            self._index.sweep(now, attrs.retention)
-            if not self._index.counts[VISIBLE]:
-                return []
+            idx = self._index
+            if not idx.counts[VISIBLE]:
+                nxt = idx.next_event()
+                if nxt is None or nxt > self._clock():
+                    return []
         moves = []
         out = []
         # A lease need not be durable before it is handed out: if a power cut
@@ -509,7 +511,8 @@ class Queue:
         """Visible, in-flight and delayed counts and the oldest message's age."""
         self._check()
         attrs = self._attrs()
-        with self._mu:
+        # Under the append lock, because it sweeps (see Index.sweep).
+        with self._log.locked(), self._mu:
             self._catch_up()
             now = self._clock()
             idx = self._index
@@ -541,6 +544,14 @@ class Queue:
         except portalocker.LockException:
             return None
         try:
+            # Expire what retention ended first, so that an idle queue's
+            # expired messages stop pinning their segments (without this
+            # sweep their space was reclaimed only after some other call).
+            entry = self._broker._catalog.queues.get(self.name)
+            if entry is not None and entry.uid == self._uid:
+                with self._log.locked(), self._mu:  # sweeps only under the lock
+                    self._catch_up()
+                    self._index.sweep(self._clock(), entry.attrs.retention)
             with self._mu:
                 self._catch_up()
                 idx = self._index
@@ -565,9 +576,12 @@ class Queue:
         if attrs.fifo:
             return
         bases = self._log.segment_bases()
-        if len(bases) < 3:
+        if len(bases) < 2:
             return
-        cutoff = bases[-2]
+        # Everything below the active segment: with bases[-2] the previous
+        # segment stayed pinned and a roll before the next checkpoint made
+        # three, over the "live data x2 + two segments" bound.
+        cutoff = bases[-1]
         with self._mu:
             idx = self._index
             pinning = [m for m, st in idx.state.items() if m < cutoff and st != INFLIGHT]
