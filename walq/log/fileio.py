@@ -1,8 +1,11 @@
 """Every system call by which a log changes files, in one replaceable object.
 
-The log never touches the file system except through an ``OsIO``; crash tests
+The log changes files only through an ``OsIO``, with one exception: the
+lock-taking fast path of ``Log.append``/``append_batch`` calls the native
+``walq_append`` directly, to keep a Python call off every append.  Crash tests
 substitute a recording subclass (tests/crashsim.py) that logs each write,
-fsync, creation and rename and then builds the states a power cut could leave.
+fsync, creation and rename - observing fast-path appends through the control
+block - and then builds the states a power cut could leave.
 """
 
 from __future__ import annotations
