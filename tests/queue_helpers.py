@@ -83,8 +83,9 @@ def _open(args):
 
 
 def producer(args) -> None:
-    """Sends ``count`` messages named ``<tag>:<k>`` (batches of ``batch``);
-    journals ``S <body> <message_id>`` for each send that returned."""
+    """Sends ``count`` messages named ``<tag>:<k>`` (batches of ``batch``,
+    ``pause`` seconds apart); journals ``S <body> <message_id>`` for each
+    send that returned."""
     broker, q = _open(args)
     journal = Journal(args["journal"])
     tag, batch, start = args["tag"], args.get("batch", 1), args.get("start", 0)
@@ -100,6 +101,8 @@ def producer(args) -> None:
             assert not res.failed, res.failed
             journal.write_many(("S", bodies[i], r.message_id) for i, r in res.successful)
         k += len(bodies)
+        if args.get("pause"):
+            time.sleep(args["pause"])  # pace the producer so consumers keep up
     broker.close()
 
 

@@ -137,6 +137,21 @@ def test_queues_are_seen_by_a_second_broker_on_the_same_directory(store):
     assert b1.list_queues() == []
 
 
+def test_a_queue_deleted_by_another_broker_is_gone_here_too(store):
+    b1, b2 = store(), store()
+    q1 = b1.create_queue("orders")
+    q1.send("old")
+    b2.delete_queue("orders")
+    with pytest.raises(walq.QueueDoesNotExist):
+        q1.send("x")
+    with pytest.raises(walq.QueueDoesNotExist):
+        q1.receive()
+    b2.create_queue("orders", visibility_timeout=5).send("new")
+    q1 = b1.get_queue("orders")
+    assert q1.attributes.visibility_timeout == 5
+    assert [m.text for m in q1.receive(10)] == ["new"]
+
+
 def test_broker_is_a_context_manager_and_close_is_idempotent(tmp_path):
     with walq.open(tmp_path, durability="os") as b:
         b.create_queue("q")
@@ -281,6 +296,16 @@ def test_long_poll_returns_when_another_thread_sends(q):
     msgs = q.receive(wait=20)
     assert [m.text for m in msgs] == ["late"]
     assert time.monotonic() - t0 < 15  # woke on the send, not at the end of the wait
+
+
+def test_long_poll_returns_when_a_delay_or_a_lease_ends_during_the_wait(tmp_path):
+    with walq.open(tmp_path, durability="os") as b:  # the real clock
+        q = b.create_queue("q")
+        q.send("delayed", delay=1)
+        assert [m.text for m in q.receive(wait=10)] == ["delayed"]
+        q.send("leased")
+        assert [m.text for m in q.receive(visibility_timeout=0.5)] == ["leased"]
+        assert [m.text for m in q.receive(wait=10)] == ["leased"]
 
 
 def test_queue_receive_wait_attribute_is_the_default_wait(broker):

@@ -131,6 +131,8 @@ class Broker:
     def delete_queue(self, name) -> None:
         """Deletes a queue and its messages; QueueDoesNotExist if absent."""
         self._check()
+        if not isinstance(name, str):  # as get_queue: a bad name, not a missing queue
+            raise InvalidParameter(f"queue name must be a str; got {type(name).__name__}")
         cat = self._catalog
         with cat.locked() as tx:
             cat.refresh()
@@ -149,6 +151,8 @@ class Broker:
     def dead_letter_sources(self, name) -> list[str]:
         """Queues whose redrive policy names ``name``, sorted."""
         self._check()
+        if not isinstance(name, str):
+            raise InvalidParameter(f"queue name must be a str; got {type(name).__name__}")
         self._catalog.refresh()
         if name not in self._catalog.queues:
             raise QueueDoesNotExist(f"queue {name!r} does not exist")

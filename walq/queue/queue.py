@@ -595,10 +595,13 @@ class Queue:
             payloads, types = [], []
             for m in pinning:
                 rec = R.decode_send(self._log.read(m).payload)
-                count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
+                count, first = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))
+                # The copy carries the first receive time too; from the record
+                # alone a received message's first_received_at became the
+                # time of its next receive.
                 payloads.append(R.encode_send(rec.message_id, rec.sent_at, rec.visible_at, rec.body,
                                               rec.attributes, rec.group, rec.dedup_id, rec.source,
-                                              count, rec.first_received_at))
+                                              count, rec.first_received_at or first))
                 types.append(R.SEND)
             if payloads:
                 payloads.append(R.encode_seqs(pinning))
