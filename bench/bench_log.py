@@ -54,7 +54,6 @@ from common import (  # noqa: E402
     git_commit,
     machine,
     median,
-    percentile,
     print_machine,
     raw_fdatasync,
     table,
@@ -430,6 +429,8 @@ def main(argv=None) -> int:
 
     os.makedirs(args.dir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="walq-bench-", dir=args.dir)
+    # A kill (SIGTERM) still removes the scratch directory: run the finally below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     print(f"# walq log benchmarks{' (--quick)' if args.quick else ''}")
     print(f"command: python bench/bench_log.py {' '.join(argv if argv is not None else sys.argv[1:])}")

@@ -70,6 +70,7 @@ def encode(idx: Index) -> bytes:
         "prior": list(idx.prior.items()),
         "group_of": list(idx.group_of.items()),
         "dedup": [[k, mid.hex(), s, t] for k, (mid, s, t) in idx.dedup.items()],
+        "ret_late": [[t, m] for t, m in idx.ret_late if m in state],
     }
     blob = json.dumps(meta, separators=(",", ":")).encode()
     parts = [MAGIC, struct.pack("<QI", idx.applied, len(blob)), blob]
@@ -102,6 +103,8 @@ def decode(raw: bytes, path: str) -> Index:
     idx.state = dict(zip(seqs, vals))
     idx.counts = [vals.count(VISIBLE), vals.count(DELAYED), vals.count(INFLIGHT)]
     idx.ret_seq, idx.ret_at = arrays["ret_seq"], arrays["ret_at"]
+    idx.ret_late = [(t, m) for t, m in meta.get("ret_late", [])]
+    heapq.heapify(idx.ret_late)
     idx.leases = {m: (l, d) for m, l, d in meta["leases"]}
     idx.lease_heap = [(d, m, l) for m, (l, d) in idx.leases.items()]
     heapq.heapify(idx.lease_heap)

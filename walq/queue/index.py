@@ -20,6 +20,9 @@ from walq.queue import records as R
 from walq.queue.attributes import DEDUP_WINDOW_S
 
 VISIBLE, DELAYED, INFLIGHT = 0, 1, 2
+#: How far out of send-time order a message may arrive and still join the
+#: retention order (rather than the heap of late arrivals).
+RET_SLACK_S = 1.0
 
 
 class Index:
@@ -42,6 +45,10 @@ class Index:
         self.ret_seq = array("q")
         self.ret_at = array("d")
         self.ret_head = 0
+        # Sends older than the retention order's tail by more than
+        # RET_SLACK_S (messages moved in from another queue keep their send
+        # time): a heap (sent_at, seq), so that they expire on time too.
+        self.ret_late: list[tuple[float, int]] = []
         # FIFO only.
         self.group_of: dict[int, str] = {}
         self.groups: dict[str, list[int]] = {}  # group -> heap of visible seqs
@@ -88,8 +95,14 @@ class Index:
     def _add(self, seq, sent, vis, prior, group, dedup, mid) -> None:
         if prior:
             self.prior[seq] = prior
-        self.ret_seq.append(seq)
-        self.ret_at.append(sent)
+        ra = self.ret_at
+        if len(ra) > self.ret_head and sent < ra[-1] - RET_SLACK_S:
+            heapq.heappush(self.ret_late, (sent, seq))
+        else:
+            # Concurrent senders' clocks interleave by microseconds; within
+            # the slack the order is close enough (delivery re-checks).
+            self.ret_seq.append(seq)
+            ra.append(sent)
         if self.fifo:
             self.group_of[seq] = group or ""
             if dedup:
@@ -205,6 +218,9 @@ class Index:
             self.remove(rs[i])
             i += 1
         self.ret_head = i
+        late = self.ret_late
+        while late and late[0][0] <= limit:
+            self.remove(heapq.heappop(late)[1])
         if i > 4096 and i * 2 > len(rs):
             del rs[:i]
             del ra[:i]
@@ -313,4 +329,8 @@ class Index:
         while i < len(rs) and rs[i] not in state:
             i += 1
         self.ret_head = i
-        return ra[i] if i < len(rs) else None
+        late = self.ret_late
+        while late and late[0][1] not in state:
+            heapq.heappop(late)
+        times = ([ra[i]] if i < len(rs) else []) + ([late[0][0]] if late else [])
+        return min(times) if times else None
