@@ -159,19 +159,22 @@ def test_segments_with_no_live_message_are_deleted(store, clock):
     assert q._log.first > 0
 
 
-def test_a_live_message_keeps_its_segment_until_deleted(store, clock):
+def test_an_in_flight_message_is_carried_forward_and_its_receipt_still_works(store, clock):
     b = store(segment_size=SEG)
     q = b.create_queue("q")
     q.send("keeper")
-    [keeper] = q.receive(visibility_timeout=43_200)  # in flight: not rewritten
+    [keeper] = q.receive(visibility_timeout=43_200)
     for _ in range(20):
         q.send_batch([b"x" * 200] * 20)
         q.delete_batch([m.receipt for m in q.receive(20)])
     q.checkpoint()
-    assert q._log.first == 0
+    assert q._log.first > 0  # the keeper no longer pins segment 0
+    assert q.stats().in_flight == 1 and q.receive(10) == []  # still leased
+    q.change_visibility(keeper.receipt, 100)  # the old receipt follows the copy
     keeper.ack()
+    assert q.stats().total == 0
     q.checkpoint()
-    assert q._log.first > 0 and len(q._log.segment_bases()) <= 2
+    assert len(q._log.segment_bases()) <= 2
 
 
 def test_a_few_visible_messages_pinning_old_segments_are_rewritten_forward(store, clock):
@@ -295,8 +298,6 @@ def test_receive_counts_carried_into_a_dlq_survive_a_checkpoint(store, clock):
     assert [m.receive_count for m in store().get_queue("dlq").receive()] == [2]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: in-flight messages are never rewritten forward, so one "
-                   "long lease pins every later segment until it ends (queue.py _rewrite_forward)")
 def test_a_long_lease_does_not_pin_every_later_segment(store, clock, monkeypatch):
     monkeypatch.setattr(queue_module, "CHECKPOINT_EVERY", 100)
     b = store(segment_size=SEG)
@@ -309,16 +310,19 @@ def test_a_long_lease_does_not_pin_every_later_segment(store, clock, monkeypatch
     assert q.stats().disk_bytes <= disk_bound(q, 300)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: FIFO queues are never rewritten forward, so a group "
-                   "blocked behind an in-flight message pins every later segment")
 def test_a_blocked_fifo_group_does_not_pin_every_later_segment(store, clock, monkeypatch):
     monkeypatch.setattr(queue_module, "CHECKPOINT_EVERY", 100)
     b = store(segment_size=SEG)
     q = b.create_queue("q.fifo", content_based_dedup=True)
     q.send("slow-0", group="slow")
-    q.send("slow-1", group="slow")
-    assert len(q.receive(1, visibility_timeout=43_200)) == 1
+    second = q.send("slow-1", group="slow")
+    [slow0] = q.receive(1, visibility_timeout=43_200)
     for r in range(200):
         q.send_batch([{"body": f"{r}-{i}".encode() + b"p" * 100, "group": f"fast{i}"} for i in range(10)])
         q.delete_batch([m.receipt for m in q.receive(10)])
     assert q.stats().disk_bytes <= disk_bound(q, 600)
+    # The rewrite kept the group's order, its lease and its sequence numbers.
+    assert q._log.first > second.sequence
+    slow0.ack()
+    [slow1] = q.receive(1)
+    assert (slow1.text, slow1.sequence) == ("slow-1", second.sequence)

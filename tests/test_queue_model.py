@@ -101,7 +101,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.clock = FakeClock()
         self.name = "q.fifo" if self.fifo else "q"
         self.dlq_name = "dlq.fifo" if self.fifo else "dlq"
-        self.broker = walq.open(self.dir, durability="os", clock=self.clock)
+        self.broker = walq.open(self.dir, durability="os", clock=self.clock, segment_size=4096)
         self.broker.create_queue(self.dlq_name)
         self.q = self.broker.create_queue(self.name, visibility_timeout=VT, retention=RETENTION,
                                           dead_letter=walq.RedrivePolicy(self.dlq_name, MAX_RECEIVES))
@@ -251,7 +251,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.broker.close()
-        self.broker = walq.open(self.dir, durability="os", clock=self.clock)
+        self.broker = walq.open(self.dir, durability="os", clock=self.clock, segment_size=4096)
         self.q = self.broker.get_queue(self.name)
 
     @precondition(lambda self: len(self.model.msgs) > 0)
@@ -259,7 +259,7 @@ class QueueMachine(RuleBasedStateMachine):
     def second_broker_agrees(self):
         """Another broker on the same store (another process, in effect)
         sees the same state."""
-        with walq.open(self.dir, durability="os", clock=self.clock) as other:
+        with walq.open(self.dir, durability="os", clock=self.clock, segment_size=4096) as other:
             s = other.get_queue(self.name).stats()
             assert (s.visible, s.in_flight, s.delayed, s.total) == self.model.counts(self.now)
 

@@ -71,6 +71,8 @@ def encode(idx: Index) -> bytes:
         "group_of": list(idx.group_of.items()),
         "dedup": [[k, mid.hex(), s, t] for k, (mid, s, t) in idx.dedup.items()],
         "ret_late": [[t, m] for t, m in idx.ret_late if m in state],
+        "redirect": [[o, n] for o, n in idx.redirect.items() if idx.resolve(o) in state],
+        "orig": list(idx.orig.items()),
     }
     blob = json.dumps(meta, separators=(",", ":")).encode()
     parts = [MAGIC, struct.pack("<QI", idx.applied, len(blob)), blob]
@@ -104,6 +106,8 @@ def decode(raw: bytes, path: str) -> Index:
     idx.counts = [vals.count(VISIBLE), vals.count(DELAYED), vals.count(INFLIGHT)]
     idx.ret_seq, idx.ret_at = arrays["ret_seq"], arrays["ret_at"]
     idx.ret_late = [(t, m) for t, m in meta.get("ret_late", [])]
+    idx.redirect = {o: n for o, n in meta.get("redirect", [])}
+    idx.orig = {int(n): o for n, o in meta.get("orig", [])}
     heapq.heapify(idx.ret_late)
     idx.leases = {m: (l, d) for m, l, d in meta["leases"]}
     idx.lease_heap = [(d, m, l) for m, (l, d) in idx.leases.items()]

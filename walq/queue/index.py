@@ -56,6 +56,10 @@ class Index:
         self.group_inflight: dict[str, int] = {}
         self.dedup: dict[str, tuple[bytes, int, float]] = {}  # key -> (message id, seq, sent_at)
         self.dedup_order: deque[tuple[float, str]] = deque()
+        # Compaction rewrites a message under a new sequence (CARRY): old
+        # receipts follow `redirect`; FIFO messages keep their sequence number.
+        self.redirect: dict[int, int] = {}
+        self.orig: dict[int, int] = {}
 
     # -- applying records ----------------------------------------------------
 
@@ -85,6 +89,18 @@ class Index:
         elif type in (R.DELETE, R.MOVED):
             for m in R.decode_seqs(payload):
                 self.remove(m)
+        elif type == R.CARRY:
+            for new, old, lease_seq, deadline, orig in R.decode_carry(payload):
+                st = self.state.get(old)
+                if st is None:
+                    self.remove(new)  # the original went first: so does its copy
+                    continue
+                self.remove(old)
+                self.redirect[old] = new
+                if orig != new:
+                    self.orig[new] = orig
+                if st == INFLIGHT and new in self.state:
+                    self._lease(new, lease_seq, deadline)
         elif type == R.PURGE:
             upto = R.decode_purge(payload)
             for m in [m for m in self.state if m < upto]:
@@ -163,9 +179,16 @@ class Index:
                 if heap:
                     heapq.heappush(self.ready, (heap[0], g))
 
+    def resolve(self, m: int) -> int:
+        """The live sequence of the message a receipt names (after rewrites)."""
+        while m not in self.state and m in self.redirect:
+            m = self.redirect[m]
+        return m
+
     def remove(self, m: int) -> None:
         """Forgets a message (deleted, moved, purged or expired)."""
         st = self.state.pop(m, None)
+        self.orig.pop(m, None)
         if st is None:
             return
         self.counts[st] -= 1

@@ -344,7 +344,7 @@ class Queue:
                         first_received_at=rec.first_received_at or first,
                         group=rec.group if attrs.fifo else rec.group,
                         dedup_id=rec.dedup_id,
-                        sequence=m if attrs.fifo else None,
+                        sequence=idx.orig.get(m, m) if attrs.fifo else None,
                         _queue=self,
                     ))
         self._maintain()
@@ -432,6 +432,7 @@ class Queue:
             idx.sweep(self._clock(), attrs.retention)
             doomed = []
             for i, r, m, lease in parsed:
+                m = idx.resolve(m)
                 if m not in idx.state:
                     result.successful.append((i, r))  # already gone: SQS says fine
                     continue
@@ -485,6 +486,7 @@ class Queue:
                 idx.sweep(now, attrs.retention)
                 changes = []
                 for i, receipt, m, lease, seconds in parsed:
+                    m = idx.resolve(m)
                     cur = idx.leases.get(m)
                     if cur is None or cur[0] != lease:
                         result.failed.append((i, MessageNotInflight(
@@ -566,15 +568,15 @@ class Queue:
             portalocker.unlock(self._ckpt_fh)
 
     def _rewrite_forward(self) -> None:
-        """Moves the few visible messages that pin old segments to the log's end.
+        """Copies the few live messages that pin old segments to the log's end.
 
-        Standard queues only: FIFO order is by sequence, which a rewrite would
-        change.  In-flight messages are left (their receipts name their seq);
-        they stop pinning when their lease ends.
+        A CARRY record moves each message's state to its copy: its lease
+        (old receipts follow the redirect), receive count, first receive and,
+        for FIFO, its sequence number.  FIFO order within a group is order of
+        sequence, so a FIFO rewrite takes every live message of each group
+        involved, in order.
         """
         attrs = self._attrs()
-        if attrs.fifo:
-            return
         bases = self._log.segment_bases()
         if len(bases) < 2:
             return
@@ -582,32 +584,33 @@ class Queue:
         # segment stayed pinned and a roll before the next checkpoint made
         # three, over the "live data x2 + two segments" bound.
         cutoff = bases[-1]
-        with self._mu:
-            idx = self._index
-            pinning = [m for m, st in idx.state.items() if m < cutoff and st != INFLIGHT]
-            live = len(idx.state)
-        if not pinning or len(pinning) > max(1000, live // 10):
-            return  # genuinely live data: disk use already tracks it
         with self._log.locked() as tx, self._mu:
             self._catch_up()
             idx = self._index
-            pinning = [m for m in pinning if idx.state.get(m) in (VISIBLE, DELAYED)]
-            payloads, types = [], []
+            pinning = [m for m in idx.state if m < cutoff]
+            if attrs.fifo and pinning:
+                groups = {idx.group_of[m] for m in pinning}
+                pinning = [m for m in idx.state if idx.group_of[m] in groups]
+            live = len(idx.state)
+            if not pinning or len(pinning) > max(1000, live // 10):
+                return  # genuinely live data: disk use already tracks it
+            pinning.sort()
+            payloads, types, carry = [], [], []
+            new = tx.end
             for m in pinning:
                 rec = R.decode_send(self._log.read(m).payload)
                 count, first = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))
-                # The copy carries the first receive time too; from the record
-                # alone a received message's first_received_at became the
-                # time of its next receive.
                 payloads.append(R.encode_send(rec.message_id, rec.sent_at, rec.visible_at, rec.body,
                                               rec.attributes, rec.group, rec.dedup_id, rec.source,
                                               count, rec.first_received_at or first))
                 types.append(R.SEND)
-            if payloads:
-                payloads.append(R.encode_seqs(pinning))
-                types.append(R.MOVED)
-                tx.append_batch(payloads, types)
-                self._catch_up()
+                lease_seq, deadline = idx.leases.get(m, (0, 0.0)) if idx.state[m] == INFLIGHT else (0, 0.0)
+                carry.append((new, m, lease_seq, deadline, idx.orig.get(m, m)))
+                new += 1
+            payloads.append(R.encode_carry(carry))
+            types.append(R.CARRY)
+            tx.append_batch(payloads, types)
+            self._catch_up()
         with self._mu:
             low = self._index.min_live()
         self._log.delete_below(self._index.applied if low is None else low)

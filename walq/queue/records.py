@@ -11,6 +11,9 @@ Grammar (little-endian; see docs/format.md, "Queue records"):
     CHVIS   := (msg_seq:u64 lease_seq:u64 deadline:f64)*
     PURGE   := upto:u64                                   every message below upto is gone
     MOVED   := (msg_seq:u64)*                             gone: moved to another queue
+    CARRY   := (new_seq:u64 old_seq:u64 lease_seq:u64 deadline:f64 orig_seq:u64)*
+               the SEND at new_seq replaces old_seq (compaction), keeping its
+               lease (lease_seq 0: none) and its original sequence number
 """
 
 from __future__ import annotations
@@ -18,15 +21,16 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-SEND, LEASE, HIDE, DELETE, CHVIS, PURGE, MOVED = 1, 2, 3, 4, 5, 6, 7
+SEND, LEASE, HIDE, DELETE, CHVIS, PURGE, MOVED, CARRY = 1, 2, 3, 4, 5, 6, 7, 8
 NAMES = {SEND: "send", LEASE: "lease", HIDE: "hide", DELETE: "delete", CHVIS: "change_visibility",
-         PURGE: "purge", MOVED: "moved"}
+         PURGE: "purge", MOVED: "moved", CARRY: "carry"}
 
 SEND_HEAD = struct.Struct("<16sdddIIHHHxx")
 _F64 = struct.Struct("<d")
 _SEQ = struct.Struct("<Q")
 _SEQ_DL = struct.Struct("<Qd")
 _CHVIS = struct.Struct("<QQd")
+_CARRY = struct.Struct("<QQQdQ")
 
 #: Bytes of a SEND payload that the index needs: the head and the short
 #: variable fields (group and dedup id are at most 128 bytes each).
@@ -133,3 +137,13 @@ def encode_purge(upto: int) -> bytes:
 def decode_purge(p: bytes) -> int:
     """Inverse of encode_purge."""
     return _SEQ.unpack_from(p)[0]
+
+
+def encode_carry(entries: list[tuple[int, int, int, float, int]]) -> bytes:
+    """Each entry is ``(new_seq, old_seq, lease_seq, deadline, orig_seq)``."""
+    return b"".join(_CARRY.pack(*e) for e in entries)
+
+
+def decode_carry(p: bytes) -> list[tuple[int, int, int, float, int]]:
+    """Inverse of encode_carry."""
+    return list(_CARRY.iter_unpack(p))
