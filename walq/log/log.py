@@ -161,8 +161,10 @@ class Log:
         # Drop segments another process removed: an open descriptor would
         # keep their disk space allocated for as long as this process lives.
         present = set(self._bases)
-        for base in [b for b in self._segments if b not in present]:
-            self._segments.pop(base).close()
+        for base in [b for b in list(self._segments) if b not in present]:
+            seg = self._segments.pop(base, None)  # another thread may have dropped it
+            if seg is not None:
+                seg.close()
 
     def _segment(self, base: int) -> Segment:
         seg = self._segments.get(base)
@@ -408,6 +410,11 @@ class Log:
         if self._closed:
             raise BrokerClosed(f"log {self.path} is closed")
         return lib.walq_load(self._p_end_seq)
+
+    @property
+    def active_base(self) -> int:
+        """Base sequence of the segment being appended to (changes on a roll)."""
+        return self._load("seg_base")
 
     @property
     def first(self) -> int:

@@ -64,6 +64,7 @@ class Queue:
         with self._mu:
             self._index = self._load_index()
             self._last_ckpt = self._index.ops
+            self._ckpt_base = self._log.active_base
             self._catch_up()
 
     # -- plumbing --------------------------------------------------------------
@@ -114,7 +115,13 @@ class Queue:
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
-        if self._index.ops - self._last_ckpt >= CHECKPOINT_EVERY:
+        since = self._index.ops - self._last_ckpt
+        # Large messages roll segments long before CHECKPOINT_EVERY
+        # operations; a roll since the last checkpoint also calls for one,
+        # or disk use would outgrow "2x live data + two segments".
+        if since >= CHECKPOINT_EVERY or (
+            since >= CHECKPOINT_EVERY // 10 and self._log.active_base != self._ckpt_base
+        ):
             self.checkpoint()
 
     # -- sending ---------------------------------------------------------------
@@ -554,21 +561,28 @@ class Queue:
                 with self._log.locked(), self._mu:  # sweeps only under the lock
                     self._catch_up()
                     self._index.sweep(self._clock(), entry.attrs.retention)
+            # Copy pinning messages forward first, so that the checkpoint
+            # covers the copies and the trim below may drop the originals.
+            self._rewrite_forward()
             with self._mu:
                 self._catch_up()
                 idx = self._index
                 pos = checkpoint.save(idx, self._dir, self._log.io)
                 self._last_ckpt = idx.ops
+                self._ckpt_base = self._log.active_base
                 low = idx.min_live()
+                # Invariant: nothing at or above the newest checkpoint is ever
+                # trimmed - a process that fell behind reloads from it and
+                # replays from its position.
                 keep = pos if low is None else min(low, pos)
             self._log.delete_below(keep)
-            self._rewrite_forward()
             return pos
         finally:
             portalocker.unlock(self._ckpt_fh)
 
     def _rewrite_forward(self) -> None:
-        """Copies the few live messages that pin old segments to the log's end.
+        """Copies the few live messages that pin old segments to the log's end
+        (checkpoint() then trims the originals' segments).
 
         A CARRY record moves each message's state to its copy: its lease
         (old receipts follow the redirect), receive count, first receive and,
@@ -611,9 +625,6 @@ class Queue:
             types.append(R.CARRY)
             tx.append_batch(payloads, types)
             self._catch_up()
-        with self._mu:
-            low = self._index.min_live()
-        self._log.delete_below(self._index.applied if low is None else low)
 
     def _close(self) -> None:
         try:
