@@ -453,3 +453,14 @@ uint64_t walq_durable_after(const char *base, uint64_t size, uint64_t off,
     *found = n;
     return best;
 }
+
+uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
+                        const uint64_t *offs, uint64_t seq0, uint64_t n,
+                        uint32_t *lens, uint8_t *types)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (offs[i] > size || !frame_ok(base, size, offs[i], salt, seq0 + i, &lens[i], &types[i]))
+            return i;
+    }
+    return n;
+}

@@ -108,6 +108,13 @@ uint64_t walq_find_valid(const char *base, uint64_t size, uint64_t off,
 uint64_t walq_durable_after(const char *base, uint64_t size, uint64_t off,
                             uint64_t salt, uint64_t min_seq, uint64_t *found);
 
+/* Checks the frames at offs[0..n) (sequences seq0, seq0+1, ...), filling
+ * their payload lengths and types; returns how many validated before the
+ * first that does not (n if all do).  One call for a whole catch-up batch. */
+uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
+                        const uint64_t *offs, uint64_t seq0, uint64_t n,
+                        uint32_t *lens, uint8_t *types);
+
 /* Checks one frame at `off`; returns its payload length, or -1. */
 int64_t walq_check(const char *base, uint64_t size, uint64_t off,
                    uint64_t salt, uint64_t seq, uint8_t *type);

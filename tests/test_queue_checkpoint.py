@@ -121,8 +121,13 @@ def test_opening_replays_only_the_records_after_the_checkpoint(store, clock, mon
     b.close()
 
     applied = []
-    real_apply = Index.apply
-    monkeypatch.setattr(Index, "apply", lambda self, seq, t, p: (applied.append(seq), real_apply(self, seq, t, p)))
+    real_apply = Index.apply_frames
+
+    def spy(self, mm, seq0, offs, lens, types):
+        applied.extend(range(seq0, seq0 + len(offs)))
+        return real_apply(self, mm, seq0, offs, lens, types)
+
+    monkeypatch.setattr(Index, "apply_frames", spy)
     q = store().get_queue("q")
     assert sorted(applied) == list(range(pos, pos + tail))
     assert snapshot(q) == expect

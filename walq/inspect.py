@@ -569,33 +569,30 @@ def _check_catalog_record(type_: int, payload: bytes) -> None:
 
 
 def _check_queue_record(type_: int, p: bytes) -> None:
-    """Raises if ``p`` does not decode as a queue record of ``type_``."""
-    n = len(p)
+    """Raises if ``p`` does not decode as a queue record of ``type_``
+    (with walq/queue/records.py's own decoders)."""
     if type_ == R.SEND:
-        if n < R.SEND_HEAD.size:
-            raise ValueError(f"SEND of {n} bytes is shorter than its {R.SEND_HEAD.size}-byte head")
+        if len(p) < R.SEND_HEAD.size:
+            raise ValueError(f"SEND of {len(p)} bytes is shorter than its {R.SEND_HEAD.size}-byte head")
         _mid, _s, _v, _f, _p, alen, glen, dlen, slen = R.SEND_HEAD.unpack_from(p)
-        if R.SEND_HEAD.size + glen + dlen + slen + alen >= n:
+        if R.SEND_HEAD.size + glen + dlen + slen + alen >= len(p):
             raise ValueError("SEND field lengths leave no body")
-        rec = R.decode_send(p)
-        mattrs.decode(rec.attributes)
-    elif type_ == R.LEASE:
-        if n < 8 or (n - 8) % 16:
-            raise ValueError(f"LEASE of {n} bytes is not 8 + 16*k")
-    elif type_ in (R.HIDE,):
-        if n % 16:
-            raise ValueError(f"HIDE of {n} bytes is not 16*k")
-    elif type_ in (R.DELETE, R.MOVED):
-        if n % 8:
-            raise ValueError(f"{R.NAMES[type_].upper()} of {n} bytes is not 8*k")
-    elif type_ == R.CHVIS:
-        if n % 24:
-            raise ValueError(f"CHVIS of {n} bytes is not 24*k")
-    elif type_ == R.PURGE:
-        if n != 8:
-            raise ValueError(f"PURGE of {n} bytes, not 8")
-    else:
+        mattrs.decode(R.decode_send(p).attributes)
+        return
+    if type_ == R.PURGE and len(p) != 8:
+        raise ValueError(f"PURGE of {len(p)} bytes, not 8")
+    if type_ == R.LEASE and len(p) < 8:
+        raise ValueError(f"LEASE of {len(p)} bytes has no time")
+    name = R.NAMES.get(type_)
+    if name is None:
         raise ValueError(f"unknown queue record type {type_}")
+    decode = _DECODERS.get(type_) or getattr(R, f"decode_{name}", None)
+    if decode is not None:
+        decode(p)  # struct.error if the length is not a whole number of entries
+
+
+_DECODERS = {R.LEASE: R.decode_lease, R.HIDE: R.decode_hide, R.DELETE: R.decode_seqs, R.MOVED: R.decode_seqs,
+             R.CHVIS: R.decode_chvis, R.PURGE: R.decode_purge}
 
 
 def _verify_checkpoints(directory: str, extent: LogSummary | None, report: VerifyReport,
@@ -780,6 +777,9 @@ def queue_record_json(rec: RawRecord, *, bodies: bool = True) -> dict:
             out["messages"] = [{"seq": m, "lease": lease, "deadline": d} for m, lease, d in R.decode_chvis(p)]
         elif rec.type == R.PURGE:
             out["upto"] = R.decode_purge(p)
+        elif rec.type == getattr(R, "CARRY", None):
+            out["messages"] = [{"seq": new, "replaces": old, "lease": lease, "deadline": d, "orig": orig}
+                               for new, old, lease, d, orig in R.decode_carry(p)]
         else:
             out["payload_base64"] = base64.b64encode(p).decode("ascii")
     except (ValueError, struct.error, UnicodeDecodeError) as exc:

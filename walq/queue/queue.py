@@ -93,7 +93,7 @@ class Queue:
             if idx.applied >= end:
                 return
             try:
-                batch = log.read_batch(idx.applied, 4096)
+                frames = log.frames(idx.applied, 4096)
             except RecordGone:
                 # Another process compacted past our position: its checkpoint
                 # covers what the removed segments held.
@@ -106,9 +106,7 @@ class Queue:
                         self._dir,
                     ) from None
                 continue
-            apply = idx.apply
-            for rec in batch:
-                apply(rec.seq, rec.type, rec.payload)
+            idx.apply_frames(*frames)
 
     def _check(self) -> None:
         self._broker._check_queue(self)
