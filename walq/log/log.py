@@ -66,6 +66,7 @@ class Log:
         self._closed = True
         self._poisoned = False
         self._segments: dict[int, Segment] = {}
+        self._last_read: Segment | None = None
         self._bases: list[int] = []
         self._tlock = threading.Lock()  # orders this process's appenders
         self._sync_tlock = threading.Lock()
@@ -113,6 +114,7 @@ class Log:
                         if name not in ("notify", "waiters", "reserved")}
         self._p_end_seq = self._fields["end_seq"]
         self._p_poisoned = self._fields["poisoned"]
+        self._p_first_seq = self._fields["first_seq"]
 
     def _release_files(self) -> None:
         for seg in self._segments.values():
@@ -451,7 +453,11 @@ class Log:
     def read(self, seq: int) -> Record:
         """The record with sequence ``seq``, checksum verified."""
         self._check_open()
-        seg = self._locate(seq)
+        seg = self._last_read
+        # Fast path: the segment of the previous read, already indexed there.
+        if (seg is None or not seg.base <= seq < seg.next_seq or seg.base not in self._segments
+                or seq < lib.walq_load(self._p_first_seq)):
+            seg = self._last_read = self._locate(seq)
         off, n, t = seg.frame_at(seq)
         return Record(seq, t, seg.mm[off : off + n])
 

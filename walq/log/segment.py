@@ -115,13 +115,12 @@ class Segment:
     def frame_at(self, seq: int) -> tuple[int, int, int]:
         """``(offset, length, type)`` of a validated frame; CorruptionError if damaged."""
         off = self.offs[seq - self.base]
-        t = ffi.new("uint8_t *")
-        n = lib.walq_check(self.ptr, self.size, off, self.salt, seq, t)
-        if n < 0:
+        info = lib.walq_frame_info(self.ptr, self.size, off, self.salt, seq)
+        if info < 0:
             raise CorruptionError(
                 f"record {seq} in {self.path} at offset {off} does not validate", self.path, off
             )
-        return off + RECORD_HEADER_SIZE, n, t[0]
+        return off + RECORD_HEADER_SIZE, info & 0xFFFFFFFF, info >> 32
 
     def close(self) -> None:
         """Unmaps and closes (pending reads must not hold views into the map)."""
