@@ -464,3 +464,13 @@ uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
     }
     return n;
 }
+
+int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,
+                        uint64_t salt, uint64_t seq)
+{
+    uint32_t len;
+    uint8_t type;
+    if (off > size || !frame_ok(base, size, off, salt, seq, &len, &type))
+        return -1;
+    return (int64_t)type << 32 | len;
+}

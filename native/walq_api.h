@@ -115,6 +115,10 @@ uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
                         const uint64_t *offs, uint64_t seq0, uint64_t n,
                         uint32_t *lens, uint8_t *types);
 
+/* Checks one frame at `off`: (type << 32) | payload length, or -1. */
+int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,
+                        uint64_t salt, uint64_t seq);
+
 /* Checks one frame at `off`; returns its payload length, or -1. */
 int64_t walq_check(const char *base, uint64_t size, uint64_t off,
                    uint64_t salt, uint64_t seq, uint8_t *type);
