@@ -17,7 +17,9 @@ class IdGenerator:
 
     def __init__(self) -> None:
         self._prefix = os.urandom(8)
-        self._count = itertools.count()
+        # A random start: counts stay distinct for 2**64 ids, and the first
+        # id does not end in zeros.
+        self._count = itertools.count(int.from_bytes(os.urandom(8), "big"))
 
     def next(self) -> tuple[str, bytes]:
         """A fresh id."""
