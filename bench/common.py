@@ -308,51 +308,77 @@ def print_machine(info: dict[str, str]) -> None:
     sys.stdout.flush()
 
 
-def cpu_times() -> tuple[int, int, int]:
-    """``(busy, steal, total)`` clock ticks of all CPUs so far, from /proc/stat.
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-    ``steal`` is time the hypervisor gave our virtual CPUs to someone else: a
-    benchmark run with much steal measured a contended host, not walq."""
+
+def _proc_stat() -> list[int]:
+    """user nice system idle iowait irq softirq steal ticks of all CPUs."""
     try:
         with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
+            fields = [int(x) for x in f.readline().split()[1:9]]
     except (OSError, ValueError):
-        return 0, 0, 0
-    fields += [0] * (8 - len(fields))
-    idle = fields[3] + fields[4]  # idle + iowait
-    steal = fields[7]
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle - steal, steal, total
+        return [0] * 8
+    return fields + [0] * (8 - len(fields))
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+def kernel_thread_ticks() -> int:
+    """CPU ticks used so far by kernel threads (journal commits, block I/O
+    workers...), which mostly work for whoever writes and syncs: a
+    benchmark's own I/O keeps them busy, so they are not "other" load."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        ppid, flags = int(rest[1]), int(rest[6])
+        if pid == "2" or ppid == 2 or flags & 0x00200000:  # PF_KTHREAD
+            total += int(rest[11]) + int(rest[12])
+    return total
 
 
 class LoadMeter:
     """Measures, over a benchmark's window, how busy the whole machine was.
 
-    ``stop(own_cpu)`` returns clock ticks (busy, stolen, total) for the
-    window; with the benchmark's own CPU seconds, :func:`other_load` tells
-    how much of the machine *other* processes used (the disk and the 2 cores
-    are shared with whatever else runs here)."""
+    ``stop()`` returns clock ticks for the window: ``busy_ticks`` (any CPU
+    use but I/O interrupts), ``steal_ticks`` (the hypervisor gave our CPUs to
+    another guest), ``user_sys_ticks`` (processes and kernel threads),
+    ``kthread_ticks`` and ``total_ticks``.  With the benchmark's own CPU
+    seconds, :func:`other_load` tells how much of the machine *other*
+    processes used: the disk and the 2 cores are shared with whatever else
+    runs here, and a contended run measures the neighbours, not walq."""
 
     def __init__(self) -> None:
-        self.start = cpu_times()
+        self.start = _proc_stat()
+        self.kstart = kernel_thread_ticks()
 
     def stop(self) -> dict:
-        end = cpu_times()
-        return {"busy_ticks": end[0] - self.start[0], "steal_ticks": end[1] - self.start[1],
-                "total_ticks": end[2] - self.start[2]}
+        end = _proc_stat()
+        kend = kernel_thread_ticks()
+        d = [b - a for a, b in zip(self.start, end)]
+        return {"busy_ticks": d[0] + d[1] + d[2] + d[5] + d[6], "steal_ticks": d[7],
+                "user_sys_ticks": d[0] + d[1] + d[2], "kthread_ticks": kend - self.kstart,
+                "total_ticks": sum(d)}
 
 
 def other_load(m: "Measurement") -> float:
-    """Fraction of all CPUs used by others (not this benchmark) while ``m`` ran."""
+    """Fraction of all CPUs that other processes (not this benchmark, not
+    kernel threads, not interrupts) used while ``m`` ran, plus stolen time."""
     total = m.extra.get("total_ticks", 0)
     if not total or m.cpu is None:
         return float("nan")
-    busy = m.extra.get("busy_ticks", 0) + m.extra.get("steal_ticks", 0)
-    own = m.extra.get("window_cpu", m.cpu)
-    return max(0.0, busy - own * CLK_TCK) / total
+    own = m.extra.get("window_cpu", m.cpu) * CLK_TCK
+    others = m.extra.get("user_sys_ticks", 0) - m.extra.get("kthread_ticks", 0) - own
+    return (max(0.0, others) + m.extra.get("steal_ticks", 0)) / total
+
+
+def cpu_times() -> tuple[int, int, int]:
+    """``(busy, steal, total)`` clock ticks of all CPUs so far, from /proc/stat."""
+    d = _proc_stat()
+    return d[0] + d[1] + d[2] + d[5] + d[6], d[7], sum(d)
 
 
 def machine_busy(sample: float = 1.0) -> float:

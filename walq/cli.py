@@ -387,7 +387,7 @@ def send(ctx, queue_name, body, attrs, group, dedup_id, delay, lines, data):
     """
     attributes = dict(_parse_attr(a) for a in attrs) or None
     if body is None or body == "-":
-        stdin = click.get_binary_stream("stdin")
+        stdin = sys.stdin.buffer
         if stdin.isatty():
             raise click.UsageError("give a BODY argument or pipe the message on standard input")
         raw = stdin.read()
@@ -458,7 +458,7 @@ def receive(ctx, queue_name, max_messages, wait, visibility_timeout, ack, data):
 def ack(ctx, queue_name, receipts, data):
     """Delete received messages by RECEIPTS (or one receipt per stdin line)."""
     if not receipts or receipts == ("-",):
-        stdin = click.get_text_stream("stdin")
+        stdin = sys.stdin
         if stdin.isatty():
             raise click.UsageError("give RECEIPTS or pipe them on standard input, one per line")
         receipts = tuple(ln.strip() for ln in stdin if ln.strip())
