@@ -1,7 +1,13 @@
 """Log benchmarks (issue 2, item 7): records/s and latency of walq's log beside
 the disk's raw fdatasync rate and SQLite, all measured in one run.
 
-    python bench/bench_log.py [--dir D] [--quick] [--json FILE]
+    python bench/bench_log.py [--dir D] [--quick] [--json FILE] [--max-wait S]
+
+Results, the exact command and the analysis of each target: bench/RESULTS.md.
+The machine is shared: before each benchmark the script waits (briefly) for
+other processes to leave the CPUs, and every row reports how much CPU other
+processes used while it ran ("others' CPU"); a high value means the row
+measured the neighbours, not walq.
 
 Sections (100-byte records throughout):
 
@@ -45,18 +51,18 @@ from common import (  # noqa: E402
     CLK_TCK,
     LoadMeter,
     Measurement,
-    other_load,
-    wait_quiet,
     drop_page_cache,
-    fmt_rate,
     fmt_ms,
+    fmt_rate,
     fmt_us,
     git_commit,
     machine,
     median,
+    other_load,
     print_machine,
     raw_fdatasync,
     table,
+    wait_quiet,
 )
 
 from walq.log import Log, LogOptions  # noqa: E402
@@ -71,6 +77,7 @@ class CountingIO(OsIO):
     """The real file system, counting fdatasyncs (to show group commit at work)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.syncs = 0
 
     def fdatasync(self, fd: int, path: str) -> None:

@@ -62,6 +62,7 @@ class Log:
     def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None):
         self.path = os.fspath(path)
         self.options = options or LogOptions()
+        self._always = self.options.durability == "always"
         self.io = io or OsIO()
         self._closed = True
         self._poisoned = False
@@ -212,10 +213,11 @@ class Log:
             rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
                 self.ctl, self._append_fd, seg.fd, seg.base, 1, payload, self._len1, ffi.NULL, type, self._seq_out
             )
-            if rc != lib.WALQ_OK:
+            if rc:  # WALQ_OK is 0
                 rc = self._append_slow(1, payload, self._len1, ffi.NULL, type)
             seq = self._seq_out[0]
-        self._after_write(seq + 1)
+        if self._always:
+            self._make_durable(seq + 1)
         return seq
 
     def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
@@ -339,7 +341,7 @@ class Log:
         self._refresh_bases()
 
     def _after_write(self, end: int) -> None:
-        if self.options.durability == "always":
+        if self._always:
             self._make_durable(end)
 
     # -- transactions (used by queues to decide and write atomically) -------
