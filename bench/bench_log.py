@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     CLK_TCK,
     LoadMeter,
     Measurement,
+    cpu_probe,
     drop_page_cache,
     fmt_ms,
     fmt_rate,
@@ -222,14 +223,21 @@ def rounds(benches: list[tuple[str, callable]], n_rounds: int) -> dict[str, Meas
         for key, run in order:
             os.sync()
             settle()
+            probe = cpu_probe()
+            PROBES.append(probe)
             m = run()
+            m.extra["probe_s"] = probe
+            m.extra["probes"] = 1
             if key in out:
                 out[key].merge(m)
             else:
                 out[key] = m
             print(f"  round {r + 1}/{n_rounds}  {key:<24} {fmt_rate(m.records_per_s):>12} records/s"
-                  f"   (others used {other_load(m):.0%} of the CPUs)", flush=True)
+                  f"   (others used {other_load(m):.0%} of the CPUs; vCPU probe {probe * 1e3:.1f} ms)", flush=True)
     return out
+
+
+PROBES: list[float] = []  # every cpu_probe() of the run, to show how much the vCPU's speed drifted
 
 
 # -- many processes --------------------------------------------------------------------
@@ -582,6 +590,10 @@ def main(argv=None) -> int:
             kc = median(op["kill_cold"])
             target(f"open after kill -9, cold cache{size_note}", f"{fmt_ms(kc)} ms (median)", "< 1000 ms", kc < 1.0)
         table(["target", "measured", "goal", "result", "others' CPU"], t_rows)
+        if PROBES:
+            print(f"\nvCPU speed probe (a fixed Python loop before each benchmark): {min(PROBES) * 1e3:.1f}-"
+                  f"{max(PROBES) * 1e3:.1f} ms, median {median(PROBES) * 1e3:.1f} ms: the vCPU was up to "
+                  f"{max(PROBES) / min(PROBES) - 1:.0%} slower at times during this run")
         contended = [r[0] for r in t_rows if r[4].endswith("%") and int(r[4][:-1]) > 15]
         if contended:
             print("\nWARNING: other processes used over 15% of the CPUs while these ran, so their numbers "

@@ -381,6 +381,21 @@ def cpu_times() -> tuple[int, int, int]:
     return d[0] + d[1] + d[2] + d[5] + d[6], d[7], sum(d)
 
 
+def cpu_probe(iterations: int = 200_000) -> float:
+    """Seconds for a fixed pure-Python loop (best of 3): this VM's vCPU speed
+    drifts by up to ~1.7x over minutes with no other process running and no
+    stolen time (a busy neighbour on the host), so rates of CPU-bound rows
+    are only comparable when their probes agree."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = 0
+        for i in range(iterations):
+            x += i & 7
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def machine_busy(sample: float = 1.0) -> float:
     """Fraction of all CPUs busy (or stolen) over ``sample`` seconds while we sleep."""
     b0, s0, t0 = cpu_times()
