@@ -3,7 +3,15 @@ long crash-recovery and multi-process tiers (markers ``crash``, ``stress``)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
+
+import walq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/queue_helpers.py
+from queue_helpers import FakeClock  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -19,3 +27,32 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if marker in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def clock():
+    """A fake epoch clock (advance() it) for visibility, delay, retention, dedup."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(tmp_path, clock):
+    """Opens (and reopens) brokers on one directory with the fake clock; closes them all."""
+    opened = []
+
+    def open_(**kw):
+        kw.setdefault("durability", "os")
+        kw.setdefault("clock", clock)
+        b = walq.open(tmp_path / "data", **kw)
+        opened.append(b)
+        return b
+
+    yield open_
+    for b in opened:
+        b.close()
+
+
+@pytest.fixture
+def broker(store):
+    """A broker on the test's store."""
+    return store()

@@ -14,31 +14,9 @@ import walq
 import walq.queue.queue as queue_module
 from walq.queue import checkpoint as ckpt
 from walq.queue.index import Index
-from queue_helpers import FakeClock
+
 
 SEG = 16 * 1024
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    opened = []
-
-    def open_(**kw):
-        kw.setdefault("durability", "os")
-        kw.setdefault("clock", clock)
-        b = walq.open(tmp_path / "data", **kw)
-        opened.append(b)
-        return b
-
-    yield open_
-    for b in opened:
-        b.close()
-
 
 def snapshot(q):
     """What a reopened queue must reproduce: stats (minus disk use) and the

@@ -6,34 +6,7 @@ from __future__ import annotations
 import pytest
 
 import walq
-from queue_helpers import FakeClock, log_ends
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture
-def store(tmp_path, clock):
-    opened = []
-
-    def open_(**kw):
-        kw.setdefault("durability", "os")
-        kw.setdefault("clock", clock)
-        b = walq.open(tmp_path / "data", **kw)
-        opened.append(b)
-        return b
-
-    yield open_
-    for b in opened:
-        b.close()
-
-
-@pytest.fixture
-def broker(store):
-    return store()
-
+from queue_helpers import log_ends
 
 def receive_n_times(q, clock, n, **kw):
     """Receives the single message ``n`` times, letting each lease run out."""
