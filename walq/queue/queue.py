@@ -8,6 +8,7 @@ Writes that decide nothing (standard sends) skip the lock's catch-up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -18,13 +19,11 @@ import portalocker
 
 from walq.errors import (
     BatchError,
-    BrokerClosed,
     CorruptionError,
     InvalidParameter,
     InvalidReceipt,
     MessageNotInflight,
     MessageTooLarge,
-    QueueDoesNotExist,
     WalqError,
 )
 from walq.log import Log, RecordGone
@@ -108,6 +107,21 @@ class Queue:
                     ) from None
                 continue
             idx.apply_frames(*frames)
+
+    @contextlib.contextmanager
+    def _deciding(self, retention: float, wait_durable: bool = True):
+        """The append lock held, the index caught up and swept to now:
+        yields ``(tx, index, now)``.  Every decision is taken inside one.
+
+        Invariant (Index.sweep): the index is swept only here, under the
+        lock, so a lapsed lease is never forgotten ahead of a record another
+        process appended before the deadline.
+        """
+        with self._log.locked(wait_durable) as tx, self._mu:
+            self._catch_up()
+            now = self._clock()
+            self._index.sweep(now, retention)
+            yield tx, self._index, now
 
     def _write(self, tx, payloads: list[bytes], types) -> range:
         """Appends under the held lock and folds the records in directly.
@@ -255,7 +269,7 @@ class Queue:
             if dedup_id is not None:
                 raise InvalidParameter("dedup_id applies to FIFO queues only")
             if group is not None and (not isinstance(group, str) or not _ID_CHARS.match(group)):
-                raise InvalidParameter(f"group must be 1-128 characters of letters, digits and punctuation")
+                raise InvalidParameter(f"group must be 1-128 characters of letters, digits and punctuation; got {group!r}")
             if delay is None:
                 delay = attrs.delay
             elif isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= 900:
@@ -278,10 +292,7 @@ class Queue:
         # FIFO: the dedup window decides, so decide under the lock.
         results: list[SendResult | None] = [None] * len(entries)
         fresh, fresh_at = [], []
-        with self._log.locked() as tx, self._mu:
-            self._catch_up()
-            idx = self._index
-            idx.sweep(now, attrs.retention)
+        with self._deciding(attrs.retention) as (tx, idx, _now):
             pending: dict[str, int] = {}
             for i, (body, _e, _d, group, dedup_id) in enumerate(entries):
                 key = idx.dedup_key(group, dedup_id)
@@ -354,11 +365,7 @@ class Queue:
         # A lease need not be durable before it is handed out: if a power cut
         # loses it, the message is merely visible again early (at-least-once
         # holds), and the delete that follows is durable and covers it.
-        with self._log.locked(wait_durable=False) as tx, self._mu:
-            self._catch_up()
-            idx = self._index
-            now = self._clock()
-            idx.sweep(now, attrs.retention)
+        with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
             leased, hidden, recs = [], [], {}
             for m in idx.candidates(n):
                 try:
@@ -438,11 +445,7 @@ class Queue:
     def _hide_visible(self, accept) -> list[tuple[int, R.SendRecord, int]]:
         """Hides every visible message whose record ``accept``s (for redrive)."""
         attrs = self._attrs()
-        with self._log.locked() as tx, self._mu:
-            self._catch_up()
-            idx = self._index
-            now = self._clock()
-            idx.sweep(now, attrs.retention)
+        with self._deciding(attrs.retention) as (tx, idx, now):
             chosen = []
             for m in idx.candidates(len(idx.state) or 1):
                 rec = R.decode_send(self._log.read(m).payload)
@@ -480,10 +483,7 @@ class Queue:
         if not parsed:
             return result
         attrs = self._attrs()
-        with self._log.locked() as tx, self._mu:
-            self._catch_up()
-            idx = self._index
-            idx.sweep(self._clock(), attrs.retention)
+        with self._deciding(attrs.retention) as (tx, idx, _now):
             doomed = []
             for i, r, m, lease in parsed:
                 m = idx.resolve(m)
@@ -532,11 +532,7 @@ class Queue:
                 result.failed.append((i, exc))
         if parsed:
             attrs = self._attrs()
-            with self._log.locked() as tx, self._mu:
-                self._catch_up()
-                idx = self._index
-                now = self._clock()
-                idx.sweep(now, attrs.retention)
+            with self._deciding(attrs.retention) as (tx, idx, now):
                 changes = []
                 for i, receipt, m, lease, seconds in parsed:
                     m = idx.resolve(m)
@@ -566,11 +562,7 @@ class Queue:
         self._check()
         attrs = self._attrs()
         # Under the append lock, because it sweeps (see Index.sweep).
-        with self._log.locked(), self._mu:
-            self._catch_up()
-            now = self._clock()
-            idx = self._index
-            idx.sweep(now, attrs.retention)
+        with self._deciding(attrs.retention) as (_tx, idx, now):
             oldest = idx.oldest_sent()
             return QueueStats(
                 visible=idx.counts[VISIBLE],
@@ -603,9 +595,8 @@ class Queue:
             # sweep their space was reclaimed only after some other call).
             entry = self._broker._catalog.queues.get(self.name)
             if entry is not None and entry.uid == self._uid:
-                with self._log.locked(), self._mu:  # sweeps only under the lock
-                    self._catch_up()
-                    self._index.sweep(self._clock(), entry.attrs.retention)
+                with self._deciding(entry.attrs.retention):
+                    pass
             # Copy pinning messages forward first, so that the checkpoint
             # covers the copies and the trim below may drop the originals.
             self._rewrite_forward()
