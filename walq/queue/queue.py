@@ -596,7 +596,7 @@ class Queue:
             entry = self._broker._catalog.queues.get(self.name)
             if entry is not None and entry.uid == self._uid:
                 with self._deciding(entry.attrs.retention):
-                    pass
+                    pass  # entering is the work: lock, catch up, sweep to now
             # Copy pinning messages forward first, so that the checkpoint
             # covers the copies and the trim below may drop the originals.
             self._rewrite_forward()
