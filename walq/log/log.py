@@ -383,9 +383,10 @@ class Log:
                 active = self._load("seg_base")
                 if not self._bases or self._bases[-1] != active:
                     self._refresh_bases()
-                i = max(0, bisect.bisect_right(self._bases, done) - 1)
+                bases = self._bases  # one snapshot (see _locate)
+                i = max(0, bisect.bisect_right(bases, done) - 1)
                 try:
-                    for base in self._bases[i:]:
+                    for base in bases[i:]:
                         seg = self._segment(base)
                         self.io.fdatasync(seg.fd, seg.path)
                     if active > self._load("dir_synced_base"):
@@ -430,19 +431,31 @@ class Log:
         self._check_open()
         return max(self._load("first_seq"), self._bases[0] if self._bases else 0)
 
-    def _locate(self, seq: int) -> Segment:
-        i = bisect.bisect_right(self._bases, seq) - 1
+    def _locate(self, seq: int) -> tuple[Segment, int]:
+        """The segment holding ``seq``, indexed up to it, and the sequence
+        where that segment's records end (the next base, or the log's end).
+
+        Works on one snapshot of the segment list: the batch flusher thread
+        may replace ``self._bases`` (after another process trimmed) at any
+        moment, and mixing two lists once read a record from the wrong
+        segment ("record N is missing").
+        """
+        bases = self._bases
+        i = bisect.bisect_right(bases, seq) - 1
         if i < 0 or seq < self._load("first_seq"):
             raise RecordGone(f"record {seq} is below the log's first record")
         end = self._load("end_seq")
         if seq >= end:
             raise RecordGone(f"record {seq} has not been written (end is {end})")
-        if i == len(self._bases) - 1 and self._bases[-1] != self._load("seg_base"):
+        if i == len(bases) - 1 and bases[-1] != self._load("seg_base"):
             self._refresh_bases()
-            i = bisect.bisect_right(self._bases, seq) - 1
-        seg = self._segment(self._bases[i])
+            bases = self._bases
+            i = bisect.bisect_right(bases, seq) - 1
+            if i < 0:
+                raise RecordGone(f"record {seq} is below the log's first record")
+        seg = self._segment(bases[i])
+        limit = bases[i + 1] if i + 1 < len(bases) else end
         if seq >= seg.next_seq:
-            limit = self._bases[i + 1] if i + 1 < len(self._bases) else end
             seg.index_to(limit)
             if seq >= seg.next_seq:
                 raise CorruptionError(
@@ -450,7 +463,7 @@ class Log:
                     seg.path,
                     seg.scan_off,
                 )
-        return seg
+        return seg, limit
 
     def read(self, seq: int) -> Record:
         """The record with sequence ``seq``, checksum verified."""
@@ -459,7 +472,7 @@ class Log:
         # Fast path: the segment of the previous read, already indexed there.
         if (seg is None or not seg.base <= seq < seg.next_seq or seg.base not in self._segments
                 or seq < lib.walq_load(self._p_first_seq)):
-            seg = self._last_read = self._locate(seq)
+            seg = self._last_read = self._locate(seq)[0]
         off, n, t = seg.frame_at(seq)
         return Record(seq, t, seg.mm[off : off + n])
 
@@ -481,11 +494,8 @@ class Log:
         end = self._load("end_seq")
         if seq >= end:
             return None, seq, [], [], []
-        seg = self._locate(seq)
-        i = bisect.bisect_right(self._bases, seq)
-        limit = min(end, seq + max_records)
-        if i < len(self._bases):
-            limit = min(limit, self._bases[i])
+        seg, seg_end = self._locate(seq)
+        limit = min(end, seq + max_records, seg_end)
         if seg.next_seq < limit:
             seg.index_to(limit)
         last = min(limit, seg.next_seq)
