@@ -71,7 +71,7 @@ def encode(idx: Index) -> bytes:
         "group_of": list(idx.group_of.items()),
         "dedup": [[k, mid.hex(), s, t] for k, (mid, s, t) in idx.dedup.items()],
         "ret_late": [[t, m] for t, m in idx.ret_late if m in state],
-        "redirect": [[o, n] for o, n in idx.redirect.items() if idx.resolve(o) in state],
+        "redirect": list(idx.redirect.items()),
         "orig": list(idx.orig.items()),
     }
     blob = json.dumps(meta, separators=(",", ":")).encode()
@@ -107,6 +107,8 @@ def decode(raw: bytes, path: str) -> Index:
     idx.ret_seq, idx.ret_at = arrays["ret_seq"], arrays["ret_at"]
     idx.ret_late = [(t, m) for t, m in meta.get("ret_late", [])]
     idx.redirect = {o: n for o, n in meta.get("redirect", [])}
+    for o, n in idx.redirect.items():
+        idx.aliases.setdefault(n, []).append(o)
     idx.orig = {int(n): o for n, o in meta.get("orig", [])}
     heapq.heapify(idx.ret_late)
     idx.leases = {m: (l, d) for m, l, d in meta["leases"]}
@@ -145,12 +147,17 @@ def decode(raw: bytes, path: str) -> Index:
 
 def load_newest(directory: str) -> Index | None:
     """The newest checkpoint's index, or None if there is none."""
-    positions = list_checkpoints(directory)
-    if not positions:
-        return None
-    path = os.path.join(directory, checkpoint_name(positions[-1]))
-    with open(path, "rb") as f:
-        return decode(f.read(), path)
+    for _attempt in range(20):
+        positions = list_checkpoints(directory)
+        if not positions:
+            return None
+        path = os.path.join(directory, checkpoint_name(positions[-1]))
+        try:
+            with open(path, "rb") as f:
+                return decode(f.read(), path)
+        except FileNotFoundError:
+            continue  # a newer one replaced it between the listing and the open
+    raise CorruptionError(f"checkpoints in {directory} keep vanishing while being read", directory)
 
 
 def save(idx: Index, directory: str, io) -> int:

@@ -58,7 +58,8 @@ class Index:
         self.dedup_order: deque[tuple[float, str]] = deque()
         # Compaction rewrites a message under a new sequence (CARRY): old
         # receipts follow `redirect`; FIFO messages keep their sequence number.
-        self.redirect: dict[int, int] = {}
+        self.redirect: dict[int, int] = {}  # old seq -> live seq (chains compressed)
+        self.aliases: dict[int, list[int]] = {}  # live seq -> old seqs redirected to it
         self.orig: dict[int, int] = {}
 
     # -- applying records ----------------------------------------------------
@@ -95,8 +96,12 @@ class Index:
                 if st is None:
                     self.remove(new)  # the original went first: so does its copy
                     continue
+                moved = self.aliases.pop(old, [])
                 self.remove(old)
-                self.redirect[old] = new
+                moved.append(old)
+                for k in moved:
+                    self.redirect[k] = new
+                self.aliases[new] = moved
                 if orig != new:
                     self.orig[new] = orig
                 if st == INFLIGHT and new in self.state:
@@ -220,15 +225,20 @@ class Index:
                     heapq.heappush(self.ready, (heap[0], g))
 
     def resolve(self, m: int) -> int:
-        """The live sequence of the message a receipt names (after rewrites)."""
-        while m not in self.state and m in self.redirect:
-            m = self.redirect[m]
-        return m
+        """The live sequence of the message a receipt names (after rewrites).
+
+        Invariant: every redirect points at a live message - each rewrite
+        repoints the older aliases, and removing a message drops its aliases -
+        so this is one lookup, and the table holds only live messages' aliases.
+        """
+        return m if m in self.state else self.redirect.get(m, m)
 
     def remove(self, m: int) -> None:
         """Forgets a message (deleted, moved, purged or expired)."""
         st = self.state.pop(m, None)
         self.orig.pop(m, None)
+        for k in self.aliases.pop(m, ()):
+            self.redirect.pop(k, None)
         if st is None:
             return
         self.counts[st] -= 1

@@ -96,10 +96,14 @@ class Queue:
                 frames = log.frames(idx.applied, 4096)
             except RecordGone:
                 # Another process compacted past our position: its checkpoint
-                # covers what the removed segments held.
-                self._index = idx = self._load_index()
-                self._last_ckpt = idx.ops
-                if idx.applied < log.first:
+                # covers what the removed segments held.  It may be saving a
+                # newer one and trimming while we load - then load again.
+                for _attempt in range(20):
+                    self._index = idx = self._load_index()
+                    self._last_ckpt = idx.ops
+                    if idx.applied >= log.first:
+                        break
+                else:
                     raise CorruptionError(
                         f"queue {self.name}: log starts at {log.first} but the newest checkpoint "
                         f"covers only up to {idx.applied}",
