@@ -431,7 +431,7 @@ class Log:
         self._check_open()
         return max(self._load("first_seq"), self._bases[0] if self._bases else 0)
 
-    def _locate(self, seq: int) -> tuple[Segment, int]:
+    def _locate(self, seq: int, _retried: bool = False) -> tuple[Segment, int]:
         """The segment holding ``seq``, indexed up to it, and the sequence
         where that segment's records end (the next base, or the log's end).
 
@@ -457,6 +457,12 @@ class Log:
         limit = bases[i + 1] if i + 1 < len(bases) else end
         if seq >= seg.next_seq:
             seg.index_to(limit)
+            if seq >= seg.next_seq and not _retried:
+                # The list this lookup used may have missed a segment that a
+                # roll had just created (see the closing note of session 5):
+                # look again once before calling it damage.
+                self._refresh_bases()
+                return self._locate(seq, _retried=True)
             if seq >= seg.next_seq:
                 raise CorruptionError(
                     f"record {seq} is missing from {seg.path} (data ends at offset {seg.scan_off})",
