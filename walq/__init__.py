@@ -9,20 +9,8 @@
 """
 
 from walq.broker import Broker, open
-from walq.errors import (
-    BatchError,
-    BrokerClosed,
-    CorruptionError,
-    InvalidParameter,
-    InvalidReceipt,
-    LockTimeout,
-    LogPoisoned,
-    MessageNotInflight,
-    MessageTooLarge,
-    QueueAlreadyExists,
-    QueueDoesNotExist,
-    WalqError,
-)
+from walq import errors as _errors
+from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
@@ -38,16 +26,5 @@ __all__ = [
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
-    "WalqError",
-    "QueueDoesNotExist",
-    "QueueAlreadyExists",
-    "InvalidParameter",
-    "MessageTooLarge",
-    "InvalidReceipt",
-    "BatchError",
-    "MessageNotInflight",
-    "CorruptionError",
-    "BrokerClosed",
-    "LogPoisoned",
-    "LockTimeout",
+    *_errors.__all__,
 ]
