@@ -250,6 +250,46 @@ int walq_wait(struct walq_ctl *ctl, uint32_t seen, int timeout_ms)
 #endif
 }
 
+uint32_t walq_synced_word(struct walq_ctl *ctl) { return __atomic_load_n(&ctl->synced, __ATOMIC_SEQ_CST); }
+
+/* Called after the sync lock is released, never before: a waiter woken by
+ * the bump must be able to win walq_try_lock at once, or it would wait on
+ * the new value of `synced` with nobody left to bump it.
+ * Sequentially consistent with walq_wait_durable (the increment of `synced`
+ * here against its load there, the load of `sync_waiters` here against its
+ * increment there): one side always sees the other, so a waiter either skips
+ * the futex or is woken. */
+void walq_durable_publish(struct walq_ctl *ctl, uint64_t durable)
+{
+    if (durable)
+        walq_store_max(&ctl->durable_seq, durable);
+    __atomic_add_fetch(&ctl->synced, 1, __ATOMIC_SEQ_CST);
+#ifdef __linux__
+    if (__atomic_load_n(&ctl->sync_waiters, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &ctl->synced, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+#endif
+}
+
+int walq_wait_durable(struct walq_ctl *ctl, uint64_t upto, uint32_t seen, int timeout_ms)
+{
+#ifdef __linux__
+    struct timespec ts = {timeout_ms / 1000, (long)(timeout_ms % 1000) * 1000000L};
+    __atomic_add_fetch(&ctl->sync_waiters, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&ctl->durable_seq, __ATOMIC_SEQ_CST) < upto
+        && __atomic_load_n(&ctl->synced, __ATOMIC_SEQ_CST) == seen)
+        syscall(SYS_futex, &ctl->synced, FUTEX_WAIT, seen, &ts, NULL, 0);
+    __atomic_sub_fetch(&ctl->sync_waiters, 1, __ATOMIC_SEQ_CST);
+#else
+    struct timespec ts = {0, 1000000L};
+    for (int waited = 0; waited < timeout_ms; waited++) {
+        if (walq_load(&ctl->durable_seq) >= upto || __atomic_load_n(&ctl->synced, __ATOMIC_ACQUIRE) != seen)
+            break;
+        nanosleep(&ts, NULL);
+    }
+#endif
+    return walq_load(&ctl->durable_seq) >= upto;
+}
+
 int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
                        size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type, uint64_t *seq0)
@@ -308,6 +348,17 @@ int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
 int walq_lock(int fd)
 {
     while (flock(fd, LOCK_EX) < 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+int walq_try_lock(int fd)
+{
+    while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            return 1;
         if (errno != EINTR)
             return -errno;
     }

@@ -27,9 +27,11 @@
 #define WALQ_SCAN_EOF 3    /* ran into the end of the buffer */
 
 /* Shared control block: the first bytes of a log's `log.ctl`, mapped
- * MAP_SHARED by every process that has the log open.  Fields other than
- * `notify`/`waiters` change only under the append lock (or the sync lock for
- * durable_seq / dir_synced_base); readers load them with acquire semantics. */
+ * MAP_SHARED by every process that has the log open.  Fields other than the
+ * futex words and their waiter counts change only under the append lock (or
+ * the sync lock for durable_seq / dir_synced_base); readers load them with
+ * acquire semantics.  New fields come out of `reserved`, so that every offset
+ * and the size stay the same (tests/test_log_groupcommit.py pins them). */
 struct walq_ctl {
     uint64_t magic;
     uint64_t end_seq;          /* next sequence number to assign */
@@ -48,7 +50,9 @@ struct walq_ctl {
     uint64_t alloc_off;        /* bytes of the active segment preallocated so far */
     uint64_t reserve_seq;      /* end_seq once the write in progress is published */
     uint64_t busy;             /* nonzero while a roll rewrites this block */
-    uint64_t reserved[15];
+    uint32_t synced;           /* futex word: bumped when sync waiters should look again */
+    uint32_t sync_waiters;     /* processes blocked in walq_wait_durable */
+    uint64_t reserved[14];
 };
 
 typedef struct {
@@ -84,6 +88,7 @@ int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
                 const uint8_t *types, uint8_t type, uint64_t *seq0);
 
 int walq_lock(int fd);      /* blocking flock(LOCK_EX); 0 or -errno */
+int walq_try_lock(int fd);  /* flock(LOCK_EX|LOCK_NB); 0 got it, 1 held elsewhere, -errno */
 int walq_unlock(int fd);
 int walq_fdatasync(int fd); /* 0 or -errno; never retried */
 int walq_zero(int fd, uint64_t off, uint64_t len);
@@ -132,3 +137,16 @@ void walq_publish(struct walq_ctl *ctl);
 /* Block until ctl->notify differs from `seen` or timeout_ms passes
  * (futex on Linux).  Releases the GIL through cffi. */
 int walq_wait(struct walq_ctl *ctl, uint32_t seen, int timeout_ms);
+
+/* Group commit (see Log._make_durable): whoever wins the sync lock with
+ * walq_try_lock fdatasyncs for everyone; the others wait on `synced`
+ * instead of queueing on the flock. */
+uint32_t walq_synced_word(struct walq_ctl *ctl);
+/* After releasing the sync lock: raise durable_seq to `durable` (0: leave
+ * it), bump `synced` and wake every walq_wait_durable. */
+void walq_durable_publish(struct walq_ctl *ctl, uint64_t durable);
+/* Block while durable_seq < upto and `synced` still equals `seen`, at most
+ * timeout_ms.  Returns 1 if durable_seq >= upto on return, else 0 (a sync
+ * lock holder released it, the timeout passed, or a signal): the caller
+ * re-checks and may try the sync lock.  Releases the GIL through cffi. */
+int walq_wait_durable(struct walq_ctl *ctl, uint64_t upto, uint32_t seen, int timeout_ms);

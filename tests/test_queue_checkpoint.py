@@ -309,3 +309,30 @@ def test_a_blocked_fifo_group_does_not_pin_every_later_segment(store, clock, mon
     slow0.ack()
     [slow1] = q.receive(1)
     assert (slow1.text, slow1.sequence) == ("slow-1", second.sequence)
+
+
+def test_a_delete_written_before_its_writer_saw_the_rewrite_deletes_the_copy(store, clock, monkeypatch):
+    # A standard delete is appended without the lock: another process may
+    # have rewritten the message forward (CARRY) after this one last caught
+    # up.  The DELETE names the old sequence; applying it must follow the
+    # rewrite, in every process, and the queue must stay empty after reopening.
+    b1, b2 = store(segment_size=SEG), store(segment_size=SEG)
+    q1 = b1.create_queue("q")
+    q2 = b2.get_queue("q")
+    q2.send("pinned")
+    [m] = q2.receive(1, visibility_timeout=300)
+    for _ in range(20):
+        q1.send_batch([b"x" * 200] * 20)
+        q1.delete_batch([x.receipt for x in q1.receive(20)])
+    q1.checkpoint()  # copies "pinned" forward and trims its old segment
+    assert q1._index.redirect, "the test needs the message rewritten"
+    monkeypatch.setattr(q2, "_catch_up", lambda: None)  # q2 has not seen the CARRY
+    q2.delete(m.receipt)
+    monkeypatch.undo()
+    for q in (q1, q2):
+        assert q.stats().total == 0
+    b1.close()
+    b2.close()
+    assert store(segment_size=SEG).get_queue("q").stats().total == 0
+    clock.advance(301)
+    assert store(segment_size=SEG).get_queue("q").receive(10) == []

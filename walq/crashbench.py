@@ -449,6 +449,9 @@ def replay(qdir: str) -> tuple[dict[int, str], int, int, int, list[str]]:
     bad: list[str] = []
     records = nbytes = 0
     positions = ckpt.list_checkpoints(qdir)
+    # Where compaction copied a message (old seq -> its copy).  A standard
+    # queue's delete is written without the lock and may name the old seq.
+    redirect: dict[int, int] = {}
     applied = 0
     live_at_checkpoint: list[int] = []
     if positions:
@@ -456,6 +459,7 @@ def replay(qdir: str) -> tuple[dict[int, str], int, int, int, list[str]]:
         with open(path, "rb") as f:
             idx = ckpt.decode(f.read(), path)
         applied, live_at_checkpoint = idx.applied, list(idx.state)
+        redirect.update(idx.redirect)
     for rec in winspect.iter_log(qdir):
         records += 1
         nbytes += 24 + len(rec.payload)
@@ -477,6 +481,8 @@ def replay(qdir: str) -> tuple[dict[int, str], int, int, int, list[str]]:
             live[rec.seq] = sends[rec.seq]
         elif t in (R.DELETE, R.MOVED):
             for m in R.decode_seqs(rec.payload):
+                while m not in live and m in redirect:
+                    m = redirect[m]
                 live.pop(m, None)
         elif t == _CARRY:
             # Compaction copied each message: the copy replaces the original
@@ -484,6 +490,7 @@ def replay(qdir: str) -> tuple[dict[int, str], int, int, int, list[str]]:
             for new, old, _lease, _deadline, _orig in R.decode_carry(rec.payload):
                 if old in live:
                     del live[old]
+                    redirect[old] = new
                 else:
                     live.pop(new, None)
         elif t == R.PURGE:
@@ -633,7 +640,10 @@ class _Report:
 
 def producer(q, report: _Report, wid: str, rng: random.Random) -> None:
     i = 0
-    while True:
+    parent = os.getppid()
+    # The parent kills every worker; if it died first, nobody would, and an
+    # orphan would load the machine forever.
+    while os.getppid() == parent:
         if rng.random() < 0.5:
             key = f"{wid}.{i}"
             i += 1
@@ -651,7 +661,8 @@ def producer(q, report: _Report, wid: str, rng: random.Random) -> None:
 
 def consumer(q, report: _Report, rng: random.Random, vt: int, checkpoint_every: int) -> None:
     deleted = 0
-    while True:
+    parent = os.getppid()
+    while os.getppid() == parent:  # see producer()
         t0 = time.monotonic()
         msgs = q.receive(rng.randint(1, 10), wait=0.1, visibility_timeout=vt)
         if not msgs:

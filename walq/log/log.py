@@ -363,44 +363,118 @@ class Log:
         self._check_open()
         self._make_durable(self._load("end_seq"))
 
+    # How long a follower waits for the syncer before trying the sync lock
+    # itself.  Only a syncer killed mid-sync (kill -9) never publishes; the
+    # kernel drops its flock, and the next try after this wait wins.
+    _SYNC_WAIT_MS = 5
+    # Set by a thread that found another thread of this process holding
+    # _sync_tlock (see _make_durable).
+    _sync_wanted = False
+
     def _make_durable(self, upto: int) -> None:
+        """Returns once every record below ``upto`` is on stable storage.
+
+        Group commit across processes, as PostgreSQL's XLogFlush: whoever
+        takes ``lock.sync`` without blocking fdatasyncs everything written so
+        far; everyone else waits on the ``synced`` futex of the control block
+        and looks again when a syncer releases the lock.  Waiting on the flock
+        instead made a convoy: the waiters took it one at a time, each to
+        find itself already durable, so a sync covered ~2 records.
+
+        Why the protocol never strands a waiter: a waiter reads ``synced``
+        before it tries the locks.  If ``lock.sync`` is busy, its holder bumps
+        ``synced`` after releasing it (walq_durable_publish), so the wait
+        returns.  If another thread of this process holds ``_sync_tlock``
+        (flock does not exclude threads sharing a descriptor, so only one
+        thread of a process may try it), the waiter raises ``_sync_wanted``
+        and tries once more; a holder that finds the flag after releasing
+        bumps ``synced`` for it.  A syncer that dies publishes nothing: the
+        bounded wait covers that.
+        """
         durable = self._fields["durable_seq"]
         if lib.walq_load(durable) >= upto:
             return
-        with self._sync_tlock:
+        ctl = self.ctl
+        keep_mapped = self._ctl_buf  # noqa: F841  (keeps log.ctl mapped if another thread closes the log meanwhile)
+        while True:
+            self._check_open()  # poisoned by a failed sync elsewhere: report it, never sync over it
+            seen = lib.walq_synced_word(ctl)
             if lib.walq_load(durable) >= upto:
                 return
-            # The hot-path locks (append, sync) are flock(2) taken natively:
-            # portalocker's wrapper costs ~13 us a call, as much as the rest
-            # of an append.  Same kernel lock, still blocking, no polling.
-            check_os(lib.walq_lock(self._sync_fh.fileno()), "lock", self.path)
-            try:
-                done = lib.walq_load(durable)
-                if done >= upto:
-                    return
-                # Sync everything written so far: later waiters ride along.
-                target = self._load("end_seq")
-                active = self._load("seg_base")
-                if not self._bases or self._bases[-1] != active:
-                    self._refresh_bases()
-                bases = self._bases  # one snapshot (see _locate)
-                i = max(0, bisect.bisect_right(bases, done) - 1)
+            got = self._sync_tlock.acquire(blocking=False)
+            if not got:
+                self._sync_wanted = True
+                got = self._sync_tlock.acquire(blocking=False)
+            if got:
                 try:
-                    for base in bases[i:]:
-                        seg = self._segment(base)
-                        self.io.fdatasync(seg.fd, seg.path)
-                    if active > self._load("dir_synced_base"):
-                        self.io.fsync_dir(self.path)
-                        self._store("dir_synced_base", active)
-                except (LogPoisoned, OSError) as exc:
-                    self._poisoned = True
-                    self._store("poisoned", 1)
-                    if isinstance(exc, LogPoisoned):
-                        raise
-                    raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
-                lib.walq_store_max(durable, target)
-            finally:
-                lib.walq_unlock(self._sync_fh.fileno())
+                    if self._sync_once(upto):
+                        continue
+                finally:
+                    self._sync_tlock.release()
+                    if self._sync_wanted:
+                        self._sync_wanted = False
+                        lib.walq_durable_publish(ctl, 0)
+            lib.walq_wait_durable(ctl, upto, seen, self._SYNC_WAIT_MS)
+
+    def _sync_once(self, upto: int) -> bool:
+        """Tries ``lock.sync`` without blocking (``_sync_tlock`` held); if it
+        gets it, syncs unless ``upto`` is already durable, then releases and
+        publishes.  Returns whether it got the lock."""
+        fd = self._sync_fh.fileno()
+        # The hot-path locks (append, sync) are flock(2) taken natively:
+        # portalocker's wrapper costs ~13 us a call, as much as the rest of an
+        # append.
+        rc = lib.walq_try_lock(fd)
+        if rc:
+            check_os(rc, "lock", self.path)
+            return False  # held by another process: it publishes when done
+        target = 0
+        try:
+            target = self._sync_locked(upto)
+        finally:
+            # Release first, then publish: a woken waiter must be able to win
+            # the lock at once (walq_durable_publish).  durable_seq was raised
+            # under the lock already, so that the next winner does not sync
+            # again for nothing; publishing it again is a no-op.
+            lib.walq_unlock(fd)
+            lib.walq_durable_publish(self.ctl, target)
+        return True
+
+    def _sync_locked(self, upto: int) -> int:
+        """fdatasyncs everything written so far (``lock.sync`` held); returns
+        the new durable point, or 0 if ``upto`` was durable already."""
+        durable = self._fields["durable_seq"]
+        if self._load("poisoned"):
+            # The holder before us failed: a second fdatasync can report
+            # success without the lost pages ever reaching the disk.
+            self._poisoned = True
+            raise LogPoisoned(0, "an fsync failed; close every handle and reopen the log", self.path)
+        done = lib.walq_load(durable)
+        if done >= upto:
+            return 0
+        # Sync everything written so far: later waiters ride along.  Every
+        # record below `target` was written before the fdatasyncs below start.
+        target = self._load("end_seq")
+        active = self._load("seg_base")
+        if not self._bases or self._bases[-1] != active:
+            self._refresh_bases()
+        bases = self._bases  # one snapshot (see _locate)
+        i = max(0, bisect.bisect_right(bases, done) - 1)
+        try:
+            for base in bases[i:]:
+                seg = self._segment(base)
+                self.io.fdatasync(seg.fd, seg.path)
+            if active > self._load("dir_synced_base"):
+                self.io.fsync_dir(self.path)
+                self._store("dir_synced_base", active)
+        except (LogPoisoned, OSError) as exc:
+            self._poisoned = True
+            self._store("poisoned", 1)
+            if isinstance(exc, LogPoisoned):
+                raise
+            raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
+        lib.walq_store_max(durable, target)
+        return target
 
     def _flush_loop(self) -> None:
         interval = self.options.sync_interval
@@ -481,6 +555,22 @@ class Log:
             seg = self._last_read = self._locate(seq)[0]
         off, n, t = seg.frame_at(seq)
         return Record(seq, t, seg.mm[off : off + n])
+
+    def read_many(self, seqs: list[int]) -> list[bytes]:
+        """The payloads of the records ``seqs`` (any order), each checksum
+        verified: read() for a handful of scattered records at once, as a
+        receive needs.  RecordGone if any of them is gone."""
+        self._check_open()
+        out = []
+        seg = self._last_read
+        first = lib.walq_load(self._p_first_seq)
+        for seq in seqs:
+            if (seg is None or not seg.base <= seq < seg.base + len(seg.offs) or seq < first
+                    or seg.base not in self._segments):
+                seg = self._last_read = self._locate(seq)[0]
+            off, n, _t = seg.frame_at(seq)
+            out.append(seg.mm[off : off + n])
+        return out
 
     def read_batch(self, seq: int, max_records: int = 4096) -> list[Record]:
         """Up to ``max_records`` consecutive records from ``seq`` (fewer at the

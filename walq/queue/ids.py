@@ -20,15 +20,17 @@ class IdGenerator:
         # A random start: counts stay distinct for 2**64 ids, and the first
         # id does not end in zeros.
         self._count = itertools.count(int.from_bytes(os.urandom(8), "big"))
+        # The text form's first three groups come from the fixed prefix.
+        h = self._prefix.hex()
+        self._text_prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-"
 
     def next(self) -> tuple[str, bytes]:
         """A fresh id."""
         # An odd multiplier is a bijection mod 2**64: distinct counts stay
         # distinct, and consecutive ids do not look consecutive.
         mixed = (next(self._count) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        raw = self._prefix + mixed.to_bytes(8, "big")
-        h = raw.hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", raw
+        t = f"{mixed:016x}"
+        return f"{self._text_prefix}{t[:4]}-{t[4:]}", self._prefix + mixed.to_bytes(8, "big")
 
 
 def format_id(raw: bytes) -> str:

@@ -70,6 +70,9 @@ class Index:
         if type == R.SEND:
             sent, vis, prior, group, dedup, mid = R.decode_send_head(payload)
             self._add(seq, sent, vis, prior, group, dedup, mid)
+        elif type == R.LEASE and not self.fifo:
+            self._apply_lease(seq, payload)
+            return
         elif type == R.LEASE:
             now, entries = R.decode_lease(payload)
             for m, deadline in entries:
@@ -88,8 +91,11 @@ class Index:
                     self.leases[m] = (lease_seq, deadline)
                     heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
         elif type in (R.DELETE, R.MOVED):
+            # A standard queue's deletes are written without the lock, so the
+            # receipt's sequence may have been rewritten (CARRY) since: follow
+            # the redirect here, where every process resolves it alike.
             for m in R.decode_seqs(payload):
-                self.remove(m)
+                self.remove(self.resolve(m))
         elif type == R.CARRY:
             for new, old, lease_seq, deadline, orig in R.decode_carry(payload):
                 st = self.state.get(old)
@@ -124,12 +130,13 @@ class Index:
                 self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
             return
         head = R.SEND_HEAD.unpack_from
-        send = R.SEND
+        send, lease, delete = R.SEND, R.LEASE, R.DELETE
         bulk: list[int] = []
         ra = self.ret_at
         for i, off in enumerate(offs):
             seq = seq0 + i
-            if types[i] == send:
+            t = types[i]
+            if t == send:
                 _mid, sent, vis, _first, prior, _a, _g, _d, _s = head(mm, off)
                 if vis <= sent and not prior and (not ra or sent >= ra[-1] - RET_SLACK_S):
                     bulk.append(seq)
@@ -138,10 +145,57 @@ class Index:
             if bulk:
                 self._add_bulk(bulk)
                 bulk = []
-            self.apply(seq, types[i], mm[off : off + lens[i]])
+            if t == lease:
+                p = mm[off : off + lens[i]]
+                self.ops += 1 + len(p) // 16
+                self._apply_lease(seq, p)
+            elif t == delete and not self.aliases:
+                self._apply_delete(mm[off : off + lens[i]])
+            else:
+                self.apply(seq, t, mm[off : off + lens[i]])
         if bulk:
             self._add_bulk(bulk)
         self.applied = seq0 + len(offs)
+
+    def _apply_lease(self, seq: int, payload: bytes) -> None:
+        """apply() of a standard queue's LEASE, inlined: every consumer
+        replays every other consumer's receives, under the append lock.
+        (apply() counted the operations.)"""
+        now = R.F64.unpack_from(payload)[0]
+        state, counts, leases, receives, prior = self.state, self.counts, self.leases, self.receives, self.prior
+        heap = self.lease_heap
+        for m, deadline in R.SEQ_DL.iter_unpack(payload[8:]):
+            st = state.get(m)
+            if st is None:
+                continue
+            r = receives.get(m)
+            receives[m] = (r[0] + 1, r[1]) if r is not None else (prior.get(m, 0) + 1, now)
+            if st != INFLIGHT:
+                counts[st] -= 1
+                counts[INFLIGHT] += 1
+                state[m] = INFLIGHT
+            leases[m] = (seq, deadline)
+            heapq.heappush(heap, (deadline, m, seq))
+        self.applied = seq + 1
+
+    def _apply_delete(self, payload: bytes) -> None:
+        """apply() of a standard queue's DELETE when no message has been
+        rewritten (no redirects to follow, no aliases to drop), inlined."""
+        self.ops += 1 + len(payload) // 16
+        state, counts, leases, receives, prior = self.state, self.counts, self.leases, self.receives, self.prior
+        orig = self.orig
+        for (m,) in R.SEQ.iter_unpack(payload):
+            st = state.pop(m, None)
+            if st is None:
+                continue  # no aliases means no redirects: nothing to follow
+            counts[st] -= 1
+            if st == INFLIGHT:
+                del leases[m]
+            receives.pop(m, None)
+            if prior:
+                prior.pop(m, None)
+            if orig:
+                orig.pop(m, None)
 
     def _add_bulk(self, seqs: list[int]) -> None:
         # Their send times are already in ret_at.  New sends carry sequences
@@ -298,6 +352,8 @@ class Index:
             del rs[:i]
             del ra[:i]
             self.ret_head = 0
+        elif len(rs) - i > 2 * len(self.state) + 4096:
+            self._compact_retention()
         if self.fifo:
             dq = self.dedup_order
             while dq and dq[0][0] <= now - DEDUP_WINDOW_S:
@@ -305,6 +361,17 @@ class Index:
                 entry = self.dedup.get(key)
                 if entry is not None and entry[2] <= now - DEDUP_WINDOW_S:
                     del self.dedup[key]
+
+    def _compact_retention(self) -> None:
+        # Deleted messages stay in the retention order until retention runs
+        # out (days), and checkpoints and sweeps walk past them: once they
+        # outnumber the live ones two to one, keep only the live.  Each
+        # rebuild is paid for by the deletes that made it due.
+        state, rs, ra = self.state, self.ret_seq, self.ret_at
+        keep = [j for j in range(self.ret_head, len(rs)) if rs[j] in state]
+        self.ret_seq = array("q", [rs[j] for j in keep])
+        self.ret_at = array("d", [ra[j] for j in keep])
+        self.ret_head = 0
 
     def next_event(self) -> float | None:
         """The earliest time at which a sweep could make a message visible."""
@@ -317,24 +384,24 @@ class Index:
 
     # -- choosing what to deliver -------------------------------------------------
 
-    def candidates(self, n: int) -> list[int]:
+    def candidates(self, n: int, take: bool = False) -> list[int]:
         """Up to ``n`` visible messages in delivery order, without leasing them.
 
         Standard: lowest sequence first.  FIFO: the group with the oldest head
         first, in order within it, then the next group; a group with a message
-        in flight offers nothing.
+        in flight offers nothing.  With ``take`` (standard queues) they leave
+        the visible heap: the caller leases or removes every one of them, or
+        hands back the rest with ``give_back``.
         """
         if not self.fifo:
             out = []
-            heap = self.visible
-            popped = []
+            heap, state, pop = self.visible, self.state, heapq.heappop
             while heap and len(out) < n:
-                m = heapq.heappop(heap)
-                if self.state.get(m) == VISIBLE and (not out or out[-1] != m):
+                m = pop(heap)
+                if state.get(m) == VISIBLE and (not out or out[-1] != m):
                     out.append(m)
-                    popped.append(m)
-            for m in popped:  # leave the heap as it was; leasing removes them
-                heapq.heappush(heap, m)
+            if not take:
+                self.give_back(out)
             return out
         out: list[int] = []
         ready = self.ready
@@ -364,6 +431,14 @@ class Index:
             if heap:
                 heapq.heappush(ready, (heap[0], g))
         return out
+
+    def give_back(self, seqs: list[int]) -> None:
+        """Returns taken candidates that were neither leased nor removed."""
+        if self.fifo:
+            return  # FIFO candidates are never taken
+        for m in seqs:
+            if self.state.get(m) == VISIBLE:
+                heapq.heappush(self.visible, m)
 
     def _clean_group_quiet(self, g: str) -> None:
         heap = self.groups.get(g)

@@ -60,10 +60,11 @@ class Queue:
         self._mu = threading.RLock()
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
         self._ids = IdGenerator()
-        self._blind_sends = 0
+        self._blind_ops = 0
         with self._mu:
             self._index = self._load_index()
             self._last_ckpt = self._index.ops
+            self._ckpt_pos = self._index.applied
             self._ckpt_base = self._log.active_base
             self._catch_up()
 
@@ -101,6 +102,7 @@ class Queue:
                 for _attempt in range(20):
                     self._index = idx = self._load_index()
                     self._last_ckpt = idx.ops
+                    self._ckpt_pos = idx.applied
                     if idx.applied >= log.first:
                         break
                 else:
@@ -146,15 +148,19 @@ class Queue:
     def _check(self) -> None:
         self._broker._check_queue(self)
 
-    def _producer_maintain(self) -> None:
-        """A process that only sends never catches up, so it would never
-        checkpoint, and nothing would bound the next open's replay (DESIGN
-        guarantee 5).  Every CHECKPOINT_EVERY blind sends it catches up (the
-        bulk path: about a microsecond a send) and checkpoints if due."""
-        self._blind_sends = 0
-        with self._mu:
-            self._catch_up()
-        self._maintain()
+    def _count_blind(self, n: int) -> None:
+        """Counts writes made without catching up (standard sends and
+        deletes).  A process that only sends never catches up, so it would
+        never checkpoint, and nothing would bound the next open's replay
+        (DESIGN guarantee 5).  Every CHECKPOINT_EVERY blind writes it catches
+        up (the bulk path: about a microsecond a record) and checkpoints if
+        due."""
+        self._blind_ops += n
+        if self._blind_ops >= CHECKPOINT_EVERY:
+            self._blind_ops = 0
+            with self._mu:
+                self._catch_up()
+            self._maintain()
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
@@ -165,7 +171,14 @@ class Queue:
         if since >= CHECKPOINT_EVERY or (
             since >= CHECKPOINT_EVERY // 10 and self._log.active_base != self._ckpt_base
         ):
-            self.checkpoint()
+            # Every process applies every record, so all of them come due at
+            # about the same moment; one checkpoint serves them all (each
+            # costs O(live messages) of encoding).
+            newest = checkpoint.list_checkpoints(self._dir)
+            if (newest and newest[-1] > self._ckpt_pos) or self.checkpoint() is None:
+                self._last_ckpt = self._index.ops
+                self._ckpt_pos = max(newest[-1] if newest else 0, self._ckpt_pos)
+                self._ckpt_base = self._log.active_base
 
     # -- sending ---------------------------------------------------------------
 
@@ -179,9 +192,7 @@ class Queue:
             text, raw = self._ids.next()
             b, encoded, d, g, _ = entry
             self._log.append(R.encode_send(raw, now, now + d, b, encoded, g), R.SEND)
-            self._blind_sends += 1
-            if self._blind_sends >= CHECKPOINT_EVERY:
-                self._producer_maintain()
+            self._count_blind(1)
             return SendResult(text)
         return self._store([entry], attrs)[0]
 
@@ -231,9 +242,7 @@ class Queue:
             payloads.append(head(raw, now, now + delay, 0.0, 0, 0, 0, 0, 0) + body)
             results.append((i, SendResult(text)))
         self._log.append_batch(payloads, R.SEND)
-        self._blind_sends += len(payloads)
-        if self._blind_sends >= CHECKPOINT_EVERY:
-            self._producer_maintain()
+        self._count_blind(len(payloads))
         return BatchResult(successful=results)
 
     def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
@@ -289,9 +298,7 @@ class Queue:
             payloads.append(R.encode_send(raw, now, now + delay, body, encoded, group, dedup_id))
         if not attrs.fifo:
             self._log.append_batch(payloads, R.SEND)
-            self._blind_sends += len(payloads)
-            if self._blind_sends >= CHECKPOINT_EVERY:
-                self._producer_maintain()
+            self._count_blind(len(payloads))
             return [SendResult(text) for text in ids]
         # FIFO: the dedup window decides, so decide under the lock.
         results: list[SendResult | None] = [None] * len(entries)
@@ -365,54 +372,70 @@ class Queue:
                 if nxt is None or nxt > self._clock():
                     return []
         moves = []
-        out = []
+        chosen = []
         # A lease need not be durable before it is handed out: if a power cut
         # loses it, the message is merely visible again early (at-least-once
         # holds), and the delete that follows is durable and covers it.
+        # Only the decision happens under the lock; decoding bodies and
+        # building the messages waits until it is released.
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
-            leased, hidden, recs = [], [], {}
-            for m in idx.candidates(n):
+            leased, hidden, payloads = [], [], {}
+            sent_at = R.F64.unpack_from
+            picks = idx.candidates(n, take=not attrs.fifo)
+            try:
                 try:
-                    rec = R.decode_send(self._log.read(m).payload)
+                    bodies = self._log.read_many(picks)
                 except RecordGone:
-                    idx.remove(m)
-                    continue
-                if rec.sent_at + attrs.retention <= now:
-                    idx.remove(m)  # expired: never delivered
-                    continue
-                count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
-                if dlq is not None and count + 1 > policy.max_receives:
-                    hidden.append(m)
-                    moves.append((m, rec, count))
-                    continue
-                leased.append(m)
-                recs[m] = rec
-            payloads, types = [], []
-            if leased:
-                payloads.append(R.encode_lease(now, [(m, now + vt) for m in leased]))
-                types.append(R.LEASE)
-            if hidden:
-                payloads.append(R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden]))
-                types.append(R.HIDE)
-            if payloads:
-                seqs = self._write(tx, payloads, types)
-                lease_seq = seqs[0]
-                for m in leased:
-                    rec = recs[m]
-                    count, first = idx.receives[m]
-                    out.append(Message(
-                        message_id=format_id(rec.message_id),
-                        body=rec.body,
-                        attributes=mattrs.decode(rec.attributes),
-                        receipt=receipts.encode(self._uid, m, lease_seq),
-                        receive_count=count,
-                        sent_at=rec.sent_at,
-                        first_received_at=rec.first_received_at or first,
-                        group=rec.group if attrs.fifo else rec.group,
-                        dedup_id=rec.dedup_id,
-                        sequence=idx.orig.get(m, m) if attrs.fifo else None,
-                        _queue=self,
-                    ))
+                    bodies = [None] * len(picks)  # one is gone: look at each alone
+                for m, p in zip(picks, bodies):
+                    if p is None:
+                        try:
+                            p = self._log.read(m).payload
+                        except RecordGone:
+                            idx.remove(m)
+                            continue
+                    if sent_at(p, R.SENT_AT_OFFSET)[0] + attrs.retention <= now:
+                        idx.remove(m)  # expired: never delivered
+                        continue
+                    count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
+                    if dlq is not None and count + 1 > policy.max_receives:
+                        hidden.append(m)
+                        moves.append((m, R.decode_send(p), count))
+                        continue
+                    leased.append(m)
+                    payloads[m] = p
+                records, types = [], []
+                if leased:
+                    records.append(R.encode_lease(now, [(m, now + vt) for m in leased]))
+                    types.append(R.LEASE)
+                if hidden:
+                    records.append(R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden]))
+                    types.append(R.HIDE)
+                if records:
+                    lease_seq = self._write(tx, records, types).start
+                    for m in leased:
+                        count, first = idx.receives[m]
+                        chosen.append((m, payloads[m], count, first, idx.orig.get(m, m)))
+            except BaseException:
+                idx.give_back(picks)  # taken from the visible heap, and not leased
+                raise
+        out = []
+        fifo = attrs.fifo
+        for m, p, count, first, orig in chosen:
+            rec = R.decode_send(p)
+            out.append(Message(
+                message_id=format_id(rec.message_id),
+                body=rec.body,
+                attributes=mattrs.decode(rec.attributes) if rec.attributes else {},
+                receipt=receipts.encode(self._uid, m, lease_seq),
+                receive_count=count,
+                sent_at=rec.sent_at,
+                first_received_at=rec.first_received_at or first,
+                group=rec.group,
+                dedup_id=rec.dedup_id,
+                sequence=orig if fifo else None,
+                _queue=self,
+            ))
         self._maintain()
         if moves:
             self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)
@@ -487,6 +510,27 @@ class Queue:
         if not parsed:
             return result
         attrs = self._attrs()
+        if not attrs.fifo:
+            # A standard queue deletes whatever a well-formed receipt names
+            # (SQS: a stale receipt may still delete), so there is nothing to
+            # decide: no lock, no catch-up.  Every process resolves the
+            # sequence through compaction's redirects when it applies the
+            # record (Index.apply), and a message already gone is a no-op.
+            # What is already gone needs no record.  Catching up here, off
+            # the lock, is work the next receive would do under it; and a
+            # message never comes back once removed, so what the index says
+            # is gone stays gone.
+            with self._mu:
+                self._catch_up()
+                idx = self._index
+                doomed = [m for m in dict.fromkeys(m for _i, _r, m, _lease in parsed)
+                          if m >= idx.applied or idx.resolve(m) in idx.state]
+            if doomed:
+                self._log.append(R.encode_seqs(doomed), R.DELETE)
+                self._count_blind(len(doomed))
+            result.successful.extend((i, r) for i, r, _m, _lease in parsed)
+            result.failed.sort(key=lambda e: e[0])
+            return result
         with self._deciding(attrs.retention) as (tx, idx, _now):
             doomed = []
             for i, r, m, lease in parsed:
@@ -609,6 +653,7 @@ class Queue:
                 idx = self._index
                 pos = checkpoint.save(idx, self._dir, self._log.io)
                 self._last_ckpt = idx.ops
+                self._ckpt_pos = pos
                 self._ckpt_base = self._log.active_base
                 low = idx.min_live()
                 # Invariant: nothing at or above the newest checkpoint is ever

@@ -18,17 +18,20 @@ Grammar (little-endian; see docs/format.md, "Queue records"):
 
 from __future__ import annotations
 
+import functools
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SEND, LEASE, HIDE, DELETE, CHVIS, PURGE, MOVED, CARRY = 1, 2, 3, 4, 5, 6, 7, 8
 NAMES = {SEND: "send", LEASE: "lease", HIDE: "hide", DELETE: "delete", CHVIS: "change_visibility",
          PURGE: "purge", MOVED: "moved", CARRY: "carry"}
 
 SEND_HEAD = struct.Struct("<16sdddIIHHHxx")
-_F64 = struct.Struct("<d")
-_SEQ = struct.Struct("<Q")
-_SEQ_DL = struct.Struct("<Qd")
+#: Where a SEND payload keeps sent_at (after the 16-byte id).
+SENT_AT_OFFSET = 16
+F64 = struct.Struct("<d")
+SEQ = struct.Struct("<Q")
+SEQ_DL = struct.Struct("<Qd")
 _CHVIS = struct.Struct("<QQd")
 _CARRY = struct.Struct("<QQQdQ")
 
@@ -37,9 +40,8 @@ _CARRY = struct.Struct("<QQQdQ")
 SEND_INDEX_PREFIX = SEND_HEAD.size + 128 + 128
 
 
-@dataclass(frozen=True)
-class SendRecord:
-    """A message as stored."""
+class SendRecord(NamedTuple):
+    """A message as stored.  (A tuple: a receive decodes one per message.)"""
 
     message_id: bytes
     sent_at: float
@@ -91,32 +93,40 @@ def decode_send(p: bytes) -> SendRecord:
 
 def encode_lease(now: float, entries: list[tuple[int, float]]) -> bytes:
     """A receive: each entry is ``(msg_seq, deadline)``."""
-    return _F64.pack(now) + b"".join(_SEQ_DL.pack(s, d) for s, d in entries)
+    flat = [now]
+    for s, d in entries:
+        flat += (s, d)
+    return _lease_struct(len(entries)).pack(*flat)
+
+
+@functools.lru_cache(maxsize=64)
+def _lease_struct(n: int) -> struct.Struct:
+    return struct.Struct("<d" + "Qd" * n)
 
 
 def decode_lease(p: bytes) -> tuple[float, list[tuple[int, float]]]:
     """Inverse of encode_lease."""
-    return _F64.unpack_from(p)[0], list(_SEQ_DL.iter_unpack(p[8:]))
+    return F64.unpack_from(p)[0], list(SEQ_DL.iter_unpack(p[8:]))
 
 
 def encode_hide(entries: list[tuple[int, float]]) -> bytes:
     """Invisible until ``deadline`` without counting a receive."""
-    return b"".join(_SEQ_DL.pack(s, d) for s, d in entries)
+    return b"".join(SEQ_DL.pack(s, d) for s, d in entries)
 
 
 def decode_hide(p: bytes) -> list[tuple[int, float]]:
     """Inverse of encode_hide."""
-    return list(_SEQ_DL.iter_unpack(p))
+    return list(SEQ_DL.iter_unpack(p))
 
 
 def encode_seqs(seqs: list[int]) -> bytes:
     """DELETE and MOVED payloads."""
-    return b"".join(_SEQ.pack(s) for s in seqs)
+    return b"".join(SEQ.pack(s) for s in seqs)
 
 
 def decode_seqs(p: bytes) -> list[int]:
     """Inverse of encode_seqs."""
-    return [s for (s,) in _SEQ.iter_unpack(p)]
+    return [s for (s,) in SEQ.iter_unpack(p)]
 
 
 def encode_chvis(entries: list[tuple[int, int, float]]) -> bytes:
@@ -131,12 +141,12 @@ def decode_chvis(p: bytes) -> list[tuple[int, int, float]]:
 
 def encode_purge(upto: int) -> bytes:
     """Every message with a sequence below ``upto`` is gone."""
-    return _SEQ.pack(upto)
+    return SEQ.pack(upto)
 
 
 def decode_purge(p: bytes) -> int:
     """Inverse of encode_purge."""
-    return _SEQ.unpack_from(p)[0]
+    return SEQ.unpack_from(p)[0]
 
 
 def encode_carry(entries: list[tuple[int, int, int, float, int]]) -> bytes:
