@@ -12,6 +12,8 @@ import pytest
 
 from helpers import (
     SEGMENT_HEADER_SIZE,
+    encode_frame,
+    segment_header,
     flip_byte,
     frame_size,
     frames,
@@ -24,7 +26,7 @@ from helpers import (
     zero_range,
 )
 from walq.errors import CorruptionError
-from walq.log import Log, LogOptions
+from walq.log import Log, LogOptions, recovery
 from walq.log.fileio import OsIO
 
 SEG = 8192
@@ -435,3 +437,36 @@ def test_zeroed_record_in_a_sparse_segment_is_detected_on_open(tmp_path):
     with pytest.raises(CorruptionError) as exc:
         Log.open(tmp_path, opts)
     assert (exc.value.path, exc.value.offset) == (seg, victim.offset)
+
+
+def test_a_second_tear_at_the_same_offset_keeps_the_first_ones_bytes(tmp_path):
+    """Two crashes that each tear a record at the same offset: both torn
+    files are kept (the second gets a numbered name), and recovering the
+    same tear twice (recovery interrupted) does not make a copy."""
+    d = str(tmp_path / "log")
+    build(d, [nonzero_payload(i, 50) for i in range(3)])
+    seg = last_segment(d)
+    last = frames(seg)[-1]
+    end = last.offset + last.size
+    header = segment_header(seg)
+    tears = []
+    for i in range(2):
+        # The next record cut after 30 bytes, as a crash mid-write leaves it.
+        frame = encode_frame(nonzero_payload(100 + i, 50), last.seq + 1, header.salt, lag=1)
+        write_at(seg, end, frame[:30])
+        tears.append(frame[:30].rstrip(b"\0"))
+        with Log.open(d, ALWAYS):
+            pass
+    names = sorted(os.path.basename(p) for p in torn_files(d))
+    assert names == [f"torn-{header.base:020d}-{end}-1.bin", f"torn-{header.base:020d}-{end}.bin"]
+    got = []
+    for name in names:
+        with open(os.path.join(d, name), "rb") as f:
+            got.append(f.read())
+    assert sorted(got) == sorted(tears) and tears[0] != tears[1]
+    assert payloads_of(d) == [nonzero_payload(i, 50) for i in range(3)]
+    # A recovery interrupted after writing its torn file and run again
+    # writes the same bytes to the same name, not to a third file.
+    stem = f"torn-{header.base:020d}-{end}"
+    assert recovery._aside_path(d, stem, tears[0]) in {os.path.join(d, n) for n in names}
+    assert recovery._aside_path(d, stem, b"other bytes") == os.path.join(d, f"{stem}-2.bin")

@@ -69,7 +69,7 @@ def recover(log) -> None:
             break
         if state == "damaged":
             raise CorruptionError(f"segment header does not validate: {last} at offset 0", last, 0)
-        io.rename(last, os.path.join(path, f"torn-{bases[-1]:020d}-header.bin"))
+        io.rename(last, _aside_path(path, f"torn-{bases[-1]:020d}-header"))
         io.fsync_dir(path)
         newest_gone = bases.pop()
     for base in bases[:-1]:
@@ -197,10 +197,28 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     # a torn tail (a crash, or a power cut that wrote later pages before
     # earlier ones).  Keep it aside, never return it.
     tail = seg.mm[end_off:max(data_end, end_off + 8)].rstrip(b"\0")
-    aside = os.path.join(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}.bin")
+    aside = _aside_path(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail)
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
+
+
+def _aside_path(directory: str, stem: str, content: bytes | None = None) -> str:
+    """Where to keep bytes cut aside: ``<stem>.bin``, or ``<stem>-<n>.bin``
+    if a file with other bytes has that name - a second tear at the same
+    place (after a later crash) must not overwrite the first one's bytes.
+    A file holding exactly ``content`` is reused: recovery interrupted after
+    writing it and run again writes the same bytes."""
+    n = 0
+    while True:
+        path = os.path.join(directory, f"{stem}.bin" if n == 0 else f"{stem}-{n}.bin")
+        try:
+            with open(path, "rb") as f:
+                if content is not None and f.read() == content:
+                    return path
+        except FileNotFoundError:
+            return path
+        n += 1
 
 
 def _data_regions(fd: int, start: int, size: int):
