@@ -79,6 +79,19 @@ def test_standard_dlq_keeps_the_original_send_time(broker, clock):
     assert dlq.receive() == []
 
 
+def test_a_moved_message_keeps_its_first_receive_time(broker, clock):
+    dlq = broker.create_queue("dlq")
+    q = broker.create_queue("q", dead_letter=walq.RedrivePolicy("dlq", 2))
+    q.send("m")
+    clock.advance(5)
+    first = clock.now
+    got = receive_n_times(q, clock, 2)
+    assert [m.first_received_at for m in got] == [first, first]
+    assert q.receive(10) == []  # moved
+    [m] = dlq.receive()
+    assert m.first_received_at == first and m.receive_count == 3
+
+
 def test_fifo_dlq_resets_the_send_time_on_move(broker, clock):
     dlq = broker.create_queue("dlq.fifo", retention=600)
     q = broker.create_queue("q.fifo", content_based_dedup=True, dead_letter=walq.RedrivePolicy("dlq.fifo", 1))

@@ -400,7 +400,12 @@ class Queue:
                     count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
                     if dlq is not None and count + 1 > policy.max_receives:
                         hidden.append(m)
-                        moves.append((m, R.decode_send(p), count))
+                        rec = R.decode_send(p)
+                        first = idx.receives.get(m, (0, 0.0))[1]
+                        if first and not rec.first_received_at:
+                            # The record holds it only if it came from elsewhere.
+                            rec = rec._replace(first_received_at=first)
+                        moves.append((m, rec, count))
                         continue
                     leased.append(m)
                     payloads[m] = p
