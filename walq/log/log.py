@@ -395,9 +395,9 @@ class Log:
         if lib.walq_load(durable) >= upto:
             return
         ctl = self.ctl
+        fd = self._sync_fh.fileno()
         keep_mapped = self._ctl_buf  # noqa: F841  (keeps log.ctl mapped if another thread closes the log meanwhile)
         while True:
-            self._check_open()  # poisoned by a failed sync elsewhere: report it, never sync over it
             seen = lib.walq_synced_word(ctl)
             if lib.walq_load(durable) >= upto:
                 return
@@ -407,44 +407,35 @@ class Log:
                 got = self._sync_tlock.acquire(blocking=False)
             if got:
                 try:
-                    if self._sync_once(upto):
+                    # flock(2) taken natively: portalocker's wrapper costs
+                    # ~13 us a call, as much as the rest of an append.
+                    rc = lib.walq_try_lock(fd)
+                    if rc == 0:
+                        target = 0
+                        try:
+                            target = self._sync_locked(upto)
+                        finally:
+                            # Release first, then publish: a woken waiter must
+                            # be able to win the lock at once.  durable_seq was
+                            # raised under the lock already, so that the next
+                            # winner does not sync again for nothing.
+                            lib.walq_unlock(fd)
+                            lib.walq_durable_publish(ctl, target)
                         continue
+                    check_os(rc, "lock", self.path)  # 1: held by another process, which publishes when done
                 finally:
                     self._sync_tlock.release()
                     if self._sync_wanted:
                         self._sync_wanted = False
                         lib.walq_durable_publish(ctl, 0)
             lib.walq_wait_durable(ctl, upto, seen, self._SYNC_WAIT_MS)
-
-    def _sync_once(self, upto: int) -> bool:
-        """Tries ``lock.sync`` without blocking (``_sync_tlock`` held); if it
-        gets it, syncs unless ``upto`` is already durable, then releases and
-        publishes.  Returns whether it got the lock."""
-        fd = self._sync_fh.fileno()
-        # The hot-path locks (append, sync) are flock(2) taken natively:
-        # portalocker's wrapper costs ~13 us a call, as much as the rest of an
-        # append.
-        rc = lib.walq_try_lock(fd)
-        if rc:
-            check_os(rc, "lock", self.path)
-            return False  # held by another process: it publishes when done
-        target = 0
-        try:
-            target = self._sync_locked(upto)
-        finally:
-            # Release first, then publish: a woken waiter must be able to win
-            # the lock at once (walq_durable_publish).  durable_seq was raised
-            # under the lock already, so that the next winner does not sync
-            # again for nothing; publishing it again is a no-op.
-            lib.walq_unlock(fd)
-            lib.walq_durable_publish(self.ctl, target)
-        return True
+            self._check_open()  # a failed sync elsewhere poisoned the log: report it
 
     def _sync_locked(self, upto: int) -> int:
         """fdatasyncs everything written so far (``lock.sync`` held); returns
         the new durable point, or 0 if ``upto`` was durable already."""
         durable = self._fields["durable_seq"]
-        if self._load("poisoned"):
+        if lib.walq_load(self._p_poisoned):
             # The holder before us failed: a second fdatasync can report
             # success without the lost pages ever reaching the disk.
             self._poisoned = True
