@@ -22,7 +22,6 @@ from walq.log import Log, LogOptions
 from walq.log._native import check_sync, ffi, lib
 from walq.log.fileio import OsIO
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
 ALWAYS = LogOptions(durability="always")
 # A follower that missed its wake-up would sit out this timeout; every test
 # below bounds latencies far below it, so a lost wake-up fails them.
@@ -30,6 +29,7 @@ NEVER_MS = 30_000
 
 
 def durable_seq(log: Log) -> int:
+    """The shared durable point: every record below it is on stable storage."""
     return lib.walq_load(ffi.addressof(log.ctl, "durable_seq"))
 
 
@@ -173,6 +173,7 @@ print("done %.3f" % worst, flush=True)
 
 
 def start_appenders(path: str, n: int, count: int, wait_ms: int) -> list[subprocess.Popen]:
+    """Starts ``n`` APPENDER processes and waits until each has the log open."""
     procs = [subprocess.Popen([sys.executable, "-c", APPENDER, path, str(w), str(count), str(wait_ms)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for w in range(n)]
@@ -199,6 +200,7 @@ def finish(procs: list[subprocess.Popen], timeout: float) -> list[float]:
 
 
 def go(procs: list[subprocess.Popen]) -> None:
+    """Releases the appenders together."""
     for p in procs:
         p.stdin.write(b"go\n")
         p.stdin.flush()
