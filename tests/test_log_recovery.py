@@ -470,3 +470,15 @@ def test_a_second_tear_at_the_same_offset_keeps_the_first_ones_bytes(tmp_path):
     stem = f"torn-{header.base:020d}-{end}"
     assert recovery._aside_path(d, stem, tears[0]) in {os.path.join(d, n) for n in names}
     assert recovery._aside_path(d, stem, b"other bytes") == os.path.join(d, f"{stem}-2.bin")
+
+
+def test_recovery_resets_waiter_counts_left_by_killed_waiters(tmp_path):
+    d = str(tmp_path / "log")
+    with Log.open(d, ALWAYS) as log:
+        log.append(b"x")
+        # As a process killed inside walq_wait / walq_wait_durable leaves them.
+        log.ctl.waiters = 3
+        log.ctl.sync_waiters = 2
+    with Log.open(d, ALWAYS) as log:  # alone: recovers
+        assert (log.ctl.waiters, log.ctl.sync_waiters) == (0, 0)
+        assert [r.payload for r in log.iter_from()] == [b"x"]

@@ -116,6 +116,11 @@ def recover(log) -> None:
         store("first_seq", bases[0])
         store("generation", lib.walq_load(ffi.addressof(log.ctl, "generation")) + 1)
         store("poisoned", 0)
+        # Waiter counts left raised by processes killed while waiting: each
+        # would cost every publish a futex wake-up for nobody.  No process
+        # has the log open now, so nobody waits.
+        log.ctl.waiters = 0
+        log.ctl.sync_waiters = 0
         store("dir_synced_base", seg.base)
         store("magic", CTL_MAGIC)
     finally:
