@@ -49,16 +49,9 @@ def random_records(rng: random.Random, n: int) -> list[tuple[int, bytes]]:
 
 class Reference(Index):
     """The index with LEASE and DELETE applied through the general helpers
-    (_lease, remove) rather than the inlined fast paths under test."""
+    (_lease, remove: the FIFO path) rather than the inlined fast paths under test."""
 
-    def _apply_lease(self, seq, payload):
-        now, entries = R.decode_lease(payload)
-        for m, deadline in entries:
-            if m in self.state:
-                count, first = self.receives.get(m, (self.prior.get(m, 0), now))
-                self.receives[m] = (count + 1, first)
-                self._lease(m, seq, deadline)
-        self.applied = seq + 1
+    _apply_lease = Index._apply_lease_fifo
 
     def _apply_delete(self, payload):
         raise AssertionError("the reference applies deletes through apply()")

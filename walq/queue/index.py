@@ -70,16 +70,8 @@ class Index:
         if type == R.SEND:
             sent, vis, prior, group, dedup, mid = R.decode_send_head(payload)
             self._add(seq, sent, vis, prior, group, dedup, mid)
-        elif type == R.LEASE and not self.fifo:
-            self._apply_lease(seq, payload)
-            return
         elif type == R.LEASE:
-            now, entries = R.decode_lease(payload)
-            for m, deadline in entries:
-                if m in self.state:
-                    count, first = self.receives.get(m, (self.prior.get(m, 0), now))
-                    self.receives[m] = (count + 1, first)
-                    self._lease(m, seq, deadline)
+            (self._apply_lease_fifo if self.fifo else self._apply_lease)(seq, payload)
         elif type == R.HIDE:
             for m, deadline in R.decode_hide(payload):
                 if m in self.state:
@@ -157,6 +149,15 @@ class Index:
             self._add_bulk(bulk)
         self.applied = seq0 + len(offs)
 
+    def _apply_lease_fifo(self, seq: int, payload: bytes) -> None:
+        """apply() of a LEASE through the general helpers (FIFO groups)."""
+        now, entries = R.decode_lease(payload)
+        for m, deadline in entries:
+            if m in self.state:
+                count, first = self.receives.get(m, (self.prior.get(m, 0), now))
+                self.receives[m] = (count + 1, first)
+                self._lease(m, seq, deadline)
+
     def _apply_lease(self, seq: int, payload: bytes) -> None:
         """apply() of a standard queue's LEASE, inlined: every consumer
         replays every other consumer's receives, under the append lock.
@@ -176,7 +177,6 @@ class Index:
                 state[m] = INFLIGHT
             leases[m] = (seq, deadline)
             heapq.heappush(heap, (deadline, m, seq))
-        self.applied = seq + 1
 
     def _apply_delete(self, payload: bytes) -> None:
         """apply() of a standard queue's DELETE when no message has been
