@@ -336,3 +336,20 @@ def test_a_delete_written_before_its_writer_saw_the_rewrite_deletes_the_copy(sto
     assert store(segment_size=SEG).get_queue("q").stats().total == 0
     clock.advance(301)
     assert store(segment_size=SEG).get_queue("q").receive(10) == []
+
+
+def test_a_process_coming_due_adopts_the_checkpoint_another_just_wrote(store, clock, monkeypatch):
+    monkeypatch.setattr(queue_module, "CHECKPOINT_EVERY", 50)
+    b1, b2 = store(), store()
+    q1 = b1.create_queue("q")
+    q2 = b2.get_queue("q")
+    q1.send_batch([b"x"] * 60)
+    q1.receive(10)  # q1 comes due first and writes one
+    assert ckpt.list_checkpoints(q1._dir)
+    calls = []
+    monkeypatch.setattr(q2, "checkpoint", lambda: calls.append(1))
+    q2.receive(1)  # catches up to the same point: due as well
+    assert calls == [], "q2 encoded a second checkpoint of the same records"
+    q1.send_batch([b"y"] * 40)  # too few for q1, the sender, to come due
+    q2.receive(10)  # q2 is due again, and nobody wrote one since: it writes it
+    assert calls == [1]

@@ -173,9 +173,11 @@ class Queue:
         ):
             # Every process applies every record, so all of them come due at
             # about the same moment; one checkpoint serves them all (each
-            # costs O(live messages) of encoding).
+            # costs O(live messages) of encoding).  Another process's counts
+            # if it covers most of what was appended since ours.
             newest = checkpoint.list_checkpoints(self._dir)
-            if (newest and newest[-1] > self._ckpt_pos) or self.checkpoint() is None:
+            recent = self._ckpt_pos + (self._index.applied - self._ckpt_pos) // 2
+            if (newest and newest[-1] > recent) or self.checkpoint() is None:
                 self._last_ckpt = self._index.ops
                 self._ckpt_pos = max(newest[-1] if newest else 0, self._ckpt_pos)
                 self._ckpt_base = self._log.active_base
