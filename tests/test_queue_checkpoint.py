@@ -353,3 +353,20 @@ def test_a_process_coming_due_adopts_the_checkpoint_another_just_wrote(store, cl
     q1.send_batch([b"y"] * 40)  # too few for q1, the sender, to come due
     q2.receive(10)  # q2 is due again, and nobody wrote one since: it writes it
     assert calls == [1]
+
+
+def test_a_standard_message_copied_forward_keeps_its_place_in_line(store, clock):
+    b = store(segment_size=SEG)
+    q = b.create_queue("q")
+    q.send("old", delay=60)
+    for _ in range(20):
+        q.send_batch([b"x" * 200] * 20)
+        q.delete_batch([m.receipt for m in q.receive(20)])
+    q.send("new")  # in the active segment: not copied
+    q.checkpoint()  # copies "old" to the end of the log, after "new"
+    assert q._index.redirect, "the test needs the message rewritten"
+    clock.advance(60)
+    assert [m.text for m in q.receive(2)] == ["old", "new"]
+    b.close()
+    clock.advance(30)  # the leases run out; a reopened index keeps the order too
+    assert [m.text for m in store(segment_size=SEG).get_queue("q").receive(2)] == ["old", "new"]

@@ -137,11 +137,14 @@ def decode(raw: bytes, path: str) -> Index:
         # state_seq is sorted, so the visible seqs already form a heap.
         # Reuse the dict's int objects: a second copy of a million ints
         # would cost ~30 MB.
-        state = idx.state
-        if idx.counts[VISIBLE] == len(seqs):
+        state, orig = idx.state, idx.orig
+        if idx.counts[VISIBLE] == len(seqs) and not orig:
             idx.visible = list(state)
         else:
-            idx.visible = [m for m in state if state[m] == VISIBLE]
+            # Keyed by original sequence (Index.visible); orig.get returns
+            # the dict's own int when there is no entry.
+            idx.visible = [orig.get(m, m) for m in state if state[m] == VISIBLE]
+            heapq.heapify(idx.visible)
     return idx
 
 

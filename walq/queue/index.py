@@ -35,7 +35,10 @@ class Index:
         self.ops = 0  # message operations applied (checkpoint pacing)
         self.state: dict[int, int] = {}  # msg seq -> VISIBLE/DELAYED/INFLIGHT
         self.counts = [0, 0, 0]
-        self.visible: list[int] = []  # heap of seqs (standard queues)
+        # Standard queues: heap of the visible messages' original sequences
+        # (a message compaction copied forward keeps its place in line; the
+        # redirect from its original sequence finds its copy).
+        self.visible: list[int] = []
         self.delayed: list[tuple[float, int]] = []  # heap (visible_at, seq)
         self.leases: dict[int, tuple[int, float]] = {}  # seq -> (lease seq, deadline)
         self.lease_heap: list[tuple[float, int, int]] = []  # (deadline, seq, lease seq)
@@ -102,6 +105,9 @@ class Index:
                 self.aliases[new] = moved
                 if orig != new:
                     self.orig[new] = orig
+                    if not self.fifo and self.state.get(new) == VISIBLE:
+                        # Its place in line is the original's (see visible).
+                        heapq.heappush(self.visible, orig)
                 if st == INFLIGHT and new in self.state:
                     self._lease(new, lease_seq, deadline)
         elif type == R.PURGE:
@@ -255,7 +261,7 @@ class Index:
             if heap[0] == seq and not self.group_inflight.get(g):
                 heapq.heappush(self.ready, (seq, g))
         else:
-            heapq.heappush(self.visible, seq)
+            heapq.heappush(self.visible, self.orig.get(seq, seq))
 
     def _lease(self, m: int, lease_seq: int, deadline: float) -> None:
         if self.fifo and self.state[m] != INFLIGHT:
@@ -395,10 +401,13 @@ class Index:
         """
         if not self.fifo:
             out = []
-            heap, state, pop = self.visible, self.state, heapq.heappop
+            heap, state, pop, orig = self.visible, self.state, heapq.heappop, self.orig
             while heap and len(out) < n:
-                m = pop(heap)
-                if state.get(m) == VISIBLE and (not out or out[-1] != m):
+                k = pop(heap)
+                m = self.resolve(k)
+                # A copy's own sequence is pushed once before its CARRY names
+                # its original one: only the entry under the original counts.
+                if state.get(m) == VISIBLE and orig.get(m, m) == k and (not out or out[-1] != m):
                     out.append(m)
             if not take:
                 self.give_back(out)
@@ -438,7 +447,7 @@ class Index:
             return  # FIFO candidates are never taken
         for m in seqs:
             if self.state.get(m) == VISIBLE:
-                heapq.heappush(self.visible, m)
+                heapq.heappush(self.visible, self.orig.get(m, m))
 
     def _clean_group_quiet(self, g: str) -> None:
         heap = self.groups.get(g)
@@ -448,7 +457,7 @@ class Index:
             del self.groups[g]
 
     def _compact_heaps(self) -> None:
-        self.visible = [m for m in self.visible if self.state.get(m) == VISIBLE]
+        self.visible = [self.orig.get(m, m) for m, st in self.state.items() if st == VISIBLE]
         heapq.heapify(self.visible)
         self.delayed = [e for e in self.delayed if self.state.get(e[1]) == DELAYED]
         heapq.heapify(self.delayed)
