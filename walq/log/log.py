@@ -539,11 +539,7 @@ class Log:
     def read(self, seq: int) -> Record:
         """The record with sequence ``seq``, checksum verified."""
         self._check_open()
-        seg = self._last_read
-        # Fast path: the segment of the previous read, already indexed there.
-        if (seg is None or not seg.base <= seq < seg.next_seq or seg.base not in self._segments
-                or seq < lib.walq_load(self._p_first_seq)):
-            seg = self._last_read = self._locate(seq)[0]
+        seg = self._holding(self._last_read, seq, lib.walq_load(self._p_first_seq))
         off, n, t = seg.frame_at(seq)
         return Record(seq, t, seg.mm[off : off + n])
 
@@ -556,12 +552,17 @@ class Log:
         seg = self._last_read
         first = lib.walq_load(self._p_first_seq)
         for seq in seqs:
-            if (seg is None or not seg.base <= seq < seg.base + len(seg.offs) or seq < first
-                    or seg.base not in self._segments):
-                seg = self._last_read = self._locate(seq)[0]
+            seg = self._holding(seg, seq, first)
             off, n, _t = seg.frame_at(seq)
             out.append(seg.mm[off : off + n])
         return out
+
+    def _holding(self, seg: Segment | None, seq: int, first: int) -> Segment:
+        """``seg`` if it is still open and already indexed up to ``seq`` (the
+        fast path of consecutive reads), else the segment located afresh."""
+        if seg is None or not seg.base <= seq < seg.next_seq or seq < first or seg.base not in self._segments:
+            seg = self._last_read = self._locate(seq)[0]
+        return seg
 
     def read_batch(self, seq: int, max_records: int = 4096) -> list[Record]:
         """Up to ``max_records`` consecutive records from ``seq`` (fewer at the

@@ -23,7 +23,7 @@ def _check(body: str) -> int:
 def encode(queue_uid: int, msg_seq: int, lease_seq: int) -> str:
     """The receipt for one lease of one message."""
     body = f"{queue_uid:016x}{msg_seq:016x}{lease_seq:016x}"
-    return f"{body}{lib.walq_hash(body.encode(), 48, 0) & 0xFFFFFFFF:08x}"
+    return f"{body}{_check(body):08x}"
 
 
 def decode(receipt, queue_uid: int) -> tuple[int, int]:
