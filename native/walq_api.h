@@ -150,3 +150,25 @@ void walq_durable_publish(struct walq_ctl *ctl, uint64_t durable);
  * lock holder released it, the timeout passed, or a signal): the caller
  * re-checks and may try the sync lock.  Releases the GIL through cffi. */
 int walq_wait_durable(struct walq_ctl *ctl, uint64_t upto, uint32_t seen, int timeout_ms);
+
+/* Queue records (queue_records.c).  Encode `n` plain standard-queue SEND
+ * payloads: bodies concatenated in `bodies` (lengths in `lens`), ids
+ * prefix[0..8) || big-endian((count0 + i) * 0x9E3779B97F4A7C15), no
+ * attributes, group or dedup id.  Writes the payloads back to back into
+ * `out` (sum(lens) + 56 * n bytes), their lengths into `out_lens` and the
+ * ids' 36-character texts, separated by commas, into `ids_text` (37n - 1
+ * bytes).  Returns the bytes written to `out`. */
+uint64_t walq_encode_sends(const char *bodies, const uint32_t *lens, size_t n,
+                           const uint8_t *prefix, uint64_t count0,
+                           double sent_at, double visible_at,
+                           char *out, uint32_t *out_lens, char *ids_text);
+
+/* The leading run of records that a standard queue's index adds in bulk
+ * (Index.apply_frames): SENDs (type 1) visible at once (visible_at <=
+ * sent_at) with no prior receives, each sent no earlier than the previous
+ * one's time minus `slack` (the first compared with `last` if `has_last`).
+ * Payload i is at base + offs[i], lens[i] bytes.  Fills sent[i] with each
+ * one's sent_at; returns the run's length. */
+size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_t *lens,
+                           const uint8_t *types, size_t n, int has_last, double last,
+                           double slack, double *sent);

@@ -370,3 +370,45 @@ def test_a_standard_message_copied_forward_keeps_its_place_in_line(store, clock)
     b.close()
     clock.advance(30)  # the leases run out; a reopened index keeps the order too
     assert [m.text for m in store(segment_size=SEG).get_queue("q").receive(2)] == ["old", "new"]
+
+
+def test_a_producer_does_not_replay_what_a_consumer_just_checkpointed(store, clock, monkeypatch):
+    monkeypatch.setattr(queue_module, "CHECKPOINT_EVERY", 50)
+    consumer = store().create_queue("q")
+    producer = store().get_queue("q")
+    producer.send_batch([b"x"] * 30)
+    for m in consumer.receive(30):
+        m.ack()
+    consumer.send_batch([b"y"] * 30)
+    consumer.receive(1)  # due: the consumer checkpoints
+    written = ckpt.list_checkpoints(consumer._dir)[-1]
+    assert written > producer._index.applied
+
+    replayed = []
+    real_apply = Index.apply_frames
+
+    def spy(self, mm, seq0, offs, lens, types):
+        replayed.append(self)
+        return real_apply(self, mm, seq0, offs, lens, types)
+
+    monkeypatch.setattr(Index, "apply_frames", spy)
+    producer.send_batch([b"z"] * 30)  # 60 blind writes: due, but covered
+    assert replayed == [] and ckpt.list_checkpoints(consumer._dir)[-1] == written
+    # With nobody else checkpointing, the producer does it itself.
+    producer.send_batch([b"w"] * 60)
+    assert replayed and ckpt.list_checkpoints(consumer._dir)[-1] > written
+
+
+def test_the_checkpoint_interval_grows_with_the_live_backlog(store, clock, monkeypatch):
+    # Each checkpoint encodes every live message; at a fixed interval a
+    # growing backlog made every send pay O(backlog).
+    monkeypatch.setattr(queue_module, "CHECKPOINT_EVERY", 50)
+    q = store().create_queue("q")
+    q.send_batch([b"x"] * 300)
+    assert ckpt.list_checkpoints(q._dir) == [q._log.end]
+    q.send_batch([b"x"] * 140)  # 140 < 300 / 2: not yet
+    assert ckpt.list_checkpoints(q._dir) == [300]
+    q.send_batch([b"x"] * 80)  # 220 since, of 520 live
+    assert ckpt.list_checkpoints(q._dir) == [300]
+    q.send_batch([b"x"] * 300)  # 520 since, of 820 live
+    assert ckpt.list_checkpoints(q._dir) == [820]

@@ -24,8 +24,16 @@ def random_records(rng: random.Random, n: int) -> list[tuple[int, bytes]]:
         now += rng.random()
         roll = rng.random()
         if roll < 0.4 or not sends:
-            delay = 5.0 if rng.random() < 0.1 else 0.0
-            out.append((R.SEND, R.encode_send(seq.to_bytes(16, "big"), now, now + delay, b"body")))
+            # Mostly plain sends (added in bulk on catch-up); some delayed,
+            # some carrying receives from another queue, some sent well
+            # before the last one (a moved-in message keeps its send time),
+            # some a little before it (concurrent senders' clocks).
+            kind = rng.random()
+            delay = 5.0 if kind < 0.1 else 0.0
+            prior = 2 if 0.1 <= kind < 0.15 else 0
+            sent = now - 3.0 if 0.15 <= kind < 0.2 else now - 0.5 if 0.2 <= kind < 0.25 else now
+            out.append((R.SEND, R.encode_send(seq.to_bytes(16, "big"), sent, sent + delay, b"body",
+                                              prior_receives=prior)))
             sends.append(seq)
         elif roll < 0.65:
             picks = rng.sample(sends, min(len(sends), rng.randint(1, 10)))
@@ -82,7 +90,10 @@ def apply_in_runs(records, run: int) -> Index:
 
 def view(idx: Index, now: float):
     idx.sweep(now, 1e6)
+    live = idx.state
+    retention = [(m, t) for m, t in zip(idx.ret_seq[idx.ret_head :], idx.ret_at[idx.ret_head :]) if m in live]
     return (dict(idx.state), list(idx.counts), dict(idx.leases), dict(idx.receives), dict(idx.redirect),
+            dict(idx.prior), retention, sorted(e for e in idx.ret_late if e[1] in live), idx.oldest_sent(),
             idx.candidates(10_000), idx.applied)
 
 
@@ -121,3 +132,34 @@ def test_message_ids_text_and_raw_forms_agree_and_are_distinct():
     assert all(format_id(raw) == text and len(raw) == 16 for text, raw in pairs)
     assert len({text for text, _ in pairs}) == len(pairs)
     assert all(len(t) == 36 and t.count("-") == 4 for t, _ in pairs)
+
+
+def test_the_native_batch_encoder_writes_the_records_and_ids_python_would():
+    from walq.log._native import ffi, lib
+    from walq.queue.ids import IdGenerator, format_id
+
+    gen = IdGenerator()
+    gen._count = 2**64 - 2  # the counts wrap past 2**64 inside the batch
+    bodies = [b"one", b"\x00" * 70, b"three"]
+    n = len(bodies)
+    data = b"".join(bodies)
+    lens = ffi.new("uint32_t[]", [len(b) for b in bodies])
+    out = ffi.new("char[]", len(data) + R.SEND_HEAD.size * n)
+    out_lens = ffi.new("uint32_t[]", n)
+    text = ffi.new("char[]", 37 * n - 1)
+    size = lib.walq_encode_sends(data, lens, n, gen.prefix, gen.reserve(n), 10.5, 12.0, out, out_lens, text)
+    texts = ffi.buffer(text)[:].decode().split(",")
+    later = gen.next()  # the generator moved past the reserved counts
+    raw = ffi.buffer(out, size)[:]
+    pos = 0
+    for i, body in enumerate(bodies):
+        rec = R.decode_send(raw[pos : pos + out_lens[i]])
+        assert (rec.body, rec.sent_at, rec.visible_at, rec.attributes, rec.group) == (body, 10.5, 12.0, b"", None)
+        assert format_id(rec.message_id) == texts[i] and rec.message_id[:8] == gen.prefix
+        assert raw[pos : pos + out_lens[i]] == R.encode_send(rec.message_id, 10.5, 12.0, body)
+        pos += out_lens[i]
+    assert pos == size and len(set(texts) | {later[0]}) == n + 1
+    # The same mixing as IdGenerator.next: the count after the batch's last.
+    gen2 = IdGenerator()
+    gen2._prefix, gen2._count = gen.prefix, 2**64 - 2 + n
+    assert gen2.next()[1] == later[1]

@@ -150,6 +150,35 @@ def test_message_ids_are_unique_across_many_sends(q):
     assert len(got) == 2000
 
 
+def test_a_batch_of_plain_bytes_bodies_is_stored_like_any_other_send(store, clock):
+    # All-bytes batches on a standard queue take the natively encoded path.
+    q = store().create_queue("plain")
+    bodies = [b"a", b"\x00" * 300, bytes(range(256)) * 4, b"z" * 100]
+    res = q.send_batch(bodies)
+    assert [i for i, _ in res.successful] == [0, 1, 2, 3] and not res.failed
+    assert all(type(r) is walq.SendResult and r.sequence is None and not r.duplicate for _, r in res.successful)
+    single = q.send(b"after")
+    sent = {r.message_id: bodies[i] for i, r in res.successful}
+    got = q.receive(10)
+    assert {m.message_id: m.body for m in got} == {**sent, single.message_id: b"after"}
+    assert all(m.sent_at == clock() and m.receive_count == 1 and m.attributes == {} for m in got)
+    # Another broker replays the same records (the bulk catch-up path).
+    clock.advance(31)
+    again = store().get_queue("plain").receive(10)
+    assert {m.message_id: m.body for m in again} == {**sent, single.message_id: b"after"}
+    assert all(m.receive_count == 2 for m in again)
+
+
+def test_a_batch_of_plain_bodies_on_a_delayed_queue_waits_the_queue_delay(store, clock):
+    b = store()
+    q = b.create_queue("slow", delay=5)
+    q.send_batch([b"x", b"y"])
+    assert q.receive(10) == [] and q.stats().delayed == 2
+    clock.advance(5)
+    reopened = store().get_queue("slow")  # replays the records in another broker
+    assert sorted(m.body for m in reopened.receive(10)) == [b"x", b"y"]
+
+
 def test_send_batch_reports_each_entry_and_a_bad_entry_does_not_fail_the_others(q):
     res = q.send_batch(["ok-0", b"", {"body": "ok-2", "attributes": {"k": "v"}}, 17,
                         {"body": "x", "delay": 901}, {"nobody": "x"}, {"body": "ok-6", "delay": 5}])

@@ -230,16 +230,30 @@ class Log:
         if not payloads:
             return range(0)
         data, lens, types, t = self._pack(payloads, type)
+        return self._append_packed(len(payloads), data, lens, types, t)
+
+    def append_packed(self, n: int, data, lens, type: int) -> range:
+        """append_batch of ``n`` payloads already concatenated in ``data``
+        (bytes or a cffi ``char[]``) with their lengths in ``lens`` (a cffi
+        ``uint32_t[]``): for encoders that build a batch natively.  The
+        caller vouches for the lengths (each at most MAX_RECORD, summing to
+        the data's size)."""
+        self._check_open()
+        if not 1 <= type <= 255:
+            raise InvalidParameter(f"record type must be 1-255; got {type}")
+        return self._append_packed(n, data, lens, ffi.NULL, type)
+
+    def _append_packed(self, n: int, data, lens, types, t) -> range:
         with self._tlock:
             seg = self._segments.get(self._bases[-1]) if self._bases else None
             rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
-                self.ctl, self._append_fd, seg.fd, seg.base, len(payloads), data, lens, types, t, self._seq_out
+                self.ctl, self._append_fd, seg.fd, seg.base, n, data, lens, types, t, self._seq_out
             )
             if rc != lib.WALQ_OK:
-                self._append_slow(len(payloads), data, lens, types, t)
+                self._append_slow(n, data, lens, types, t)
             seq = self._seq_out[0]
-        self._after_write(seq + len(payloads))
-        return range(seq, seq + len(payloads))
+        self._after_write(seq + n)
+        return range(seq, seq + n)
 
     @staticmethod
     def _pack(payloads: list[bytes], type):

@@ -8,8 +8,8 @@ reuse its parent's generator - it opens its own Broker, which makes a new one.
 
 from __future__ import annotations
 
-import itertools
 import os
+import threading
 
 
 class IdGenerator:
@@ -19,16 +19,31 @@ class IdGenerator:
         self._prefix = os.urandom(8)
         # A random start: counts stay distinct for 2**64 ids, and the first
         # id does not end in zeros.
-        self._count = itertools.count(int.from_bytes(os.urandom(8), "big"))
+        self._count = int.from_bytes(os.urandom(8), "big")
+        self._mu = threading.Lock()
         # The text form's first three groups come from the fixed prefix.
         h = self._prefix.hex()
         self._text_prefix = f"{h[:8]}-{h[8:12]}-{h[12:16]}-"
+
+    @property
+    def prefix(self) -> bytes:
+        """The 8 random bytes every id of this generator starts with."""
+        return self._prefix
+
+    def reserve(self, n: int) -> int:
+        """Reserves ``n`` consecutive counts; returns the first.  The ids
+        are ``prefix + big-endian(mix(count))`` (see ``next``); the native
+        batch encoder (walq_encode_sends) builds them from the count."""
+        with self._mu:
+            c = self._count
+            self._count = c + n
+        return c & 0xFFFFFFFFFFFFFFFF
 
     def next(self) -> tuple[str, bytes]:
         """A fresh id."""
         # An odd multiplier is a bijection mod 2**64: distinct counts stay
         # distinct, and consecutive ids do not look consecutive.
-        mixed = (next(self._count) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        mixed = (self.reserve(1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
         t = f"{mixed:016x}"
         return f"{self._text_prefix}{t[:4]}-{t[4:]}", self._prefix + mixed.to_bytes(8, "big")
 

@@ -16,6 +16,7 @@ import heapq
 from array import array
 from collections import deque
 
+from walq.log._native import ffi, lib
 from walq.queue import records as R
 from walq.queue.attributes import DEDUP_WINDOW_S
 
@@ -127,22 +128,39 @@ class Index:
             for i, off in enumerate(offs):
                 self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
             return
-        head = R.SEND_HEAD.unpack_from
-        send, lease, delete = R.SEND, R.LEASE, R.DELETE
-        bulk: list[int] = []
+        n = len(offs)
+        if not n:
+            return
+        base = ffi.from_buffer(mm)
+        try:
+            self._apply_run(mm, base, seq0, offs, lens, types)
+        finally:
+            # A view left exported keeps the map from being closed (a
+            # segment trimmed or remapped later would raise BufferError).
+            ffi.release(base)
+
+    def _apply_run(self, mm, base, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
+        n = len(offs)
+        c_offs = ffi.from_buffer("uint64_t[]", array("Q", offs))
+        c_lens = ffi.from_buffer("uint32_t[]", array("I", lens))
+        c_types = ffi.from_buffer("uint8_t[]", bytes(types))
+        sent = ffi.new("double[]", n)
+        run = lib.walq_plain_send_run
+        lease, delete = R.LEASE, R.DELETE
         ra = self.ret_at
-        for i, off in enumerate(offs):
-            seq = seq0 + i
-            t = types[i]
-            if t == send:
-                _mid, sent, vis, _first, prior, _a, _g, _d, _s = head(mm, off)
-                if vis <= sent and not prior and (not ra or sent >= ra[-1] - RET_SLACK_S):
-                    bulk.append(seq)
-                    ra.append(sent)
-                    continue
-            if bulk:
-                self._add_bulk(bulk)
-                bulk = []
+        i = 0
+        while i < n:
+            # Plain sends, the bulk of most logs, are found in C and added
+            # as whole runs (_add_bulk); the rest go one at a time.
+            k = run(base, c_offs + i, c_lens + i, c_types + i, n - i,
+                    len(ra) > 0, ra[-1] if ra else 0.0, RET_SLACK_S, sent + i)
+            if k:
+                ra.frombytes(ffi.buffer(sent + i, 8 * k))
+                self._add_bulk(range(seq0 + i, seq0 + i + k))
+                i += k
+                if i == n:
+                    break
+            t, off, seq = types[i], offs[i], seq0 + i
             if t == lease:
                 p = mm[off : off + lens[i]]
                 self.ops += 1 + len(p) // 16
@@ -151,9 +169,8 @@ class Index:
                 self._apply_delete(mm[off : off + lens[i]])
             else:
                 self.apply(seq, t, mm[off : off + lens[i]])
-        if bulk:
-            self._add_bulk(bulk)
-        self.applied = seq0 + len(offs)
+            i += 1
+        self.applied = seq0 + n
 
     def _apply_lease_fifo(self, seq: int, payload: bytes) -> None:
         """apply() of a LEASE through the general helpers (FIFO groups)."""

@@ -14,6 +14,9 @@ import os
 import re
 import threading
 import time
+from array import array
+from functools import partial
+from itertools import repeat
 
 import portalocker
 
@@ -27,6 +30,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.log import Log, RecordGone
+from walq.log._native import ffi, lib
 from walq.queue import checkpoint, receipts
 from walq.queue.ids import IdGenerator, format_id
 from walq.queue import message_attributes as mattrs
@@ -44,6 +48,9 @@ CHECKPOINT_EVERY = 50_000
 #: How long a message being moved to a dead-letter queue stays hidden; if the
 #: mover dies, it reappears and is moved again (at-least-once).
 MOVE_HIDE_S = 60.0
+#: SendResult from a (message_id, sequence, duplicate) tuple, with no
+#: Python-level __new__ in between (send_batch builds one per message).
+_new_send_result = partial(tuple.__new__, SendResult)
 
 
 class Queue:
@@ -152,15 +159,31 @@ class Queue:
         """Counts writes made without catching up (standard sends and
         deletes).  A process that only sends never catches up, so it would
         never checkpoint, and nothing would bound the next open's replay
-        (DESIGN guarantee 5).  Every CHECKPOINT_EVERY blind writes it catches
-        up (the bulk path: about a microsecond a record) and checkpoints if
-        due."""
+        (DESIGN guarantee 5).  Every checkpoint interval of blind writes it
+        catches up (plain sends are added in bulk) and checkpoints if due,
+        unless another process checkpointed lately."""
         self._blind_ops += n
-        if self._blind_ops >= CHECKPOINT_EVERY:
+        if self._blind_ops >= self._checkpoint_interval():
             self._blind_ops = 0
+            # A process that only writes never consults its index; it has
+            # only to see that someone keeps the replay bounded.  Where
+            # consumers run, they catch up anyway, and one of them has
+            # checkpointed lately: then there is nothing to do (a producer
+            # used to replay every consumer's records to reach the same
+            # checkpoint).
+            newest = checkpoint.list_checkpoints(self._dir)
+            if newest and newest[-1] > self._ckpt_pos and newest[-1] + self._checkpoint_interval() >= self._log.end:
+                return
             with self._mu:
                 self._catch_up()
             self._maintain()
+
+    def _checkpoint_interval(self) -> int:
+        """Operations between checkpoints: CHECKPOINT_EVERY, or half the live
+        messages when that is more.  Encoding a checkpoint costs O(live); a
+        fixed interval made a growing backlog cost O(live) per operation.
+        Replay on open stays within the checkpoint's own load time (O(live))."""
+        return max(CHECKPOINT_EVERY, len(self._index.state) // 2)
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
@@ -168,7 +191,7 @@ class Queue:
         # Large messages roll segments long before CHECKPOINT_EVERY
         # operations; a roll since the last checkpoint also calls for one,
         # or disk use would outgrow "2x live data + two segments".
-        if since >= CHECKPOINT_EVERY or (
+        if since >= self._checkpoint_interval() or (
             since >= CHECKPOINT_EVERY // 10 and self._log.active_base != self._ckpt_base
         ):
             # Every process applies every record, so all of them come due at
@@ -234,18 +257,24 @@ class Queue:
 
     def _send_plain(self, bodies: list[bytes], delay: int) -> BatchResult:
         """send_batch of valid plain bodies on a standard queue: the same
-        records as _store writes, with the per-entry checks already done."""
+        records as _store writes, with the per-entry checks already done,
+        encoded natively in one call (walq_encode_sends)."""
+        n = len(bodies)
         now = self._clock()
-        head = R.SEND_HEAD.pack
-        next_id = self._ids.next
-        payloads, results = [], []
-        for i, body in enumerate(bodies):
-            text, raw = next_id()
-            payloads.append(head(raw, now, now + delay, 0.0, 0, 0, 0, 0, 0) + body)
-            results.append((i, SendResult(text)))
-        self._log.append_batch(payloads, R.SEND)
-        self._count_blind(len(payloads))
-        return BatchResult(successful=results)
+        data = b"".join(bodies)
+        lens = array("I", map(len, bodies))
+        size = len(data) + R.SEND_HEAD.size * n
+        out = ffi.new("char[]", size)
+        out_lens = ffi.new("uint32_t[]", n)
+        text = ffi.new("char[]", 37 * n - 1)
+        lib.walq_encode_sends(data, ffi.from_buffer("uint32_t[]", lens), n, self._ids.prefix,
+                              self._ids.reserve(n), now, now + delay, out, out_lens, text)
+        self._log.append_packed(n, out, out_lens, R.SEND)
+        self._count_blind(n)
+        ids = ffi.buffer(text)[:].decode("ascii").split(",")
+        # Iterators all the way down: no Python frame per message.
+        results = map(_new_send_result, zip(ids, repeat(None), repeat(False)))
+        return BatchResult(successful=list(enumerate(results)))
 
     def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
         if isinstance(body, str):
