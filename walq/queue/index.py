@@ -86,6 +86,8 @@ class Index:
                 if cur is not None and cur[0] == lease_seq:
                     self.leases[m] = (lease_seq, deadline)
                     heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
+        elif type == R.DELETE and not self.fifo and not self.aliases:
+            self._apply_delete(payload)
         elif type in (R.DELETE, R.MOVED):
             # A standard queue's deletes are written without the lock, so the
             # receipt's sequence may have been rewritten (CARRY) since: follow
@@ -166,7 +168,9 @@ class Index:
                 self.ops += 1 + len(p) // 16
                 self._apply_lease(seq, p)
             elif t == delete and not self.aliases:
-                self._apply_delete(mm[off : off + lens[i]])
+                p = mm[off : off + lens[i]]
+                self.ops += 1 + len(p) // 16
+                self._apply_delete(p)
             else:
                 self.apply(seq, t, mm[off : off + lens[i]])
             i += 1
@@ -203,8 +207,8 @@ class Index:
 
     def _apply_delete(self, payload: bytes) -> None:
         """apply() of a standard queue's DELETE when no message has been
-        rewritten (no redirects to follow, no aliases to drop), inlined."""
-        self.ops += 1 + len(payload) // 16
+        rewritten (no redirects to follow, no aliases to drop), inlined.
+        (The caller counted the operations.)"""
         state, counts, leases, receives, prior = self.state, self.counts, self.leases, self.receives, self.prior
         orig = self.orig
         for (m,) in R.SEQ.iter_unpack(payload):
