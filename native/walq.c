@@ -440,11 +440,12 @@ int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
             status = WALQ_SCAN_BAD;
             break;
         }
-        if (offs) {
+        if (offs)
             offs[count] = off;
+        if (lens)
             lens[count] = len;
+        if (types)
             types[count] = type;
-        }
         off += walq_frame_size(len);
         seq++;
         count++;

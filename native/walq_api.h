@@ -94,8 +94,8 @@ int walq_fdatasync(int fd); /* 0 or -errno; never retried */
 int walq_zero(int fd, uint64_t off, uint64_t len);
 
 /* Validate frames from `off` in a mapped segment.  Stops after `max`
- * frames, at a zero header, at a bad frame, or at `size`.  When the arrays
- * are not NULL, they receive each frame's offset, payload length and type. */
+ * frames, at a zero header, at a bad frame, or at `size`.  Each array that
+ * is not NULL receives every frame's offset, payload length or type. */
 int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
               uint64_t seq, uint64_t max, uint64_t *offs, uint32_t *lens,
               uint8_t *types, walq_scan_t *out);

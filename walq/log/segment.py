@@ -11,6 +11,12 @@ from walq.log._native import ffi, lib
 from walq.log.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
 
 _SCAN_CHUNK = 8192
+#: Scanned pages are dropped from this process's map in chunks of this
+#: size, keeping the most recent _KEEP_SCANNED bytes: the records just
+#: scanned are usually read next (a catch-up applies them, a receive reads
+#: the newest messages), and a page dropped at once faulted straight back in.
+_RELEASE_CHUNK = 4 << 20
+_KEEP_SCANNED = 1 << 20
 
 
 class Segment:
@@ -22,7 +28,7 @@ class Segment:
     become visible without remapping.
     """
 
-    __slots__ = ("path", "base", "salt", "fd", "size", "mm", "ptr", "offs", "scan_off", "sealed")
+    __slots__ = ("path", "base", "salt", "fd", "size", "mm", "ptr", "offs", "scan_off", "released", "sealed")
 
     def __init__(self, path: str, fd: int, base: int, salt: int) -> None:
         self.path = path
@@ -34,6 +40,7 @@ class Segment:
         self.ptr = ffi.from_buffer(self.mm)
         self.offs = array("Q")
         self.scan_off = SEGMENT_HEADER_SIZE
+        self.released = 0  # pages below this offset were dropped from the map
         self.sealed = False  # True once a scan hit this segment's end of data
 
     @classmethod
@@ -66,17 +73,21 @@ class Segment:
         Everything below ``limit_seq`` was published, so a frame that does not
         validate there is damage, not a write in progress.
         """
-        offs = ffi.new("uint64_t[]", _SCAN_CHUNK)
-        lens = ffi.new("uint32_t[]", _SCAN_CHUNK)
-        types = ffi.new("uint8_t[]", _SCAN_CHUNK)
+        if self.next_seq >= limit_seq or self.sealed:
+            return
+        # Sized to the request: a catch-up usually wants a few frames, and
+        # zeroing full-chunk arrays on every call cost more than the scan.
+        offs = ffi.new("uint64_t[]", min(_SCAN_CHUNK, limit_seq - self.next_seq))
         res = ffi.new("walq_scan_t *")
         while self.next_seq < limit_seq and not self.sealed:
-            want = min(_SCAN_CHUNK, limit_seq - self.next_seq)
-            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.next_seq, want, offs, lens, types, res)
+            want = min(len(offs), limit_seq - self.next_seq)
+            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.next_seq, want, offs,
+                          ffi.NULL, ffi.NULL, res)
             if res.count:
                 self.offs.frombytes(ffi.buffer(offs, 8 * res.count))
-                self._release(self.scan_off, res.next_off)
                 self.scan_off = res.next_off
+                if self.scan_off - self.released >= _RELEASE_CHUNK:
+                    self.released = self._release(self.released, self.scan_off - _KEEP_SCANNED)
             if res.status in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_EOF) and self._remap_if_grown():
                 continue
             if res.status == lib.WALQ_SCAN_BAD:
@@ -100,8 +111,9 @@ class Segment:
         self.size = size
         return True
 
-    def _release(self, start: int, end: int) -> None:
-        """Drops scanned pages from this process's mapping.
+    def _release(self, start: int, end: int) -> int:
+        """Drops scanned pages from this process's mapping; returns the
+        offset up to which they are dropped.
 
         They stay in the page cache; without this a process that indexed a
         large log would carry every page it scanned in its resident set.
@@ -111,6 +123,7 @@ class Segment:
         hi = end // page * page
         if hi > lo:
             self.mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return max(hi, start)
 
     def frame_at(self, seq: int) -> tuple[int, int, int]:
         """``(offset, length, type)`` of a validated frame; CorruptionError if damaged."""
