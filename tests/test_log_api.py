@@ -460,3 +460,18 @@ def test_a_poisoned_batch_flusher_makes_the_next_append_raise(tmp_path):
 def test_errors_form_one_tree():
     for exc in (BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, RecordGone):
         assert issubclass(exc, WalqError)
+
+
+def test_a_reader_drops_scanned_pages_from_its_map_in_chunks(tmp_path):
+    # A process that indexes a big log must not keep every scanned page
+    # resident; dropping each scan's pages at once made the next read of
+    # the same records fault them back in.  Chunks: a quarter of the segment.
+    size = 1 << 20
+    with Log.open(tmp_path / "log", LogOptions(durability="os", segment_size=size)) as w:
+        w.append_batch([b"r" * 1000] * 900)
+        with Log.open(tmp_path / "log", LogOptions(durability="os", segment_size=size)) as r:
+            r.read(899)  # indexes the whole segment
+            seg = r._last_read
+            chunk = size // 4
+            assert seg.scan_off - chunk <= seg.released <= seg.scan_off
+            assert seg.released >= 2 * chunk

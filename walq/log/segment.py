@@ -12,11 +12,11 @@ from walq.log.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segm
 
 _SCAN_CHUNK = 8192
 #: Scanned pages are dropped from this process's map in chunks of this
-#: size, keeping the most recent _KEEP_SCANNED bytes: the records just
-#: scanned are usually read next (a catch-up applies them, a receive reads
-#: the newest messages), and a page dropped at once faulted straight back in.
+#: size (at most a quarter of the segment), keeping the most recent quarter
+#: of a chunk: the records just scanned are usually read next (a catch-up
+#: applies them, a receive reads the newest messages), and a page dropped
+#: at once faulted straight back in.
 _RELEASE_CHUNK = 4 << 20
-_KEEP_SCANNED = 1 << 20
 
 
 class Segment:
@@ -86,8 +86,9 @@ class Segment:
             if res.count:
                 self.offs.frombytes(ffi.buffer(offs, 8 * res.count))
                 self.scan_off = res.next_off
-                if self.scan_off - self.released >= _RELEASE_CHUNK:
-                    self.released = self._release(self.released, self.scan_off - _KEEP_SCANNED)
+                chunk = min(_RELEASE_CHUNK, self.size >> 2)
+                if self.scan_off - self.released >= chunk:
+                    self.released = self._release(self.released, self.scan_off - (chunk >> 2))
             if res.status in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_EOF) and self._remap_if_grown():
                 continue
             if res.status == lib.WALQ_SCAN_BAD:
