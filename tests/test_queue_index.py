@@ -137,10 +137,10 @@ def test_message_ids_text_and_raw_forms_agree_and_are_distinct():
 
 def test_the_native_batch_encoder_writes_the_records_and_ids_python_would():
     from walq.log._native import ffi, lib
-    from walq.queue.ids import IdGenerator, format_id
+    from walq.queue.ids import MIX, IdGenerator, format_id
 
     gen = IdGenerator()
-    gen._count = 2**64 - 2  # the counts wrap past 2**64 inside the batch
+    gen._batch_count = 2**64 - 2  # the counts wrap past 2**64 inside the batch
     bodies = [b"one", b"\x00" * 70, b"three"]
     n = len(bodies)
     data = b"".join(bodies)
@@ -148,19 +148,21 @@ def test_the_native_batch_encoder_writes_the_records_and_ids_python_would():
     out = ffi.new("char[]", len(data) + R.SEND_HEAD.size * n)
     out_lens = ffi.new("uint32_t[]", n)
     text = ffi.new("char[]", 37 * n - 1)
-    size = lib.walq_encode_sends(data, lens, n, gen.prefix, gen.reserve(n), 10.5, 12.0, out, out_lens, text)
+    count0 = gen.reserve(n)
+    size = lib.walq_encode_sends(data, lens, n, gen.batch_prefix, count0, 10.5, 12.0, out, out_lens, text)
     texts = ffi.buffer(text)[:].decode().split(",")
-    later = gen.next()  # the generator moved past the reserved counts
     raw = ffi.buffer(out, size)[:]
     pos = 0
     for i, body in enumerate(bodies):
         rec = R.decode_send(raw[pos : pos + out_lens[i]])
         assert (rec.body, rec.sent_at, rec.visible_at, rec.attributes, rec.group) == (body, 10.5, 12.0, b"", None)
-        assert format_id(rec.message_id) == texts[i] and rec.message_id[:8] == gen.prefix
+        mixed = ((count0 + i) * MIX) % 2**64
+        assert rec.message_id == gen.batch_prefix + mixed.to_bytes(8, "big")
+        assert format_id(rec.message_id) == texts[i]
         assert raw[pos : pos + out_lens[i]] == R.encode_send(rec.message_id, 10.5, 12.0, body)
         pos += out_lens[i]
-    assert pos == size and len(set(texts) | {later[0]}) == n + 1
-    # The same mixing as IdGenerator.next: the count after the batch's last.
-    gen2 = IdGenerator()
-    gen2._prefix, gen2._count = gen.prefix, 2**64 - 2 + n
-    assert gen2.next()[1] == later[1]
+    assert pos == size and len(set(texts)) == n
+    # The next batch starts after this one (wrapped), and single ids live
+    # under another prefix.
+    assert gen.reserve(1) == (2**64 - 2 + n) % 2**64
+    assert gen.next()[1][:8] != gen.batch_prefix

@@ -194,8 +194,14 @@ class Broker:
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
 
     def _attributes_of(self, q: Queue) -> QueueAttributes:
-        self._check_queue(q)
-        return self._catalog.queues[q.name].attrs
+        # _check_queue inlined: every send and receive asks.
+        if self._closed:
+            raise BrokerClosed(f"broker for {self.path} is closed")
+        self._catalog.refresh()
+        entry = self._catalog.queues.get(q.name)
+        if entry is None or entry.uid != q._uid:
+            raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
+        return entry.attrs
 
     def _dead_letter_target(self, policy: RedrivePolicy) -> Queue | None:
         try:
