@@ -166,3 +166,20 @@ def test_the_native_batch_encoder_writes_the_records_and_ids_python_would():
     # under another prefix.
     assert gen.reserve(1) == (2**64 - 2 + n) % 2**64
     assert gen.next()[1][:8] != gen.batch_prefix
+
+
+@pytest.mark.parametrize("sent, visible", [(100.0, 100.0), (100.0, 105.0), (90.0, 90.0), (99.5, 99.5)])
+def test_folding_in_own_sends_equals_applying_their_records(sent, visible):
+    # send_batch folds its own plain sends in directly (Index.add_sends).
+    def base():
+        idx = Index(fifo=False)
+        idx.apply(0, R.SEND, R.encode_send(b"a" * 16, 100.0, 100.0, b"x"))
+        return idx
+
+    by_record, folded = base(), base()
+    for seq in range(1, 4):
+        by_record.apply(seq, R.SEND, R.encode_send(seq.to_bytes(16, "big"), sent, visible, b"x"))
+    folded.add_sends(range(1, 4), sent, visible)
+    assert folded.ops == by_record.ops and folded.applied == by_record.applied == 4
+    for now in (100.0, 106.0):
+        assert view(folded, now) == view(by_record, now)

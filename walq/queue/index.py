@@ -224,6 +224,20 @@ class Index:
             if orig:
                 orig.pop(m, None)
 
+    def add_sends(self, seqs: range, sent_at: float, visible_at: float) -> None:
+        """Folds in a run of a standard queue's plain SENDs (no attributes,
+        group or prior receives) sent at one time, as written by the caller
+        just now: the same as applying their records."""
+        ra = self.ret_at
+        if visible_at > sent_at or (ra and sent_at < ra[-1] - RET_SLACK_S):
+            for seq in seqs:
+                self.ops += 1
+                self._add(seq, sent_at, visible_at, 0, None, None, b"")
+            self.applied = seqs[-1] + 1
+            return
+        ra.frombytes(R.F64.pack(sent_at) * len(seqs))
+        self._add_bulk(seqs)
+
     def _add_bulk(self, seqs: list[int]) -> None:
         # Their send times are already in ret_at.  New sends carry sequences
         # above every message in the heap, so appending keeps it a heap.
