@@ -1,7 +1,8 @@
 /* Queue records in bulk: encoding a standard queue's send_batch of plain
  * bodies, and finding the runs of plain sends a catch-up adds in bulk (the
  * layout is walq/queue/records.py's SEND; docs/format.md, "Queue records").
- * Included by the cffi source after walq.c.
+ * Also the id and receipt texts a receive hands out.  Included by the cffi
+ * source after walq.c.
  *
  * In Python each took about a microsecond a message: building payloads and
  * id strings one at a time capped send_batch(100) well below the disk's
@@ -86,4 +87,37 @@ size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_
         has_last = 1;
     }
     return i;
+}
+
+static void put_hex64(char *out, uint64_t v)
+{
+    for (int i = 15; i >= 0; i--) {
+        out[i] = HEXDIGITS[v & 15];
+        v >>= 4;
+    }
+}
+
+static void put_hex32(char *out, uint32_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        out[i] = HEXDIGITS[v & 15];
+        v >>= 4;
+    }
+}
+
+void walq_receive_texts(const char *ids, const uint64_t *seqs, size_t n, uint64_t uid,
+                        uint64_t lease_seq, char *ids_text, char *receipts_text)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *r = receipts_text + 57 * i;
+        put_id_text(ids_text + 37 * i, (const uint8_t *)ids + 16 * i);
+        put_hex64(r, uid);
+        put_hex64(r + 16, seqs[i]);
+        put_hex64(r + 32, lease_seq);
+        put_hex32(r + 48, (uint32_t)walq_hash(r, 48, 0));
+        if (i + 1 < n) {
+            ids_text[37 * i + 36] = ',';
+            r[56] = ',';
+        }
+    }
 }

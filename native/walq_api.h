@@ -172,3 +172,12 @@ uint64_t walq_encode_sends(const char *bodies, const uint32_t *lens, size_t n,
 size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_t *lens,
                            const uint8_t *types, size_t n, int has_last, double last,
                            double slack, double *sent);
+
+/* The text forms a receive hands out, for `n` messages: each id's text
+ * (from its 16 raw bytes at ids + 16 i; see walq_encode_sends) into
+ * `ids_text`, and each receipt handle (walq/queue/receipts.py: hex16(uid)
+ * hex16(seqs[i]) hex16(lease_seq) hex8(low 32 bits of XXH3-64 of those 48
+ * characters)) into `receipts_text`; comma-separated, 37n - 1 and 57n - 1
+ * bytes. */
+void walq_receive_texts(const char *ids, const uint64_t *seqs, size_t n, uint64_t uid,
+                        uint64_t lease_seq, char *ids_text, char *receipts_text);

@@ -186,6 +186,9 @@ def test_damage_after_a_record_was_indexed_is_still_detected(tmp_path):
         assert (exc.value.path, exc.value.offset) == (first, victim.offset)
         with pytest.raises(CorruptionError):
             log.read_batch(0)
+        with pytest.raises(CorruptionError) as exc:
+            log.read_many([victim.seq + 1, victim.seq])  # a receive's reads
+        assert (exc.value.path, exc.value.offset) == (first, victim.offset)
 
 
 def test_flipped_byte_in_the_last_record_is_cut_aside_never_returned(tmp_path, copies):

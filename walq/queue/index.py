@@ -436,10 +436,10 @@ class Index:
         """
         if not self.fifo:
             out = []
-            heap, state, pop, orig = self.visible, self.state, heapq.heappop, self.orig
+            heap, state, pop, orig, redirect = self.visible, self.state, heapq.heappop, self.orig, self.redirect
             while heap and len(out) < n:
                 k = pop(heap)
-                m = self.resolve(k)
+                m = k if k in state else redirect.get(k, k)  # resolve(), inlined
                 # A copy's own sequence is pushed once before its CARRY names
                 # its original one: only the entry under the original counts.
                 if state.get(m) == VISIBLE and orig.get(m, m) == k and (not out or out[-1] != m):

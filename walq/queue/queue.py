@@ -431,6 +431,7 @@ class Queue:
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
             leased, hidden, payloads = [], [], {}
             sent_at = R.F64.unpack_from
+            receives, prior = idx.receives, idx.prior
             picks = idx.candidates(n, take=not attrs.fifo)
             try:
                 try:
@@ -447,7 +448,8 @@ class Queue:
                     if sent_at(p, R.SENT_AT_OFFSET)[0] + attrs.retention <= now:
                         idx.remove(m)  # expired: never delivered
                         continue
-                    count = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))[0]
+                    r = receives.get(m)
+                    count = r[0] if r is not None else prior.get(m, 0)
                     if dlq is not None and count + 1 > policy.max_receives:
                         hidden.append(m)
                         rec = R.decode_send(p)
@@ -475,21 +477,24 @@ class Queue:
                 idx.give_back(picks)  # taken from the visible heap, and not leased
                 raise
         out = []
-        fifo = attrs.fifo
-        head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
-        handles = receipts.encode_many(self._uid, [c[0] for c in chosen], lease_seq) if chosen else []
-        for (m, p, count, first, orig), receipt in zip(chosen, handles):
-            mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
-            if alen or glen or dlen or slen:
-                rec = R.decode_send(p)
-                body, attributes, group, dedup = (rec.body, mattrs.decode(rec.attributes) if alen else {},
-                                                  rec.group, rec.dedup_id)
-            else:  # a plain message: the body follows the head
-                body, attributes, group, dedup = p[hsize:], {}, None, None
-            # Positional: a dataclass takes keywords at twice the cost, and
-            # a receive builds one per message.  (Field order: results.Message.)
-            out.append(Message(format_id(mid), body, attributes, receipt, count, sent, first_rec or first,
-                               group, dedup, orig if fifo else None, self))
+        if chosen:
+            fifo = attrs.fifo
+            head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
+            id_texts, handles = receipts.receive_texts(self._uid, [c[0] for c in chosen], lease_seq,
+                                                       b"".join([c[1][:16] for c in chosen]))
+            for (m, p, count, first, orig), mid, receipt in zip(chosen, id_texts, handles):
+                _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
+                if alen or glen or dlen or slen:
+                    rec = R.decode_send(p)
+                    body, attributes, group, dedup = (rec.body, mattrs.decode(rec.attributes) if alen else {},
+                                                      rec.group, rec.dedup_id)
+                else:  # a plain message: the body follows the head
+                    body, attributes, group, dedup = p[hsize:], {}, None, None
+                # Positional: a dataclass takes keywords at twice the cost,
+                # and a receive builds one per message.  (Field order:
+                # results.Message.)
+                out.append(Message(mid, body, attributes, receipt, count, sent, first_rec or first,
+                                   group, dedup, orig if fifo else None, self))
         self._maintain()
         if moves:
             self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)

@@ -11,9 +11,10 @@ makes one per message and a delete reads one per message.
 from __future__ import annotations
 
 import struct
+from array import array
 
 from walq.errors import InvalidReceipt
-from walq.log._native import lib
+from walq.log._native import ffi, lib
 
 _M32 = 0xFFFFFFFF
 _FIELDS = struct.Struct(">QQQI")
@@ -29,14 +30,15 @@ def encode(queue_uid: int, msg_seq: int, lease_seq: int) -> str:
     return f"{body}{_check(body):08x}"
 
 
-def encode_many(queue_uid: int, msg_seqs: list[int], lease_seq: int) -> list[str]:
-    """``encode`` for each message of one lease (one receive)."""
-    uid, lease = f"{queue_uid:016x}", f"{lease_seq:016x}"
-    out = []
-    for m in msg_seqs:
-        body = f"{uid}{m:016x}{lease}"
-        out.append(f"{body}{lib.walq_hash(body.encode('ascii'), 48, 0) & _M32:08x}")
-    return out
+def receive_texts(queue_uid: int, msg_seqs: list[int], lease_seq: int, raw_ids: bytes) -> tuple[list[str], list[str]]:
+    """For one receive: each message's id text (from its 16 raw id bytes,
+    concatenated in ``raw_ids``) and its receipt, in one native call."""
+    n = len(msg_seqs)
+    ids = ffi.new("char[]", 37 * n - 1)
+    handles = ffi.new("char[]", 57 * n - 1)
+    lib.walq_receive_texts(raw_ids, ffi.from_buffer("uint64_t[]", array("Q", msg_seqs)), n, queue_uid, lease_seq,
+                           ids, handles)
+    return ffi.buffer(ids)[:].decode("ascii").split(","), ffi.buffer(handles)[:].decode("ascii").split(",")
 
 
 def decode(receipt, queue_uid: int) -> tuple[int, int]:
