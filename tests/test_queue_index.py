@@ -183,3 +183,15 @@ def test_folding_in_own_sends_equals_applying_their_records(sent, visible):
     assert folded.ops == by_record.ops and folded.applied == by_record.applied == 4
     for now in (100.0, 106.0):
         assert view(folded, now) == view(by_record, now)
+
+
+def test_a_receives_texts_match_the_python_formats():
+    from walq.queue import receipts
+    from walq.queue.ids import format_id
+
+    raw = [bytes(range(i, i + 16)) for i in (0, 100, 240 - 16)]
+    seqs, uid, lease = [0, 2**40 + 7, 2**64 - 1], 0xDEADBEEF12345678, 12345
+    ids, handles = receipts.receive_texts(uid, seqs, lease, b"".join(raw))
+    assert ids == [format_id(r) for r in raw]
+    assert handles == [receipts.encode(uid, m, lease) for m in seqs]
+    assert [receipts.decode(h, uid) for h in handles] == [(m, lease) for m in seqs]
