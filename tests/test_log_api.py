@@ -475,3 +475,22 @@ def test_a_reader_drops_scanned_pages_from_its_map_in_chunks(tmp_path):
             chunk = size // 4
             assert seg.scan_off - chunk <= seg.released <= seg.scan_off
             assert seg.released >= 2 * chunk
+
+
+def test_a_segment_removed_elsewhere_stays_readable_by_a_reader_holding_it(tmp_path):
+    # Another process trims a segment; this process's batch flusher thread
+    # refreshes the segment list and drops it while a catch-up on the main
+    # thread is between locating the segment and reading it.  Closing the
+    # map there made the read fail with a TypeError (crash-bench, session 7).
+    opts = LogOptions(durability="os", segment_size=8192)
+    with Log.open(tmp_path / "log", opts) as log:
+        log.append_batch([b"a" * 1000] * 20)
+        seg, _end = log._locate(0)  # the reader has it in hand
+        os.unlink(segment_paths(str(tmp_path / "log"))[0])  # the trim, elsewhere
+        log._refresh_bases()  # the flusher thread
+        assert seg.base not in log._segments
+        off, n, t = seg.frame_at(0)  # the reader goes on
+        assert (bytes(seg.mm[off : off + n]), t) == (b"a" * 1000, 1)
+        del seg
+        with pytest.raises(RecordGone):
+            log.read(0)

@@ -166,9 +166,19 @@ class Log:
         # keep their disk space allocated for as long as this process lives.
         present = set(self._bases)
         for base in [b for b in list(self._segments) if b not in present]:
-            seg = self._segments.pop(base, None)  # another thread may have dropped it
-            if seg is not None:
-                seg.close()
+            self._drop_segment(base)
+
+    def _drop_segment(self, base: int) -> None:
+        """Forgets a removed segment without closing it under a reader.
+
+        Another thread may be reading it at this moment (a catch-up's
+        frames, a receive's read_many: the batch flusher refreshes the list
+        on its own thread); closing the map under it failed that read.  Its
+        map and descriptor go with the last reference (Segment.__del__).
+        """
+        seg = self._segments.pop(base, None)  # another thread may have dropped it
+        if seg is not None and self._last_read is seg:
+            self._last_read = None
 
     def _segment(self, base: int) -> Segment:
         seg = self._segments.get(base)
@@ -663,9 +673,7 @@ class Log:
                 # file that is about to go.
                 self._store("first_seq", new_first)
                 for base in doomed:  # lowest first: what remains stays contiguous
-                    seg = self._segments.pop(base, None)
-                    if seg is not None:
-                        seg.close()
+                    self._drop_segment(base)
                     self.io.unlink(os.path.join(self.path, segment_name(base)))
                 if self.options.durability != "os":
                     self.io.fsync_dir(self.path)

@@ -32,12 +32,13 @@ class Segment:
 
     def __init__(self, path: str, fd: int, base: int, salt: int) -> None:
         self.path = path
-        self.fd = fd
+        self.fd = -1  # owned only once mapped: open() closes it if mapping fails
         self.base = base
         self.salt = salt
         self.size = os.fstat(fd).st_size
         self.mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
         self.ptr = ffi.from_buffer(self.mm)
+        self.fd = fd
         self.offs = array("Q")
         self.scan_off = SEGMENT_HEADER_SIZE
         self.released = 0  # pages below this offset were dropped from the map
@@ -137,10 +138,20 @@ class Segment:
         return off + RECORD_HEADER_SIZE, info & 0xFFFFFFFF, info >> 32
 
     def close(self) -> None:
-        """Unmaps and closes (pending reads must not hold views into the map)."""
+        """Unmaps and closes (pending reads must not hold views into the map).
+        Closing twice is fine."""
+        if self.fd < 0:
+            return
         try:
             self.ptr = None
             self.mm.close()
         except BufferError:
             pass  # a caller still holds a view; the map dies with it
         os.close(self.fd)
+        self.fd = -1
+
+    def __del__(self) -> None:
+        # A segment another process removed is dropped, not closed (Log.
+        # _drop_segment): its last reference closes it.
+        if getattr(self, "fd", -1) >= 0:
+            self.close()
