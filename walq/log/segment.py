@@ -152,6 +152,10 @@ class Segment:
 
     def __del__(self) -> None:
         # A segment another process removed is dropped, not closed (Log.
-        # _drop_segment): its last reference closes it.
-        if getattr(self, "fd", -1) >= 0:
-            self.close()
+        # _drop_segment): its last reference closes the descriptor.  The map
+        # is left to its own last reference - a caller of Log.frames holds
+        # the map, not the segment.
+        fd = getattr(self, "fd", -1)
+        if fd >= 0:
+            self.fd = -1
+            os.close(fd)
