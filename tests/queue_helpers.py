@@ -77,6 +77,7 @@ def _open(args):
         import walq.queue.queue as queue_module
 
         queue_module.CHECKPOINT_EVERY = args["checkpoint_every"]
+        queue_module.CHECKPOINT_LIVE_DIVISOR = 0  # keep them frequent however big the backlog
     broker = walq.open(args["path"], durability=args.get("durability", "os"),
                        segment_size=args.get("segment_size", 64 * 1024 * 1024))
     return broker, broker.get_queue(args["queue"])

@@ -45,6 +45,9 @@ MAX_RECEIVE = 1_000
 #: Message operations (sends, leases, deletes...) applied between
 #: checkpoints: bounds the replay on open.
 CHECKPOINT_EVERY = 50_000
+#: ... or the live messages // this, when that is more (0: fixed interval;
+#: tests that want frequent checkpoints set it).
+CHECKPOINT_LIVE_DIVISOR = 2
 #: How long a message being moved to a dead-letter queue stays hidden; if the
 #: mover dies, it reappears and is moved again (at-least-once).
 MOVE_HIDE_S = 60.0
@@ -185,7 +188,8 @@ class Queue:
         messages when that is more.  Encoding a checkpoint costs O(live); a
         fixed interval made a growing backlog cost O(live) per operation.
         Replay on open stays within the checkpoint's own load time (O(live))."""
-        return max(CHECKPOINT_EVERY, len(self._index.state) // 2)
+        divisor = CHECKPOINT_LIVE_DIVISOR
+        return max(CHECKPOINT_EVERY, len(self._index.state) // divisor if divisor else 0)
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
