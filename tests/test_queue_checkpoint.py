@@ -406,9 +406,9 @@ def test_the_checkpoint_interval_grows_with_the_live_backlog(store, clock, monke
     q = store().create_queue("q")
     q.send_batch([b"x"] * 300)
     assert ckpt.list_checkpoints(q._dir) == [q._log.end]
-    q.send_batch([b"x"] * 140)  # 140 < 300 / 2: not yet
+    q.send_batch([b"x"] * 70)  # 70 < 300 / 4: not yet
     assert ckpt.list_checkpoints(q._dir) == [300]
-    q.send_batch([b"x"] * 80)  # 220 since, of 520 live
-    assert ckpt.list_checkpoints(q._dir) == [300]
-    q.send_batch([b"x"] * 300)  # 520 since, of 820 live
-    assert ckpt.list_checkpoints(q._dir) == [820]
+    q.send_batch([b"x"] * 50)  # 120 since, of 420 live: 120 > 105
+    assert ckpt.list_checkpoints(q._dir) == [420]
+    q.send_batch([b"x"] * 100)  # 100 since, of 520 live: 100 < 130
+    assert ckpt.list_checkpoints(q._dir) == [420]

@@ -46,6 +46,7 @@ from itertools import compress, repeat
 from operator import itemgetter
 
 from walq.errors import CorruptionError
+from walq.log._native import lib
 from walq.log.format import hash64
 from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
 
@@ -240,8 +241,17 @@ def _live_runs(idx: Index, keys: array) -> list[tuple[int, int]]:
 def decode(raw: bytes, path: str) -> Index:
     """Rebuilds an index from a ``WALQCKP2`` or ``WALQCKP1`` checkpoint;
     CorruptionError if the file does not validate."""
+    return _build(*_parse(raw, path))
+
+
+def _parse(raw: bytes, path: str) -> tuple[int, dict, dict]:
+    """``(applied, meta, columns)`` of a checkpoint's bytes, copied out of
+    them: load_newest drops the file's bytes before the index is built, which
+    keeps them out of the peak (25 MB at a million messages)."""
+    # The checksum covers all but its own 8 bytes: hashed in place (a
+    # slice would copy the whole file once more).
     if (len(raw) < 28 or raw[:8] not in (MAGIC, MAGIC_V1)
-            or struct.unpack_from("<Q", raw, len(raw) - 8)[0] != hash64(raw[:-8])):
+            or struct.unpack_from("<Q", raw, len(raw) - 8)[0] != lib.walq_hash(raw, len(raw) - 8, 0)):
         raise CorruptionError(f"checkpoint {path} does not validate", path, 0)
     applied, blen = struct.unpack_from("<QI", raw, 8)
     pos = 20
@@ -262,7 +272,7 @@ def decode(raw: bytes, path: str) -> Index:
         cols[name] = a
     if not version2:
         cols.update(_v1_columns(meta))
-    return _build(applied, meta, cols)
+    return applied, meta, cols
 
 
 def _v1_columns(meta: dict) -> dict:
@@ -342,7 +352,8 @@ def load_newest(directory: str) -> Index | None:
         path = os.path.join(directory, checkpoint_name(positions[-1]))
         try:
             with open(path, "rb") as f:
-                return decode(f.read(), path)
+                parsed = _parse(f.read(), path)
+            return _build(*parsed)
         except FileNotFoundError:
             continue  # a newer one replaced it between the listing and the open
     raise CorruptionError(f"checkpoints in {directory} keep vanishing while being read", directory)
