@@ -121,3 +121,50 @@ void walq_receive_texts(const char *ids, const uint64_t *seqs, size_t n, uint64_
         }
     }
 }
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The big-endian value of `digits` hex characters, or -1 in *bad. */
+static uint64_t parse_hex(const char *p, int digits, int *bad)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < digits; i++) {
+        int d = hex_value(p[i]);
+        if (d < 0) {
+            *bad = 1;
+            return 0;
+        }
+        v = (v << 4) | (uint64_t)d;
+    }
+    return v;
+}
+
+void walq_parse_receipts(const char *text, size_t n, uint64_t uid,
+                         uint64_t *msg_seqs, uint64_t *lease_seqs, uint8_t *status)
+{
+    for (size_t i = 0; i < n; i++) {
+        const char *r = text + 56 * i;
+        int bad = 0;
+        uint64_t owner = parse_hex(r, 16, &bad);
+        uint64_t msg = parse_hex(r + 16, 16, &bad);
+        uint64_t lease = parse_hex(r + 32, 16, &bad);
+        uint64_t check = parse_hex(r + 48, 8, &bad);
+        if (bad || check != (walq_hash(r, 48, 0) & 0xFFFFFFFFu))
+            status[i] = 1;
+        else if (owner != uid)
+            status[i] = 2;
+        else
+            status[i] = 0;
+        msg_seqs[i] = msg;
+        lease_seqs[i] = lease;
+    }
+}

@@ -181,3 +181,10 @@ size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_
  * bytes. */
 void walq_receive_texts(const char *ids, const uint64_t *seqs, size_t n, uint64_t uid,
                         uint64_t lease_seq, char *ids_text, char *receipts_text);
+
+/* Parses `n` receipt handles of 56 characters each, concatenated in `text`
+ * (receipts.py): status[i] 0 if well formed and of queue `uid` (then
+ * msg_seqs[i] and lease_seqs[i] hold its fields), 1 if malformed (not hex,
+ * or the check does not match), 2 if it belongs to another queue. */
+void walq_parse_receipts(const char *text, size_t n, uint64_t uid,
+                         uint64_t *msg_seqs, uint64_t *lease_seqs, uint8_t *status);

@@ -195,3 +195,29 @@ def test_a_receives_texts_match_the_python_formats():
     assert ids == [format_id(r) for r in raw]
     assert handles == [receipts.encode(uid, m, lease) for m in seqs]
     assert [receipts.decode(h, uid) for h in handles] == [(m, lease) for m in seqs]
+
+
+def test_receipts_decoded_in_bulk_agree_with_one_at_a_time():
+    from walq.errors import InvalidReceipt
+    from walq.queue import receipts
+
+    uid = 77
+    pairs = [(0, 1), (5, 16), (2**63 + 9, 2**64 - 1)]
+    good = [receipts.encode(uid, m, lease) for m, lease in pairs]
+    assert receipts.decode_many(good, uid) == pairs
+    bad = [
+        good[0][:-1] + ("0" if good[0][-1] != "0" else "1"),  # check digit
+        good[1].upper(),
+        receipts.encode(uid + 1, 5, 1),  # another queue
+        good[2][:10] + "g" + good[2][11:],  # not hex
+        " " * 56, "", 17, None, good[0] + "0",
+    ]
+    for mixed in (bad, good + bad, *([h] + good for h in bad)):
+        got = receipts.decode_many(mixed, uid)
+        for handle, result in zip(mixed, got):
+            try:
+                expected = receipts.decode(handle, uid)
+            except InvalidReceipt as exc:
+                assert isinstance(result, InvalidReceipt) and str(result) == str(exc)
+            else:
+                assert result == expected

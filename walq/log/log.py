@@ -576,9 +576,13 @@ class Log:
         seg = self._last_read
         first = lib.walq_load(self._p_first_seq)
         info, hdr = lib.walq_frame_info, RECORD_HEADER_SIZE
+        segments = self._segments
         for seq in seqs:
-            seg = self._holding(seg, seq, first)
-            # Segment.frame_at, inlined: a receive reads one per message.
+            # _holding and Segment.frame_at, inlined: a receive reads one
+            # record per message, mostly from the segment of the one before.
+            if seg is None or not (first <= seq and seg.base <= seq < seg.base + len(seg.offs)) \
+                    or seg.base not in segments:
+                seg = self._holding(None, seq, first)
             off = seg.offs[seq - seg.base]
             got = info(seg.ptr, seg.size, off, seg.salt, seq)
             if got < 0:

@@ -438,6 +438,7 @@ class Queue:
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
             leased, hidden, payloads = [], [], {}
             sent_at = R.F64.unpack_from
+            expired = now - attrs.retention  # sent at or before: never delivered
             receives, prior = idx.receives, idx.prior
             picks = idx.candidates(n, take=not attrs.fifo)
             try:
@@ -452,7 +453,7 @@ class Queue:
                         except RecordGone:
                             idx.remove(m)
                             continue
-                    if sent_at(p, R.SENT_AT_OFFSET)[0] + attrs.retention <= now:
+                    if sent_at(p, R.SENT_AT_OFFSET)[0] <= expired:
                         idx.remove(m)  # expired: never delivered
                         continue
                     r = receives.get(m)
@@ -568,11 +569,11 @@ class Queue:
             raise BatchError("delete_batch needs a non-empty list of receipts")
         result = BatchResult()
         parsed = []
-        for i, r in enumerate(receipts_):
-            try:
-                parsed.append((i, r, *receipts.decode(r, self._uid)))
-            except InvalidReceipt as exc:
-                result.failed.append((i, exc))
+        for i, (r, got) in enumerate(zip(receipts_, receipts.decode_many(receipts_, self._uid))):
+            if isinstance(got, InvalidReceipt):
+                result.failed.append((i, got))
+            else:
+                parsed.append((i, r, *got))
         if not parsed:
             return result
         attrs = self._attrs()

@@ -17,6 +17,8 @@ from walq.errors import InvalidReceipt
 from walq.log._native import ffi, lib
 
 _M32 = 0xFFFFFFFF
+_JUST_STR = {str}
+_JUST_56 = {56}
 _FIELDS = struct.Struct(">QQQI")
 
 
@@ -57,3 +59,27 @@ def decode(receipt, queue_uid: int) -> tuple[int, int]:
     if uid != queue_uid:
         raise InvalidReceipt("receipt handle belongs to another queue")
     return msg_seq, lease_seq
+
+
+def decode_many(handles, queue_uid: int) -> list:
+    """``decode`` of each handle: ``(msg_seq, lease_seq)``, or the
+    InvalidReceipt it would raise.  Well-formed batches are parsed in one
+    native call; a delete_batch decodes one per message."""
+    n = len(handles)
+    if n and set(map(type, handles)) == _JUST_STR and set(map(len, handles)) == _JUST_56:
+        joined = "".join(handles)
+        if joined.isascii():
+            msgs, leases = ffi.new("uint64_t[]", n), ffi.new("uint64_t[]", n)
+            status = ffi.new("uint8_t[]", n)
+            lib.walq_parse_receipts(joined.encode("ascii"), n, queue_uid, msgs, leases, status)
+            if ffi.buffer(status)[:].count(0) == n:  # all well formed and ours
+                return list(zip(ffi.unpack(msgs, n), ffi.unpack(leases, n)))
+    return [_decode_or_error(h, queue_uid) for h in handles]
+
+
+def _decode_or_error(handle, queue_uid: int):
+    try:
+        return decode(handle, queue_uid)
+    except InvalidReceipt as exc:
+        return exc
+
