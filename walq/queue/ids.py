@@ -56,9 +56,9 @@ class IdGenerator:
 
     def next(self) -> tuple[str, bytes]:
         """A fresh id."""
-        mixed = (next(self._count) * MIX) & _MASK
-        t = f"{mixed:016x}"
-        return f"{self._text_prefix}{t[:4]}-{t[4:]}", self._prefix + mixed.to_bytes(8, "big")
+        low = ((next(self._count) * MIX) & _MASK).to_bytes(8, "big")
+        t = low.hex()
+        return f"{self._text_prefix}{t[:4]}-{t[4:]}", self._prefix + low
 
 
 def format_id(raw: bytes) -> str:

@@ -229,7 +229,7 @@ class Queue:
                 head = R.SEND_HEAD.pack(raw, now, now + attrs.delay, 0.0, 0, 0, 0, 0, 0)
                 self._log.append(head + body, R.SEND)
                 self._count_blind(1)
-                return SendResult(text)
+                return _new_send_result((text, None, False))
             b, encoded, d, g, _ = self._prepare(attrs, body, attributes, delay, group, dedup_id)
             now = self._clock()
             text, raw = self._ids.next()
