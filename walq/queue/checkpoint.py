@@ -203,7 +203,7 @@ def _live_runs(idx: Index, keys: array) -> list[tuple[int, int]]:
     would be slower, never wrong.
     """
     rs = idx.ret_seq
-    end, nkeys = len(rs), len(keys)
+    end = len(rs)
     runs: list[tuple[int, int]] = []
 
     def add(start: int, stop: int) -> None:
