@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 import walq
 from walq import inspect as winspect
+from walq.subprocesses import module_command
 from walq.errors import CorruptionError, WalqError
 from walq.queue import checkpoint as ckpt
 from walq.queue import records as R
@@ -307,7 +308,7 @@ def _spawn(role: str, wid: str, data: str, work: str, opts: dict, vt: int, check
            pgid: int | None, new_group: bool) -> tuple[subprocess.Popen, str, str]:
     report = os.path.join(work, f"{wid}.{role}.log")
     errpath = os.path.join(work, f"{wid}.{role}.err")
-    cmd = [sys.executable, "-m", "walq.crashbench", role, "--data", data, "--id", wid, "--report", report,
+    cmd = [*module_command("walq.crashbench"), role, "--data", data, "--id", wid, "--report", report,
            "--durability", opts["durability"], "--segment-size", str(opts["segment_size"]),
            "--visibility-timeout", str(vt), "--checkpoint-every", str(checkpoint_every), "--seed", str(seed)]
     kw: dict = {}

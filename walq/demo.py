@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 import walq
+from walq.subprocesses import module_command
 
 PREFIX = "coffee-orders"
 ORDERS = "coffee-orders"
@@ -92,7 +93,7 @@ def run(data: str, *, baristas: int = 3, orders: int = 12, seed: int | None = No
                 echo(line)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "walq.demo"]
+    cmd = module_command("walq.demo")
     procs = [subprocess.Popen(cmd + ["barista", "--data", data, "--name", str(i + 1), "--seed", str(seed + i)],
                               stdout=subprocess.PIPE, text=True, env=env) for i in range(baristas)]
     procs.append(subprocess.Popen(cmd + ["order-taker", "--data", data, "--orders", str(orders),
