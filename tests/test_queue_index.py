@@ -202,7 +202,7 @@ def test_receipts_decoded_in_bulk_agree_with_one_at_a_time():
     from walq.queue import receipts
 
     uid = 77
-    pairs = [(0, 1), (5, 16), (2**63 + 9, 2**64 - 1)]
+    pairs = [(0, 1), (5, 16), (2**63 + 9, 2**64 - 1), (7, 7), (123456789, 42)]  # enough for the native path
     good = [receipts.encode(uid, m, lease) for m, lease in pairs]
     assert receipts.decode_many(good, uid) == pairs
     bad = [

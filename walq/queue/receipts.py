@@ -66,7 +66,8 @@ def decode_many(handles, queue_uid: int) -> list:
     InvalidReceipt it would raise.  Well-formed batches are parsed in one
     native call; a delete_batch decodes one per message."""
     n = len(handles)
-    if n and set(map(type, handles)) == _JUST_STR and set(map(len, handles)) == _JUST_56:
+    # Below a few handles the native call's set-up costs more than it saves.
+    if n >= 4 and set(map(type, handles)) == _JUST_STR and set(map(len, handles)) == _JUST_56:
         joined = "".join(handles)
         if joined.isascii():
             msgs, leases = ffi.new("uint64_t[]", n), ffi.new("uint64_t[]", n)
