@@ -173,8 +173,9 @@ class Log:
 
         Another thread may be reading it at this moment (a catch-up's
         frames, a receive's read_many: the batch flusher refreshes the list
-        on its own thread); closing the map under it failed that read.  Its
-        map and descriptor go with the last reference (Segment.__del__).
+        on its own thread); closing the map under it failed that read.  The
+        segment's last reference closes its descriptor (Segment.__del__);
+        the map goes with the map's own last reference.
         """
         seg = self._segments.pop(base, None)  # another thread may have dropped it
         if seg is not None and self._last_read is seg:
