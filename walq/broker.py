@@ -186,22 +186,17 @@ class Broker:
         if self._closed:
             raise BrokerClosed(f"broker for {self.path} is closed")
 
-    def _check_queue(self, q: Queue) -> None:
+    def _check_queue(self, q: Queue):
+        """The queue's catalog entry; BrokerClosed or QueueDoesNotExist."""
         self._check()
         self._catalog.refresh()
         entry = self._catalog.queues.get(q.name)
         if entry is None or entry.uid != q._uid:
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
+        return entry
 
     def _attributes_of(self, q: Queue) -> QueueAttributes:
-        # _check_queue inlined: every send and receive asks.
-        if self._closed:
-            raise BrokerClosed(f"broker for {self.path} is closed")
-        self._catalog.refresh()
-        entry = self._catalog.queues.get(q.name)
-        if entry is None or entry.uid != q._uid:
-            raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
-        return entry.attrs
+        return self._check_queue(q).attrs
 
     def _dead_letter_target(self, policy: RedrivePolicy) -> Queue | None:
         try:

@@ -123,8 +123,8 @@ class Index:
     def apply_frames(self, mm, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
         """Folds a run of records straight from the log's map (Log.frames).
 
-        The hot case - a standard queue's plain sends - reads three fields in
-        place and is applied in bulk; everything else goes through apply().
+        The hot case - a standard queue's plain sends - is found in C and
+        applied in bulk; everything else goes through apply().
         """
         if self.fifo:
             for i, off in enumerate(offs):
@@ -148,7 +148,6 @@ class Index:
         c_types = ffi.from_buffer("uint8_t[]", bytes(types))
         sent = ffi.new("double[]", n)
         run = lib.walq_plain_send_run
-        lease, delete = R.LEASE, R.DELETE
         ra = self.ret_at
         i = 0
         while i < n:
@@ -162,17 +161,10 @@ class Index:
                 i += k
                 if i == n:
                     break
-            t, off, seq = types[i], offs[i], seq0 + i
-            if t == lease:
-                p = mm[off : off + lens[i]]
-                self.ops += 1 + len(p) // 16
-                self._apply_lease(seq, p)
-            elif t == delete and not self.aliases:
-                p = mm[off : off + lens[i]]
-                self.ops += 1 + len(p) // 16
-                self._apply_delete(p)
-            else:
-                self.apply(seq, t, mm[off : off + lens[i]])
+            # apply() takes a standard queue's LEASE and DELETE by their
+            # inlined paths.
+            off = offs[i]
+            self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
             i += 1
         self.applied = seq0 + n
 

@@ -156,6 +156,14 @@ class Queue:
             idx.apply(seq, t, p)
         return seqs
 
+    def _fold_in(self, start: int, fold) -> None:
+        """After a write made without the lock (a blind send or delete)
+        that landed at ``start``: if nothing came between, ``fold(index)``
+        applies it now, rather than a later catch-up reading it back."""
+        with self._mu:
+            if self._index.applied == start:
+                fold(self._index)
+
     def _check(self) -> None:
         self._broker._check_queue(self)
 
@@ -291,11 +299,7 @@ class Queue:
         lib.walq_encode_sends(data, ffi.from_buffer("uint32_t[]", lens), n, self._ids.batch_prefix,
                               self._ids.reserve(n), now, now + delay, out, out_lens, text)
         seqs = self._log.append_packed(n, out, out_lens, R.SEND)
-        with self._mu:
-            if self._index.applied == seqs.start:
-                # Nothing came between: a process that mostly sends keeps its
-                # index current for a fraction of a catch-up's cost.
-                self._index.add_sends(seqs, now, now + delay)
+        self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))
         self._count_blind(n)
         ids = ffi.buffer(text)[:].decode("ascii").split(",")
         # Iterators all the way down: no Python frame per message.
@@ -595,11 +599,7 @@ class Queue:
             if doomed:
                 payload = R.encode_seqs(doomed)
                 seq = self._log.append(payload, R.DELETE)
-                with self._mu:
-                    if idx is self._index and idx.applied == seq:
-                        # Nothing came between: fold it in now rather than
-                        # have the next receive read it back from the log.
-                        idx.apply(seq, R.DELETE, payload)
+                self._fold_in(seq, lambda idx: idx.apply(seq, R.DELETE, payload))
                 self._count_blind(len(doomed))
             result.successful.extend((i, r) for i, r, _m, _lease in parsed)
             result.failed.sort(key=lambda e: e[0])
