@@ -382,6 +382,28 @@ int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
     return rc;
 }
 
+int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int type)
+{
+    if (w->fd < 0 || type < 1 || type > 255 || len > w->max_record)
+        return -1;
+    if (walq_load(&w->ctl->poisoned))
+        return -1;
+    uint32_t len32 = (uint32_t)len;
+    uint64_t seq;
+    int rc = walq_append(w->ctl, w->lockfd, w->fd, w->seg_base, 1, data, &len32, NULL,
+                         (uint8_t)type, &seq);
+    return rc == WALQ_OK ? (int64_t)seq : -1;
+}
+
+int walq_writer_append(struct walq_writer *w, size_t n, const char *data,
+                       const uint32_t *lens, const uint8_t *types, uint8_t type,
+                       uint64_t *seq0)
+{
+    if (w->fd < 0)
+        return WALQ_ESTALE;
+    return walq_append(w->ctl, w->lockfd, w->fd, w->seg_base, n, data, lens, types, type, seq0);
+}
+
 int walq_fdatasync(int fd)
 {
     return fdatasync(fd) < 0 ? -errno : 0;

@@ -87,6 +87,31 @@ int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
                 size_t n, const char *data, const uint32_t *lens,
                 const uint8_t *types, uint8_t type, uint64_t *seq0);
 
+/* One process's handle on the active segment, for the common append.
+ * Python aims it (fd, seg_base) under its append thread lock whenever an
+ * append goes the slow way; the C side re-checks seg_base under the append
+ * lock, so a handle left on an old segment only sends the caller there.
+ * fd < 0 (not aimed yet, or the log closed) always does. */
+struct walq_writer {
+    struct walq_ctl *ctl;
+    int lockfd;
+    int fd;
+    uint64_t seg_base;
+    uint64_t max_record;
+};
+
+/* walq_append of one record through a writer: its sequence, or -1 when the
+ * caller must take the slow path (which also reports bad arguments): the
+ * handle not aimed, a type outside 1-255, a record over max_record, a
+ * poisoned log, or any walq_append result but WALQ_OK.  One call with four
+ * arguments, because cffi's marshalling of ten was a third of an append. */
+int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int type);
+
+/* walq_append of a batch through a writer (WALQ_ESTALE when not aimed). */
+int walq_writer_append(struct walq_writer *w, size_t n, const char *data,
+                       const uint32_t *lens, const uint8_t *types, uint8_t type,
+                       uint64_t *seq0);
+
 int walq_lock(int fd);      /* blocking flock(LOCK_EX); 0 or -errno */
 int walq_try_lock(int fd);  /* flock(LOCK_EX|LOCK_NB); 0 got it, 1 held elsewhere, -errno */
 int walq_unlock(int fd);

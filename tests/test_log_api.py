@@ -136,6 +136,24 @@ def test_segment_rolls_when_the_next_record_does_not_fit(tmp_path):
         assert [r.payload for r in log.iter_from()] == [payload] * 4 + [b"next", b"after reopen"]
 
 
+def test_handles_taking_turns_across_rolls_keep_every_record_in_order(tmp_path):
+    """Each roll by one handle leaves the other's native append aimed at the
+    old segment: it must notice, move to the new one and lose nothing."""
+    a, b = Log.open(tmp_path, opts(segment_size=SMALL)), Log.open(tmp_path, opts(segment_size=SMALL))
+    try:
+        written = []
+        for i in range(300):
+            log = a if i % 3 else b
+            payload = b"%d-" % i + b"r" * (i % 200)
+            written.append((log.append(payload), payload))
+        assert [s for s, _ in written] == list(range(300))
+        assert len(segment_paths(str(tmp_path))) >= 8
+        assert [(r.seq, r.payload) for r in a.iter_from()] == written
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize(
     "spare, second_len, rolls",
     [(8, 0, True), (16, 0, True), (24, 0, False), (24, 1, True), (32, 8, False), (32, 9, True)],
@@ -301,9 +319,10 @@ def test_bad_options_raise_invalid_parameter(bad):
         LogOptions(**bad)
 
 
-@pytest.mark.parametrize("bad_type", [0, 256, -1, 1000])
+@pytest.mark.parametrize("bad_type", [0, 256, -1, 1000, 2**70, "1"])
 def test_record_types_outside_1_to_255_raise_invalid_parameter(tmp_path, bad_type):
     with Log.open(tmp_path, opts()) as log:
+        log.append(b"first")  # aims the native append: bad types must not slip through it
         with pytest.raises(InvalidParameter):
             log.append(b"x", type=bad_type)
         with pytest.raises(InvalidParameter):
@@ -312,7 +331,7 @@ def test_record_types_outside_1_to_255_raise_invalid_parameter(tmp_path, bad_typ
             log.append_batch([b"x", b"y"], type=[1, bad_type])
         with pytest.raises(InvalidParameter):
             log.append_batch([b"x", b"y"], type=[1])  # one type per record
-        assert log.end == 0, "a refused append writes nothing"
+        assert log.end == 1, "a refused append writes nothing"
 
 
 def test_every_call_on_a_closed_log_raises_broker_closed(tmp_path):

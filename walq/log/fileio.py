@@ -2,7 +2,8 @@
 
 The log changes files only through an ``OsIO``, with one exception: the
 lock-taking fast path of ``Log.append``/``append_batch`` calls the native
-``walq_append`` directly, to keep a Python call off every append.  Crash tests
+``walq_append_one``/``walq_writer_append`` directly, to keep a Python call off
+every append.  Crash tests
 substitute a recording subclass (tests/crashsim.py) that logs each write,
 fsync, creation and rename - observing fast-path appends through the control
 block - and then builds the states a power cut could leave.

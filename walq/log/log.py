@@ -73,6 +73,10 @@ class Log:
         self._sync_tlock = threading.Lock()
         self._seq_out = ffi.new("uint64_t[1]")
         self._len1 = ffi.new("uint32_t[1]")
+        # The active segment for the native append; aimed by _aim.
+        self._writer = ffi.new("struct walq_writer *", {"fd": -1, "max_record": MAX_RECORD})
+        self._writer_seg: Segment | None = None  # keeps the aimed descriptor open
+        self._append_one = lib.walq_append_one
         os.makedirs(self.path, exist_ok=True)
         self._open_files()
         try:
@@ -116,8 +120,12 @@ class Log:
         self._p_end_seq = self._fields["end_seq"]
         self._p_poisoned = self._fields["poisoned"]
         self._p_first_seq = self._fields["first_seq"]
+        self._writer.ctl = self.ctl
+        self._writer.lockfd = self._append_fd
 
     def _release_files(self) -> None:
+        self._writer.fd = -1  # the native append now always takes the slow path
+        self._writer_seg = None
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
@@ -212,24 +220,31 @@ class Log:
 
         Returns once the record is as durable as ``options.durability`` says.
         """
+        # One native call does the checks and the write; anything unusual
+        # (closed, poisoned, bad arguments, a full or changed segment) comes
+        # back as -1 and goes the slow way, which says what was wrong.
+        try:
+            with self._tlock:
+                seq = self._append_one(self._writer, payload, len(payload), type)
+        except (TypeError, OverflowError):
+            seq = -1
+        if seq < 0:
+            seq = self._append_one_slow(payload, type)
+        if self._always:
+            self._make_durable(seq + 1)
+        return seq
+
+    def _append_one_slow(self, payload: bytes, type: int) -> int:
         self._check_open()
         n = len(payload)
-        if not 1 <= type <= 255:
-            raise InvalidParameter(f"record type must be 1-255; got {type}")
+        if not isinstance(type, int) or not 1 <= type <= 255:
+            raise InvalidParameter(f"record type must be 1-255; got {type!r}")
         if n > MAX_RECORD:
             raise InvalidParameter(f"record of {n} bytes exceeds the {MAX_RECORD}-byte limit")
         with self._tlock:
             self._len1[0] = n
-            seg = self._segments.get(self._bases[-1]) if self._bases else None
-            rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
-                self.ctl, self._append_fd, seg.fd, seg.base, 1, payload, self._len1, ffi.NULL, type, self._seq_out
-            )
-            if rc:  # WALQ_OK is 0
-                rc = self._append_slow(1, payload, self._len1, ffi.NULL, type)
-            seq = self._seq_out[0]
-        if self._always:
-            self._make_durable(seq + 1)
-        return seq
+            self._append_slow(1, payload, self._len1, ffi.NULL, type)
+            return self._seq_out[0]
 
     def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
         """Appends records atomically adjacent; returns their sequence range.
@@ -256,10 +271,7 @@ class Log:
 
     def _append_packed(self, n: int, data, lens, types, t) -> range:
         with self._tlock:
-            seg = self._segments.get(self._bases[-1]) if self._bases else None
-            rc = lib.WALQ_ESTALE if seg is None else lib.walq_append(
-                self.ctl, self._append_fd, seg.fd, seg.base, n, data, lens, types, t, self._seq_out
-            )
+            rc = lib.walq_writer_append(self._writer, n, data, lens, types, t, self._seq_out)
             if rc != lib.WALQ_OK:
                 self._append_slow(n, data, lens, types, t)
             seq = self._seq_out[0]
@@ -276,7 +288,7 @@ class Log:
                 raise InvalidParameter(f"record type must be 1-255; got {type}")
             types, t = ffi.NULL, type
         else:
-            if len(type) != len(payloads) or not all(1 <= x <= 255 for x in type):
+            if len(type) != len(payloads) or not all(isinstance(x, int) and 1 <= x <= 255 for x in type):
                 raise InvalidParameter("types must give one type 1-255 per record")
             types, t = ffi.new("uint8_t[]", type), 0
         return b"".join(payloads), ffi.new("uint32_t[]", lengths), types, t
@@ -294,6 +306,7 @@ class Log:
             seg = self._active()
             rc = self.io.append_locked(self.ctl, seg.fd, seg.base, n, data, lens, types, t, self._seq_out)
             if rc == lib.WALQ_OK:
+                self._aim(seg)
                 return rc
             if rc == lib.WALQ_EREPAIR:
                 recovery.repair_active(self)
@@ -318,6 +331,14 @@ class Log:
                 continue
             check_os(rc, "append", seg.path)
         raise CorruptionError(f"could not append to {self.path}: the active segment keeps changing")
+
+    def _aim(self, seg: Segment) -> None:
+        """Points the native append at ``seg``, the active segment (append
+        lock and _tlock held)."""
+        if self._writer_seg is not seg:
+            self._writer_seg = seg
+            self._writer.fd = seg.fd
+            self._writer.seg_base = seg.base
 
     def _extend(self, seg: Segment, need: int) -> None:
         """Allocates blocks ahead of the end (append lock held)."""
