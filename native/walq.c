@@ -290,6 +290,72 @@ int walq_wait_durable(struct walq_ctl *ctl, uint64_t upto, uint32_t seen, int ti
     return walq_load(&ctl->durable_seq) >= upto;
 }
 
+static int claim_sync(struct walq_syncer *s)
+{
+    uint32_t free_ = 0;
+    return __atomic_compare_exchange_n(&s->held, &free_, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+static void release_claim(struct walq_syncer *s)
+{
+    __atomic_store_n(&s->held, 0, __ATOMIC_SEQ_CST);
+    if (__atomic_exchange_n(&s->wanted, 0, __ATOMIC_SEQ_CST))
+        walq_durable_publish(s->ctl, 0);
+}
+
+int walq_await_durable(struct walq_syncer *s, uint64_t upto, int timeout_ms)
+{
+    struct walq_ctl *ctl = s->ctl;
+    for (;;) {
+        /* `synced` is read before anything is tried: whatever happens after
+         * this point bumps it, so the wait below cannot miss it. */
+        uint32_t seen = walq_synced_word(ctl);
+        if (walq_load(&ctl->durable_seq) >= upto)
+            return WALQ_DURABLE;
+        if (walq_load(&ctl->poisoned))
+            return WALQ_POISONED;
+        if (__atomic_load_n(&s->closed, __ATOMIC_SEQ_CST))
+            return WALQ_CLOSED;
+        int claimed = claim_sync(s);
+        if (!claimed) {
+            __atomic_store_n(&s->wanted, 1, __ATOMIC_SEQ_CST);
+            claimed = claim_sync(s);
+        }
+        if (claimed) {
+            /* close() takes the claim before it closes sync_fd. */
+            if (__atomic_load_n(&s->closed, __ATOMIC_SEQ_CST)) {
+                release_claim(s);
+                return WALQ_CLOSED;
+            }
+            int rc = walq_try_lock(s->sync_fd);
+            if (rc == 0)
+                return WALQ_SYNC;
+            release_claim(s);
+            if (rc < 0)
+                return rc;
+            /* rc == 1: another process syncs, and publishes when done. */
+        }
+        walq_wait_durable(ctl, upto, seen, timeout_ms);
+    }
+}
+
+void walq_sync_done(struct walq_syncer *s, uint64_t target)
+{
+    /* Release first, then publish: a woken waiter must be able to win the
+     * lock at once (see walq_durable_publish).  The publish also serves any
+     * thread that raised `wanted`. */
+    walq_unlock(s->sync_fd);
+    __atomic_store_n(&s->wanted, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->held, 0, __ATOMIC_SEQ_CST);
+    walq_durable_publish(s->ctl, target);
+}
+
+int walq_syncer_seize(struct walq_syncer *s)
+{
+    __atomic_store_n(&s->closed, 1, __ATOMIC_SEQ_CST);
+    return claim_sync(s);
+}
+
 int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,
                        size_t n, const char *data, const uint32_t *lens,
                        const uint8_t *types, uint8_t type, uint64_t *seq0)

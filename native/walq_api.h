@@ -112,6 +112,43 @@ int walq_writer_append(struct walq_writer *w, size_t n, const char *data,
                        const uint32_t *lens, const uint8_t *types, uint8_t type,
                        uint64_t *seq0);
 
+/* walq_await_durable() results (besides -errno). */
+#define WALQ_DURABLE 0     /* every record below `upto` is on stable storage */
+#define WALQ_SYNC 1        /* the caller holds lock.sync: sync, then walq_sync_done */
+#define WALQ_POISONED 5    /* an fsync failed somewhere: the log must be reopened */
+#define WALQ_CLOSED 6      /* this handle was closed meanwhile */
+
+/* One process's side of group commit on `lock.sync` (its descriptor is
+ * sync_fd).  flock does not exclude threads that share a descriptor, so
+ * `held` is the process-local claim a thread takes before trying the flock;
+ * a thread that finds it taken raises `wanted`, and the claim's holder
+ * publishes when it lets go, so that thread is not left waiting for a
+ * publish that already happened. */
+struct walq_syncer {
+    struct walq_ctl *ctl;
+    int sync_fd;
+    uint32_t held;
+    uint32_t wanted;
+    uint32_t closed;
+};
+
+/* Waits until every record below `upto` is durable, as PostgreSQL's
+ * XLogFlush: a caller that takes lock.sync without blocking gets WALQ_SYNC
+ * back and must fdatasync everything written so far, then call
+ * walq_sync_done; everyone else sleeps on the `synced` futex (at most
+ * timeout_ms, which covers a syncer killed mid-sync) and looks again.
+ * The waiting runs here rather than in Python: with eight appenders, seven
+ * of them wait each round. */
+int walq_await_durable(struct walq_syncer *s, uint64_t upto, int timeout_ms);
+
+/* Releases lock.sync and the claim, raises durable_seq to `target` (0: no
+ * change) and wakes the waiters. */
+void walq_sync_done(struct walq_syncer *s, uint64_t target);
+
+/* For close: marks the syncer closed and takes the claim for good.
+ * 0 while another thread still holds it (try again), 1 once taken. */
+int walq_syncer_seize(struct walq_syncer *s);
+
 int walq_lock(int fd);      /* blocking flock(LOCK_EX); 0 or -errno */
 int walq_try_lock(int fd);  /* flock(LOCK_EX|LOCK_NB); 0 got it, 1 held elsewhere, -errno */
 int walq_unlock(int fd);

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from walq.errors import LogPoisoned
+from walq.errors import BrokerClosed, LogPoisoned
 from walq.log import Log, LogOptions
 from walq.log._native import check_sync, ffi, lib
 from walq.log.fileio import OsIO
@@ -102,8 +102,38 @@ def test_a_follower_is_woken_by_the_release_not_by_its_timeout(tmp_path):
         log.close()
 
 
+def test_closing_a_log_while_a_thread_waits_to_be_durable_raises_broker_closed(tmp_path):
+    log = Log.open(tmp_path, ALWAYS)
+    holder = open(tmp_path / "lock.sync", "a+b")  # a rival syncer that never finishes
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    outcome: list[BaseException | None] = []
+
+    def append() -> None:
+        try:
+            log.append(b"x")
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001  (checked below)
+            outcome.append(exc)
+
+    t = threading.Thread(target=append)
+    t.start()
+    try:
+        time.sleep(0.1)
+        assert not outcome, "append returned while another syncer held lock.sync"
+        log.close()
+        t.join(timeout=10)
+        assert not t.is_alive(), "the waiter never noticed the close"
+        assert isinstance(outcome[0], BrokerClosed)
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        holder.close()
+        t.join(timeout=10)
+
+
 def test_threads_of_one_and_of_two_handles_all_return_durable(tmp_path):
-    """Threads share ``_sync_tlock``; two handles in one process compete on
+    """Threads share their handle's claim on lock.sync (``walq_syncer.held``:
+    flock does not exclude threads sharing a descriptor); two handles in one
+    process compete on
     the flock like processes.  Every append returns with its record durable,
     and none waits for the futex timeout (a lost wake-up)."""
     logs = [Log.open(tmp_path, ALWAYS, io=CountingIO()) for _ in range(2)]

@@ -70,7 +70,6 @@ class Log:
         self._last_read: Segment | None = None
         self._bases: list[int] = []
         self._tlock = threading.Lock()  # orders this process's appenders
-        self._sync_tlock = threading.Lock()
         self._seq_out = ffi.new("uint64_t[1]")
         self._len1 = ffi.new("uint32_t[1]")
         # The active segment for the native append; aimed by _aim.
@@ -122,6 +121,8 @@ class Log:
         self._p_first_seq = self._fields["first_seq"]
         self._writer.ctl = self.ctl
         self._writer.lockfd = self._append_fd
+        self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
+        self._p_durable = self._fields["durable_seq"]
 
     def _release_files(self) -> None:
         self._writer.fd = -1  # the native append now always takes the slow path
@@ -413,9 +414,6 @@ class Log:
     # itself.  Only a syncer killed mid-sync (kill -9) never publishes; the
     # kernel drops its flock, and the next try after this wait wins.
     _SYNC_WAIT_MS = 5
-    # Set by a thread that found another thread of this process holding
-    # _sync_tlock (see _make_durable).
-    _sync_wanted = False
 
     def _make_durable(self, upto: int) -> None:
         """Returns once every record below ``upto`` is on stable storage.
@@ -427,55 +425,28 @@ class Log:
         instead made a convoy: the waiters took it one at a time, each to
         find itself already durable, so a sync covered ~2 records.
 
-        Why the protocol never strands a waiter: a waiter reads ``synced``
-        before it tries the locks.  If ``lock.sync`` is busy, its holder bumps
-        ``synced`` after releasing it (walq_durable_publish), so the wait
-        returns.  If another thread of this process holds ``_sync_tlock``
-        (flock does not exclude threads sharing a descriptor, so only one
-        thread of a process may try it), the waiter raises ``_sync_wanted``
-        and tries once more; a holder that finds the flag after releasing
-        bumps ``synced`` for it.  A syncer that dies publishes nothing: the
-        bounded wait covers that.
+        The checking and waiting run natively (walq_await_durable, which
+        also says why no waiter is stranded); the sync itself runs here,
+        through ``self.io``, so that the crash tests' I/O shim sees it.
         """
-        durable = self._fields["durable_seq"]
-        if lib.walq_load(durable) >= upto:
+        if lib.walq_load(self._p_durable) >= upto:
             return
-        ctl = self.ctl
-        fd = self._sync_fh.fileno()
+        syncer = self._syncer
         keep_mapped = self._ctl_buf  # noqa: F841  (keeps log.ctl mapped if another thread closes the log meanwhile)
         while True:
-            seen = lib.walq_synced_word(ctl)
-            if lib.walq_load(durable) >= upto:
+            rc = lib.walq_await_durable(syncer, upto, self._SYNC_WAIT_MS)
+            if rc == lib.WALQ_DURABLE:
                 return
-            got = self._sync_tlock.acquire(blocking=False)
-            if not got:
-                self._sync_wanted = True
-                got = self._sync_tlock.acquire(blocking=False)
-            if got:
+            if rc == lib.WALQ_SYNC:
+                target = 0
                 try:
-                    # flock(2) taken natively: portalocker's wrapper costs
-                    # ~13 us a call, as much as the rest of an append.
-                    rc = lib.walq_try_lock(fd)
-                    if rc == 0:
-                        target = 0
-                        try:
-                            target = self._sync_locked(upto)
-                        finally:
-                            # Release first, then publish: a woken waiter must
-                            # be able to win the lock at once.  durable_seq was
-                            # raised under the lock already, so that the next
-                            # winner does not sync again for nothing.
-                            lib.walq_unlock(fd)
-                            lib.walq_durable_publish(ctl, target)
-                        continue
-                    check_os(rc, "lock", self.path)  # 1: held by another process, which publishes when done
+                    target = self._sync_locked(upto)
                 finally:
-                    self._sync_tlock.release()
-                    if self._sync_wanted:
-                        self._sync_wanted = False
-                        lib.walq_durable_publish(ctl, 0)
-            lib.walq_wait_durable(ctl, upto, seen, self._SYNC_WAIT_MS)
-            self._check_open()  # a failed sync elsewhere poisoned the log: report it
+                    lib.walq_sync_done(syncer, target)
+                continue
+            if rc in (lib.WALQ_POISONED, lib.WALQ_CLOSED):
+                self._check_open()  # raises LogPoisoned or BrokerClosed
+            check_os(rc, "lock", self.path)
 
     def _sync_locked(self, upto: int) -> int:
         """fdatasyncs everything written so far (``lock.sync`` held); returns
@@ -741,6 +712,10 @@ class Log:
                     pass
         with self._tlock:
             self._closed = True
+            # Another thread may be syncing through lock.sync's descriptor:
+            # it lets go within one fdatasync, and no thread tries it after.
+            while not lib.walq_syncer_seize(self._syncer):
+                time.sleep(0.0005)
             self._release_files()
 
     def __enter__(self) -> "Log":
