@@ -217,6 +217,11 @@ void walq_store_max(uint64_t *p, uint64_t v)
         ;
 }
 
+int walq_cas(uint64_t *p, uint64_t expect, uint64_t v)
+{
+    return __atomic_compare_exchange_n(p, &expect, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
 uint32_t walq_notify_word(struct walq_ctl *ctl) { return __atomic_load_n(&ctl->notify, __ATOMIC_ACQUIRE); }
 
 void walq_publish(struct walq_ctl *ctl)

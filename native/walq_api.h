@@ -194,6 +194,8 @@ uint64_t walq_load(const uint64_t *p);
 void walq_store(uint64_t *p, uint64_t v);
 /* Raise *p to v if it is lower (for durable_seq). */
 void walq_store_max(uint64_t *p, uint64_t v);
+/* Stores v if *p still holds `expect`; 1 if it did. */
+int walq_cas(uint64_t *p, uint64_t expect, uint64_t v);
 uint32_t walq_notify_word(struct walq_ctl *ctl);
 void walq_publish(struct walq_ctl *ctl);
 /* Block until ctl->notify differs from `seen` or timeout_ms passes

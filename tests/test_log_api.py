@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -402,6 +403,37 @@ def test_always_syncs_before_append_returns_and_os_never_does(tmp_path):
         assert io.syncs == opened
         log.sync()
         assert io.syncs > opened
+
+
+class ZeroWatchingIO(OsIO):
+    """Notes which thread zeroed which range, and the bytes under it first."""
+
+    def __init__(self):
+        self.zeroed: list[tuple[str, int, int, bytes]] = []
+
+    def preallocate(self, fd, offset, length):
+        self.zeroed.append((threading.current_thread().name, offset, length, os.pread(fd, length, offset)))
+        super().preallocate(fd, offset, length)
+
+
+@pytest.mark.parametrize("durability", ["always", "batch"])
+def test_blocks_ahead_are_zeroed_off_the_append_path_and_never_over_a_record(tmp_path, durability):
+    io = ZeroWatchingIO()
+    chunk = 64 * 1024
+    opts = LogOptions(durability=durability, preallocate=chunk, segment_size=1 << 20, sync_interval=0.001)
+    written = []
+    with Log.open(tmp_path, opts, io=io) as log:
+        for i in range(60):
+            written.append(log.append_batch([b"%d-%d" % (i, k) + b"z" * 90 for k in range(40)]))
+            log.sync()
+            time.sleep(0.002)  # the zeroer's turn (appends outrunning it fall back to zeroing themselves)
+        assert [r.payload for r in log.iter_from()] == [b"%d-%d" % (i, k) + b"z" * 90
+                                                        for i in range(60) for k in range(40)]
+    by_zeroer = [z for z in io.zeroed if z[0] == "walq-log-zero"]
+    assert by_zeroer, "the zeroing thread never ran"
+    assert len(by_zeroer) > len([z for z in io.zeroed if z[0] != "walq-log-zero"])
+    for _thread, _off, _n, before in io.zeroed:
+        assert before.count(0) == len(before), "zeros were written over data"
 
 
 def test_batch_mode_close_makes_everything_durable(tmp_path):

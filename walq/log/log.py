@@ -70,6 +70,11 @@ class Log:
         self._last_read: Segment | None = None
         self._bases: list[int] = []
         self._tlock = threading.Lock()  # orders this process's appenders
+        # lock.alloc orders whoever zeroes blocks ahead of the end (flock
+        # does not exclude threads sharing a descriptor: hence the pair).
+        self._alloc_tlock = threading.Lock()
+        self._zeroer: threading.Thread | None = None
+        self._zero_kick = threading.Event()
         self._seq_out = ffi.new("uint64_t[1]")
         self._len1 = ffi.new("uint32_t[1]")
         # The active segment for the native append; aimed by _aim.
@@ -102,6 +107,7 @@ class Log:
         self._open_fh = open(os.path.join(p, "lock.open"), "a+b")
         self._users_fh = open(os.path.join(p, "lock.users"), "a+b")
         self._sync_fh = open(os.path.join(p, "lock.sync"), "a+b")
+        self._alloc_fd = os.open(os.path.join(p, "lock.alloc"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._append_fd = os.open(os.path.join(p, "lock.append"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         ctl_path = os.path.join(p, "log.ctl")
         fd = os.open(ctl_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -133,6 +139,7 @@ class Log:
         for fh in (self._open_fh, self._users_fh, self._sync_fh):
             fh.close()  # closing drops any flock held through it
         os.close(self._append_fd)
+        os.close(self._alloc_fd)
         self.ctl = None
         self._ctl_buf = None
         try:
@@ -342,14 +349,89 @@ class Log:
             self._writer.seg_base = seg.base
 
     def _extend(self, seg: Segment, need: int) -> None:
-        """Allocates blocks ahead of the end (append lock held)."""
+        """Allocates blocks ahead of the end (append lock held): the
+        fallback when the zeroer (_zero_ahead) fell behind, or in "os"."""
+        with self._alloc_tlock:
+            check_os(lib.walq_lock(self._alloc_fd), "lock", self.path)
+            try:
+                alloc = self._load("alloc_off")
+                end = self._load("end_off")
+                cap = self._load("seg_cap")
+                target = min(cap, max(end + need, alloc + self.options.preallocate))
+                if target > alloc:
+                    self.io.preallocate(seg.fd, alloc, target - alloc)
+                self._store("alloc_off", target)
+            finally:
+                lib.walq_unlock(self._alloc_fd)
+
+    # Zeroing ahead, off the append lock, in steps each synced on its own:
+    # an appender's fdatasync flushes the file's dirty zeros with its
+    # records, so 4 MiB of them at once stalled one append in ~300 by ~5 ms
+    # (append_batch(100)'s p99.9, bench/RESULTS.md).
+    _ZERO_STEP = 256 * 1024
+
+    def _kick_zeroer(self) -> None:
+        """Asks this handle's zeroing thread for the next chunk of blocks."""
+        if self._zeroer is None:
+            with self._alloc_tlock:
+                if self._zeroer is None and not self._closed:
+                    self._zeroer = threading.Thread(target=self._zero_loop, name="walq-log-zero", daemon=True)
+                    self._zeroer.start()
+        self._zero_kick.set()
+
+    def _zero_loop(self) -> None:
+        while True:
+            self._zero_kick.wait()
+            self._zero_kick.clear()
+            if self._closed:
+                return
+            try:
+                self._zero_ahead()
+            except LogPoisoned:
+                # A failed fdatasync may have lost appended pages too.
+                self._poisoned = True
+                self._store("poisoned", 1)
+            except (OSError, WalqError):
+                pass  # the segment went or changed: the appenders' fallback covers it
+
+    def _zero_ahead(self) -> None:
+        """Zeroes (and, unless "os", syncs) the next ``preallocate`` bytes
+        past ``alloc_off`` of the active segment, then publishes them.
+
+        Never over a record: appends land only below ``alloc_off``, which
+        only a holder of lock.alloc raises (here, or _extend), and this
+        zeroes only above it while holding that lock.  A roll meanwhile
+        resets ``alloc_off`` for the new segment; the compare-and-swap
+        then fails (or, should the values coincide, marks blocks of the new
+        segment that read as zeros anyway: a hint lost, not data).
+        """
+        with self._alloc_tlock:
+            if self._closed:
+                return
+            check_os(lib.walq_lock(self._alloc_fd), "lock", self.path)
+            try:
+                base = self._load("seg_base")
+                alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
+                chunk = self.options.preallocate
+                if alloc - end >= chunk // 2 or alloc >= cap:
+                    return
+                seg = self._segment(base)
+                stop = min(cap, alloc + chunk)
+                off = alloc
+                while off < stop:
+                    n = min(self._ZERO_STEP, stop - off)
+                    self.io.preallocate(seg.fd, off, n)
+                    if self.options.durability != "os":
+                        self.io.fdatasync(seg.fd, seg.path)
+                    off += n
+                if self._load("seg_base") == base:
+                    lib.walq_cas(self._fields["alloc_off"], alloc, stop)
+            finally:
+                lib.walq_unlock(self._alloc_fd)
+
+    def _runway_low(self) -> bool:
         alloc = self._load("alloc_off")
-        end = self._load("end_off")
-        cap = self._load("seg_cap")
-        target = min(cap, max(end + need, alloc + self.options.preallocate))
-        if target > alloc:
-            self.io.preallocate(seg.fd, alloc, target - alloc)
-        self._store("alloc_off", target)
+        return alloc - self._load("end_off") < self.options.preallocate // 2 and alloc < self._load("seg_cap")
 
     def _grow(self, seg: Segment, size: int) -> None:
         """Enlarges the empty active segment in place (append lock held).
@@ -494,6 +576,8 @@ class Log:
                 raise
             raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
         lib.walq_store_max(durable, target)
+        if self._runway_low():
+            self._kick_zeroer()
         return target
 
     def _flush_loop(self) -> None:
@@ -728,6 +812,9 @@ class Log:
             # it lets go within one fdatasync, and no thread tries it after.
             while not lib.walq_syncer_seize(self._syncer):
                 time.sleep(0.0005)
+            if self._zeroer is not None:
+                self._zero_kick.set()
+                self._zeroer.join()
             self._release_files()
 
     def __enter__(self) -> "Log":
