@@ -610,6 +610,16 @@ uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
     return n;
 }
 
+uint64_t walq_frames_run(const char *base, uint64_t size, uint64_t salt,
+                         const uint64_t *offs, uint64_t seq0, uint64_t n,
+                         uint64_t *payload_offs, uint32_t *lens, uint8_t *types)
+{
+    uint64_t ok = walq_check_run(base, size, salt, offs, seq0, n, lens, types);
+    for (uint64_t i = 0; i < ok; i++)
+        payload_offs[i] = offs[i] + WALQ_REC_HEADER_SIZE;
+    return ok;
+}
+
 int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,
                         uint64_t salt, uint64_t seq)
 {

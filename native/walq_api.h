@@ -175,6 +175,13 @@ uint64_t walq_find_valid(const char *base, uint64_t size, uint64_t off,
 uint64_t walq_durable_after(const char *base, uint64_t size, uint64_t off,
                             uint64_t salt, uint64_t min_seq, uint64_t *found);
 
+/* walq_check_run that also writes each frame's payload offset to
+ * payload_offs: what a catch-up hands the index, with no Python list in
+ * between. */
+uint64_t walq_frames_run(const char *base, uint64_t size, uint64_t salt,
+                         const uint64_t *offs, uint64_t seq0, uint64_t n,
+                         uint64_t *payload_offs, uint32_t *lens, uint8_t *types);
+
 /* Checks the frames at offs[0..n) (sequences seq0, seq0+1, ...), filling
  * their payload lengths and types; returns how many validated before the
  * first that does not (n if all do).  One call for a whole catch-up batch. */

@@ -99,13 +99,13 @@ def test_opening_replays_only_the_records_after_the_checkpoint(store, clock, mon
     b.close()
 
     applied = []
-    real_apply = Index.apply_frames
+    real_apply = Index.apply_run
 
-    def spy(self, mm, seq0, offs, lens, types):
-        applied.extend(range(seq0, seq0 + len(offs)))
-        return real_apply(self, mm, seq0, offs, lens, types)
+    def spy(self, mm, base, seq0, n, buf):
+        applied.extend(range(seq0, seq0 + n))
+        return real_apply(self, mm, base, seq0, n, buf)
 
-    monkeypatch.setattr(Index, "apply_frames", spy)
+    monkeypatch.setattr(Index, "apply_run", spy)
     q = store().get_queue("q")
     assert sorted(applied) == list(range(pos, pos + tail))
     assert snapshot(q) == expect
@@ -385,13 +385,13 @@ def test_a_producer_does_not_replay_what_a_consumer_just_checkpointed(store, clo
     assert written > producer._index.applied
 
     replayed = []
-    real_apply = Index.apply_frames
+    real_apply = Index.apply_run
 
-    def spy(self, mm, seq0, offs, lens, types):
+    def spy(self, mm, base, seq0, n, buf):
         replayed.append(self)
-        return real_apply(self, mm, seq0, offs, lens, types)
+        return real_apply(self, mm, base, seq0, n, buf)
 
-    monkeypatch.setattr(Index, "apply_frames", spy)
+    monkeypatch.setattr(Index, "apply_run", spy)
     producer.send_batch([b"z"] * 30)  # 60 blind writes: due, but covered
     assert replayed == [] and ckpt.list_checkpoints(consumer._dir)[-1] == written
     # With nobody else checkpointing, the producer does it itself.

@@ -125,6 +125,8 @@ class Log:
         self._p_end_seq = self._fields["end_seq"]
         self._p_poisoned = self._fields["poisoned"]
         self._p_first_seq = self._fields["first_seq"]
+        self._p_seg_base = self._fields["seg_base"]
+        self._run_seg: Segment | None = None
         self._writer.ctl = self.ctl
         self._writer.lockfd = self._append_fd
         self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
@@ -133,6 +135,7 @@ class Log:
     def _release_files(self) -> None:
         self._writer.fd = -1  # the native append now always takes the slow path
         self._writer_seg = None
+        self._run_seg = None
         for seg in self._segments.values():
             seg.close()
         self._segments.clear()
@@ -720,6 +723,51 @@ class Log:
         hdr = RECORD_HEADER_SIZE
         return seg.mm, seq, [o + hdr for o in offs], ffi.unpack(lens, n), ffi.unpack(types, n)
 
+    def frame_run(self, seq: int, buf: "RunBuffers") -> tuple:
+        """Validated frames of one segment run from ``seq``, into ``buf``.
+
+        Returns ``(mm, base, n)``: the payload of record ``seq + i`` is
+        ``mm[buf.poffs[i] : buf.poffs[i] + buf.lens[i]]``, its type
+        ``buf.types[i]``; ``base`` is a cdata pointer to ``mm``'s first
+        byte.  ``n`` is 0 at the end of the log.  frames() without its
+        Python lists, for the hot reader (a queue's catch-up, which runs
+        every few records in every process), whose per-call overhead they
+        were most of.
+        """
+        self._check_open()
+        end = lib.walq_load(self._p_end_seq)
+        if seq >= end:
+            return None, None, 0
+        seg = self._run_seg
+        active = lib.walq_load(self._p_seg_base)
+        # The usual case - reading the tail of the active segment - needs
+        # no lookup: the active segment is never trimmed, and it ends at
+        # the log's end.
+        if seg is not None and seg.base == active and seq >= active:
+            seg_end = end
+        else:
+            seg, seg_end = self._locate(seq)
+            self._run_seg = seg
+        limit = min(end, seq + buf.size, seg_end)
+        if seg.next_seq < limit:
+            seg.index_to(limit)
+        n = min(limit, seg.next_seq) - seq
+        if n <= 0:
+            seg, seg_end = self._locate(seq)  # raises what is wrong, or finds the record after all
+            self._run_seg = seg
+            n = min(end, seq + buf.size, seg_end, seg.next_seq) - seq
+        first = seq - seg.base
+        offs = ffi.from_buffer("uint64_t[]", seg.offs)
+        try:
+            ok = lib.walq_frames_run(seg.ptr, seg.size, seg.salt, offs + first, seq, n, buf.poffs, buf.lens, buf.types)
+        finally:
+            # An exported array cannot grow: release before the next index_to.
+            ffi.release(offs)
+        if ok < n:
+            off = seg.offs[first + ok]
+            raise CorruptionError(f"record {seq + ok} in {seg.path} at offset {off} does not validate", seg.path, off)
+        return seg.mm, seg.ptr, n
+
     def iter_from(self, seq: int | None = None) -> Iterator[Record]:
         """Records from ``seq`` (default: the first) to the end as of each step."""
         seq = self.first if seq is None else seq
@@ -825,6 +873,19 @@ class Log:
 
     def __repr__(self) -> str:
         return f"<walq.log.Log {self.path!r} {'closed' if self._closed else 'open'}>"
+
+
+class RunBuffers:
+    """Scratch arrays that Log.frame_run fills, plus one double per record
+    for the reader's own use (the queue index's send times): one owner at
+    a time."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.poffs = ffi.new("uint64_t[]", size)
+        self.lens = ffi.new("uint32_t[]", size)
+        self.types = ffi.new("uint8_t[]", size)
+        self.sent = ffi.new("double[]", size)
 
 
 class LockedLog:

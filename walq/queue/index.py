@@ -17,6 +17,7 @@ from array import array
 from collections import deque
 
 from walq.log._native import ffi, lib
+from walq.log.log import RunBuffers
 from walq.queue import records as R
 from walq.queue.attributes import DEDUP_WINDOW_S
 
@@ -121,49 +122,52 @@ class Index:
         self.applied = seq + 1
 
     def apply_frames(self, mm, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
-        """Folds a run of records straight from the log's map (Log.frames).
-
-        The hot case - a standard queue's plain sends - is found in C and
-        applied in bulk; everything else goes through apply().
-        """
-        if self.fifo:
-            for i, off in enumerate(offs):
-                self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
-            return
+        """Folds a run of records given as lists (payload ``i`` is
+        ``mm[offs[i] : offs[i] + lens[i]]``): apply_run for callers that
+        hold Python lists rather than a Log.frame_run."""
         n = len(offs)
         if not n:
             return
+        buf = RunBuffers(n)
+        buf.poffs[0:n] = offs
+        buf.lens[0:n] = lens
+        buf.types[0:n] = types
         base = ffi.from_buffer(mm)
         try:
-            self._apply_run(mm, base, seq0, offs, lens, types)
+            self.apply_run(mm, base, seq0, n, buf)
         finally:
             # A view left exported keeps the map from being closed (a
             # segment trimmed or remapped later would raise BufferError).
             ffi.release(base)
 
-    def _apply_run(self, mm, base, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
-        n = len(offs)
-        c_offs = ffi.from_buffer("uint64_t[]", array("Q", offs))
-        c_lens = ffi.from_buffer("uint32_t[]", array("I", lens))
-        c_types = ffi.from_buffer("uint8_t[]", bytes(types))
-        sent = ffi.new("double[]", n)
+    def apply_run(self, mm, base, seq0: int, n: int, buf) -> None:
+        """Folds records ``seq0 .. seq0 + n`` as Log.frame_run left them in
+        ``buf`` (``base`` points at ``mm``).
+
+        The hot case - a standard queue's plain sends - is found in C and
+        applied in bulk; everything else goes through apply(), which takes
+        a standard queue's LEASE and DELETE by their inlined paths.
+        """
+        poffs, lens, types = buf.poffs, buf.lens, buf.types
+        if self.fifo:
+            for i in range(n):
+                off = poffs[i]
+                self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
+            return
+        sent = buf.sent
         run = lib.walq_plain_send_run
         ra = self.ret_at
         i = 0
         while i < n:
-            # Plain sends, the bulk of most logs, are found in C and added
-            # as whole runs (_add_bulk); the rest go one at a time.
-            k = run(base, c_offs + i, c_lens + i, c_types + i, n - i,
-                    len(ra) > 0, ra[-1] if ra else 0.0, RET_SLACK_S, sent + i)
+            k = run(base, poffs + i, lens + i, types + i, n - i,
+                    len(ra) > 0, ra[-1] if ra else 0.0, RET_SLACK_S, sent)
             if k:
-                ra.frombytes(ffi.buffer(sent + i, 8 * k))
+                ra.frombytes(ffi.buffer(sent, 8 * k))
                 self._add_bulk(range(seq0 + i, seq0 + i + k))
                 i += k
                 if i == n:
                     break
-            # apply() takes a standard queue's LEASE and DELETE by their
-            # inlined paths.
-            off = offs[i]
+            off = poffs[i]
             self.apply(seq0 + i, types[i], mm[off : off + lens[i]])
             i += 1
         self.applied = seq0 + n

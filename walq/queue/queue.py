@@ -30,6 +30,7 @@ from walq.errors import (
     WalqError,
 )
 from walq.log import Log, RecordGone
+from walq.log.log import RunBuffers
 from walq.log._native import ffi, lib
 from walq.queue import checkpoint, receipts
 from walq.queue.ids import IdGenerator, format_id
@@ -71,6 +72,7 @@ class Queue:
         self._mu = threading.RLock()
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
         self._ids = IdGenerator()
+        self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._blind_ops = 0
         with self._mu:
             self._index = self._load_index()
@@ -105,7 +107,7 @@ class Queue:
             if idx.applied >= end:
                 return
             try:
-                frames = log.frames(idx.applied, 4096)
+                mm, base, n = log.frame_run(idx.applied, self._run_buf)
             except RecordGone:
                 # Another process compacted past our position: its checkpoint
                 # covers what the removed segments held.  It may be saving a
@@ -123,7 +125,7 @@ class Queue:
                         self._dir,
                     ) from None
                 continue
-            idx.apply_frames(*frames)
+            idx.apply_run(mm, base, idx.applied, n, self._run_buf)
 
     @contextlib.contextmanager
     def _deciding(self, retention: float, wait_durable: bool = True):
