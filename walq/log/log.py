@@ -359,6 +359,8 @@ class Log:
             try:
                 alloc = self._load("alloc_off")
                 end = self._load("end_off")
+                if alloc >= end + need:
+                    return  # the zeroer finished while this waited for lock.alloc
                 cap = self._load("seg_cap")
                 target = min(cap, max(end + need, alloc + self.options.preallocate))
                 if target > alloc:
