@@ -674,7 +674,7 @@ class Log:
         for seq in seqs:
             # _holding and Segment.frame_at, inlined: a receive reads one
             # record per message, mostly from the segment of the one before.
-            if seg is None or not (first <= seq and seg.base <= seq < seg.base + len(seg.offs)) \
+            if seg is None or not (first <= seq and seg.base <= seq < seg.base + seg.count) \
                     or seg.base not in segments:
                 seg = self._holding(None, seq, first)
             off = seg.offs[seq - seg.base]
@@ -715,10 +715,11 @@ class Log:
             seg.index_to(limit)
         last = min(limit, seg.next_seq)
         n = last - seq
-        offs = seg.offs[seq - seg.base : last - seg.base]
+        start = seg.offs + (seq - seg.base)
         lens = ffi.new("uint32_t[]", n)
         types = ffi.new("uint8_t[]", n)
-        ok = lib.walq_check_run(seg.ptr, seg.size, seg.salt, ffi.from_buffer("uint64_t[]", offs), seq, n, lens, types)
+        ok = lib.walq_check_run(seg.ptr, seg.size, seg.salt, start, seq, n, lens, types)
+        offs = ffi.unpack(start, n)
         if ok < n:
             off = offs[ok]
             raise CorruptionError(f"record {seq + ok} in {seg.path} at offset {off} does not validate", seg.path, off)
@@ -759,12 +760,7 @@ class Log:
             self._run_seg = seg
             n = min(end, seq + buf.size, seg_end, seg.next_seq) - seq
         first = seq - seg.base
-        offs = ffi.from_buffer("uint64_t[]", seg.offs)
-        try:
-            ok = lib.walq_frames_run(seg.ptr, seg.size, seg.salt, offs + first, seq, n, buf.poffs, buf.lens, buf.types)
-        finally:
-            # An exported array cannot grow: release before the next index_to.
-            ffi.release(offs)
+        ok = lib.walq_frames_run(seg.ptr, seg.size, seg.salt, seg.offs + first, seq, n, buf.poffs, buf.lens, buf.types)
         if ok < n:
             off = seg.offs[first + ok]
             raise CorruptionError(f"record {seq + ok} in {seg.path} at offset {off} does not validate", seg.path, off)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from array import array
+import threading
 
 from walq.errors import CorruptionError
 from walq.log._native import ffi, lib
@@ -22,13 +22,17 @@ _RELEASE_CHUNK = 4 << 20
 class Segment:
     """A segment open in this process.
 
-    ``offs[i]`` is the byte offset of the frame with sequence ``base + i``;
-    the index grows as this process scans further (``scan_off``/``scan_seq``).
+    ``offs[i]`` is the byte offset of the frame with sequence ``base + i``,
+    for ``i < count``; the index grows as this process scans further
+    (``scan_off``).  ``offs`` is a cffi array that the native scan fills in
+    place (grown by doubling; a reader holding the old one reads the same
+    values), so a catch-up's offsets never pass through Python objects.
     The map covers the whole preallocated file, so appends by other processes
     become visible without remapping.
     """
 
-    __slots__ = ("path", "base", "salt", "fd", "size", "mm", "ptr", "offs", "scan_off", "released", "sealed")
+    __slots__ = ("path", "base", "salt", "fd", "size", "mm", "ptr", "offs", "count", "scan_off", "released", "sealed",
+                 "_res", "_scan_lock")
 
     def __init__(self, path: str, fd: int, base: int, salt: int) -> None:
         self.path = path
@@ -39,7 +43,12 @@ class Segment:
         self.mm = mmap.mmap(fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ)
         self.ptr = ffi.from_buffer(self.mm)
         self.fd = fd
-        self.offs = array("Q")
+        self.offs = ffi.new("uint64_t[]", 256)
+        self.count = 0
+        self._res = ffi.new("walq_scan_t *")
+        # Two threads reading one Log may both extend the index; the scan
+        # releases the GIL, so they would write the same slots.
+        self._scan_lock = threading.Lock()
         self.scan_off = SEGMENT_HEADER_SIZE
         self.released = 0  # pages below this offset were dropped from the map
         self.sealed = False  # True once a scan hit this segment's end of data
@@ -66,7 +75,7 @@ class Segment:
     @property
     def next_seq(self) -> int:
         """The sequence of the first frame not yet indexed."""
-        return self.base + len(self.offs)
+        return self.base + self.count
 
     def index_to(self, limit_seq: int) -> None:
         """Extends the frame index up to ``limit_seq`` (exclusive) or the end of data.
@@ -74,18 +83,23 @@ class Segment:
         Everything below ``limit_seq`` was published, so a frame that does not
         validate there is damage, not a write in progress.
         """
-        if self.next_seq >= limit_seq or self.sealed:
+        if self.base + self.count >= limit_seq or self.sealed:
             return
-        # Sized to the request: a catch-up usually wants a few frames, and
-        # zeroing full-chunk arrays on every call cost more than the scan.
-        offs = ffi.new("uint64_t[]", min(_SCAN_CHUNK, limit_seq - self.next_seq))
-        res = ffi.new("walq_scan_t *")
-        while self.next_seq < limit_seq and not self.sealed:
-            want = min(len(offs), limit_seq - self.next_seq)
-            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.next_seq, want, offs,
-                          ffi.NULL, ffi.NULL, res)
+        with self._scan_lock:
+            self._scan_to(limit_seq)
+
+    def _scan_to(self, limit_seq: int) -> None:
+        res = self._res
+        while self.base + self.count < limit_seq and not self.sealed:
+            want = min(_SCAN_CHUNK, limit_seq - self.base - self.count)
+            if self.count + want > len(self.offs):
+                grown = ffi.new("uint64_t[]", max(self.count + want, 2 * len(self.offs)))
+                ffi.memmove(grown, self.offs, 8 * self.count)
+                self.offs = grown
+            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.base + self.count, want,
+                          self.offs + self.count, ffi.NULL, ffi.NULL, res)
             if res.count:
-                self.offs.frombytes(ffi.buffer(offs, 8 * res.count))
+                self.count += res.count  # after the offsets are written: readers check count first
                 self.scan_off = res.next_off
                 chunk = min(_RELEASE_CHUNK, self.size >> 2)
                 if self.scan_off - self.released >= chunk:
