@@ -28,6 +28,7 @@ from helpers import (
 from walq.errors import CorruptionError
 from walq.log import Log, LogOptions, recovery
 from walq.log.fileio import OsIO
+from walq.log.log import RunBuffers
 
 SEG = 8192
 ALWAYS = LogOptions(durability="always", segment_size=SEG)
@@ -188,6 +189,28 @@ def test_damage_after_a_record_was_indexed_is_still_detected(tmp_path):
             log.read_batch(0)
         with pytest.raises(CorruptionError) as exc:
             log.read_many([victim.seq + 1, victim.seq])  # a receive's reads
+        assert (exc.value.path, exc.value.offset) == (first, victim.offset)
+
+
+def test_frame_runs_return_every_record_across_segments_and_report_damage(tmp_path):
+    """The queue catch-up's reader (Log.frame_run): every record once, in
+    order, across rolls; damage raises with the file and offset."""
+    expected = build(tmp_path, [nonzero_payload(i) for i in range(300)])
+    with Log.open(tmp_path, ALWAYS) as log:
+        buf = RunBuffers(37)  # runs shorter than a segment, and not dividing it
+        got, seq = [], 0
+        while True:
+            mm, _base, n = log.frame_run(seq, buf)
+            if not n:
+                break
+            got += [mm[buf.poffs[i] : buf.poffs[i] + buf.lens[i]] for i in range(n)]
+            seq += n
+        assert got == expected
+        first = segment_paths(str(tmp_path))[0]
+        victim = frames(first)[5]
+        flip_byte(first, victim.offset + 30)
+        with pytest.raises(CorruptionError) as exc:
+            log.frame_run(2, buf)  # indexed already: the run re-validates
         assert (exc.value.path, exc.value.offset) == (first, victim.offset)
 
 
