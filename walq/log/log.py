@@ -715,7 +715,8 @@ class Log:
             seg.index_to(limit)
         last = min(limit, seg.next_seq)
         n = last - seq
-        start = seg.offs + (seq - seg.base)
+        held = seg.offs  # a pointer into it does not keep it alive; another thread may grow it
+        start = held + (seq - seg.base)
         lens = ffi.new("uint32_t[]", n)
         types = ffi.new("uint8_t[]", n)
         ok = lib.walq_check_run(seg.ptr, seg.size, seg.salt, start, seq, n, lens, types)
@@ -760,7 +761,8 @@ class Log:
             self._run_seg = seg
             n = min(end, seq + buf.size, seg_end, seg.next_seq) - seq
         first = seq - seg.base
-        ok = lib.walq_frames_run(seg.ptr, seg.size, seg.salt, seg.offs + first, seq, n, buf.poffs, buf.lens, buf.types)
+        held = seg.offs  # a pointer into it does not keep it alive; another thread may grow it
+        ok = lib.walq_frames_run(seg.ptr, seg.size, seg.salt, held + first, seq, n, buf.poffs, buf.lens, buf.types)
         if ok < n:
             off = seg.offs[first + ok]
             raise CorruptionError(f"record {seq + ok} in {seg.path} at offset {off} does not validate", seg.path, off)
