@@ -13,8 +13,9 @@ import pytest
 from helpers import SEGMENT_HEADER_SIZE, frame_size, frames, payload_for, parse_payload, segment_paths
 from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
 from walq.log import Log, LogOptions, Record, RecordGone
-from walq.log._native import check_sync
+from walq.log._native import check_sync, ffi
 from walq.log.fileio import OsIO
+from walq.log.log import RunBuffers
 
 SMALL = 4096
 
@@ -135,6 +136,48 @@ def test_segment_rolls_when_the_next_record_does_not_fit(tmp_path):
         assert log.end == 5
         assert log.append(b"after reopen") == 5
         assert [r.payload for r in log.iter_from()] == [payload] * 4 + [b"next", b"after reopen"]
+
+
+def test_threads_reading_one_handle_while_it_grows_see_every_record_once(tmp_path):
+    """Readers of one Log extend the same segments' frame index at once
+    (the native scan runs without the GIL): none may index a frame twice."""
+    log = Log.open(tmp_path, opts(segment_size=64 * 1024))
+    total = 4000
+    expected = [b"%d-" % i + b"q" * (i % 50) for i in range(total)]
+    errors: list[str] = []
+
+    def writer():
+        for i in range(0, total, 40):
+            log.append_batch(expected[i : i + 40])
+
+    def reader(k):
+        try:
+            buf = RunBuffers(17 + k)
+            seq = 0
+            while seq < total:
+                mm, _base, n = log.frame_run(seq, buf)
+                for i in range(n):
+                    if mm[buf.poffs[i] : buf.poffs[i] + buf.lens[i]] != expected[seq + i]:
+                        errors.append(f"reader {k}: record {seq + i} differs")
+                        return
+                seq += n
+            if log.read_many([total - 1, 0, total // 2]) != [expected[total - 1], expected[0], expected[total // 2]]:
+                errors.append(f"reader {k}: read_many differs")
+        except Exception as exc:  # noqa: BLE001  (reported below)
+            errors.append(f"reader {k}: {exc!r}")
+
+    threads = [threading.Thread(target=writer)] + [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not errors
+        assert [r.payload for r in log.iter_from()] == expected
+        for seg in log._segments.values():
+            assert seg.next_seq <= log.end and seg.count == len(set(ffi.unpack(seg.offs, seg.count)))
+    finally:
+        log.close()
 
 
 def test_handles_taking_turns_across_rolls_keep_every_record_in_order(tmp_path):
