@@ -301,9 +301,23 @@ static int claim_sync(struct walq_syncer *s)
     return __atomic_compare_exchange_n(&s->held, &free_, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 }
 
+/* After `held` drops to 0: a closing thread may be blocked in
+ * walq_syncer_seize.  (Sequentially consistent with it: either it sees
+ * held == 0, or this sees closed and wakes it.) */
+static void wake_seizer(struct walq_syncer *s)
+{
+#ifdef __linux__
+    if (__atomic_load_n(&s->closed, __ATOMIC_SEQ_CST))
+        syscall(SYS_futex, &s->held, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+#else
+    (void)s;
+#endif
+}
+
 static void release_claim(struct walq_syncer *s)
 {
     __atomic_store_n(&s->held, 0, __ATOMIC_SEQ_CST);
+    wake_seizer(s);
     if (__atomic_exchange_n(&s->wanted, 0, __ATOMIC_SEQ_CST))
         walq_durable_publish(s->ctl, 0);
 }
@@ -352,13 +366,22 @@ void walq_sync_done(struct walq_syncer *s, uint64_t target)
     walq_unlock(s->sync_fd);
     __atomic_store_n(&s->wanted, 0, __ATOMIC_SEQ_CST);
     __atomic_store_n(&s->held, 0, __ATOMIC_SEQ_CST);
+    wake_seizer(s);
     walq_durable_publish(s->ctl, target);
 }
 
-int walq_syncer_seize(struct walq_syncer *s)
+void walq_syncer_seize(struct walq_syncer *s)
 {
     __atomic_store_n(&s->closed, 1, __ATOMIC_SEQ_CST);
-    return claim_sync(s);
+    while (!claim_sync(s)) {
+#ifdef __linux__
+        /* Returns at once if `held` already changed from 1. */
+        syscall(SYS_futex, &s->held, FUTEX_WAIT_PRIVATE, 1, NULL, NULL, 0);
+#else
+        struct timespec ts = {0, 100000L};
+        nanosleep(&ts, NULL);
+#endif
+    }
 }
 
 int walq_append_locked(struct walq_ctl *ctl, int fd, uint64_t seg_base,

@@ -145,9 +145,9 @@ int walq_await_durable(struct walq_syncer *s, uint64_t upto, int timeout_ms);
  * change) and wakes the waiters. */
 void walq_sync_done(struct walq_syncer *s, uint64_t target);
 
-/* For close: marks the syncer closed and takes the claim for good.
- * 0 while another thread still holds it (try again), 1 once taken. */
-int walq_syncer_seize(struct walq_syncer *s);
+/* For close: marks the syncer closed and takes the claim for good,
+ * blocking (on a futex) while another thread of the process holds it. */
+void walq_syncer_seize(struct walq_syncer *s);
 
 int walq_lock(int fd);      /* blocking flock(LOCK_EX); 0 or -errno */
 int walq_try_lock(int fd);  /* flock(LOCK_EX|LOCK_NB); 0 got it, 1 held elsewhere, -errno */

@@ -130,6 +130,44 @@ def test_closing_a_log_while_a_thread_waits_to_be_durable_raises_broker_closed(t
         t.join(timeout=10)
 
 
+class GatedIO(OsIO):
+    """fdatasync waits for the test's go once ``gate`` is set."""
+
+    def __init__(self):
+        self.gate = False
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def fdatasync(self, fd, path):
+        if self.gate:
+            self.entered.set()
+            self.go.wait(10)
+        super().fdatasync(fd, path)
+
+
+def test_close_waits_for_a_sync_another_thread_is_running(tmp_path):
+    io = GatedIO()
+    log = Log.open(tmp_path, ALWAYS, io=io)
+    io.gate = True
+    got: list[int] = []
+    appender = threading.Thread(target=lambda: got.append(log.append(b"x")))
+    appender.start()
+    try:
+        assert io.entered.wait(10)
+        closer = threading.Thread(target=log.close)
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive(), "close did not wait for the thread syncing through lock.sync"
+        io.go.set()
+        closer.join(10)
+        appender.join(10)
+        assert not closer.is_alive() and got == [0], "the sync finished, then the close"
+    finally:
+        io.go.set()
+        appender.join(10)
+        log.close()
+
+
 def test_threads_of_one_and_of_two_handles_all_return_durable(tmp_path):
     """Threads share their handle's claim on lock.sync (``walq_syncer.held``:
     flock does not exclude threads sharing a descriptor); two handles in one

@@ -15,6 +15,7 @@ Concurrency (see docs/format.md for the files):
 from __future__ import annotations
 
 import bisect
+import contextlib
 import mmap
 import os
 import secrets
@@ -70,9 +71,7 @@ class Log:
         self._last_read: Segment | None = None
         self._bases: list[int] = []
         self._tlock = threading.Lock()  # orders this process's appenders
-        # lock.alloc orders whoever zeroes blocks ahead of the end (flock
-        # does not exclude threads sharing a descriptor: hence the pair).
-        self._alloc_tlock = threading.Lock()
+        self._alloc_tlock = threading.Lock()  # see _alloc_locked
         self._zeroer: threading.Thread | None = None
         self._zero_kick = threading.Event()
         self._seq_out = ffi.new("uint64_t[1]")
@@ -354,18 +353,25 @@ class Log:
     def _extend(self, seg: Segment, need: int) -> None:
         """Allocates blocks ahead of the end (append lock held): the
         fallback when the zeroer (_zero_ahead) fell behind, or in "os"."""
+        with self._alloc_locked():
+            alloc = self._load("alloc_off")
+            end = self._load("end_off")
+            if alloc >= end + need:
+                return  # the zeroer finished while this waited for lock.alloc
+            cap = self._load("seg_cap")
+            target = min(cap, max(end + need, alloc + self.options.preallocate))
+            if target > alloc:
+                self.io.preallocate(seg.fd, alloc, target - alloc)
+            self._store("alloc_off", target)
+
+    @contextlib.contextmanager
+    def _alloc_locked(self):
+        """lock.alloc, held by this thread (flock does not exclude threads
+        sharing a descriptor: hence the thread lock as well)."""
         with self._alloc_tlock:
             check_os(lib.walq_lock(self._alloc_fd), "lock", self.path)
             try:
-                alloc = self._load("alloc_off")
-                end = self._load("end_off")
-                if alloc >= end + need:
-                    return  # the zeroer finished while this waited for lock.alloc
-                cap = self._load("seg_cap")
-                target = min(cap, max(end + need, alloc + self.options.preallocate))
-                if target > alloc:
-                    self.io.preallocate(seg.fd, alloc, target - alloc)
-                self._store("alloc_off", target)
+                yield
             finally:
                 lib.walq_unlock(self._alloc_fd)
 
@@ -410,29 +416,23 @@ class Log:
         then fails (or, should the values coincide, marks blocks of the new
         segment that read as zeros anyway: a hint lost, not data).
         """
-        with self._alloc_tlock:
-            if self._closed:
+        with self._alloc_locked():
+            base = self._load("seg_base")
+            alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
+            chunk = self.options.preallocate
+            if alloc - end >= chunk // 2 or alloc >= cap:
                 return
-            check_os(lib.walq_lock(self._alloc_fd), "lock", self.path)
-            try:
-                base = self._load("seg_base")
-                alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
-                chunk = self.options.preallocate
-                if alloc - end >= chunk // 2 or alloc >= cap:
-                    return
-                seg = self._segment(base)
-                stop = min(cap, alloc + chunk)
-                off = alloc
-                while off < stop:
-                    n = min(self._ZERO_STEP, stop - off)
-                    self.io.preallocate(seg.fd, off, n)
-                    if self.options.durability != "os":
-                        self.io.fdatasync(seg.fd, seg.path)
-                    off += n
-                if self._load("seg_base") == base:
-                    lib.walq_cas(self._fields["alloc_off"], alloc, stop)
-            finally:
-                lib.walq_unlock(self._alloc_fd)
+            seg = self._segment(base)
+            stop = min(cap, alloc + chunk)
+            off = alloc
+            while off < stop:
+                n = min(self._ZERO_STEP, stop - off)
+                self.io.preallocate(seg.fd, off, n)
+                if self.options.durability != "os":
+                    self.io.fdatasync(seg.fd, seg.path)
+                off += n
+            if self._load("seg_base") == base:
+                lib.walq_cas(self._fields["alloc_off"], alloc, stop)
 
     def _runway_low(self) -> bool:
         alloc = self._load("alloc_off")
@@ -702,30 +702,13 @@ class Log:
 
         Returns ``(mm, seq0, offsets, lengths, types)``: payload ``i`` is
         ``mm[offsets[i] : offsets[i] + lengths[i]]``, record ``seq0 + i``.
-        Empty lists at the end of the log.  For hot readers (a queue's
-        catch-up) that need only a few fields of most records.
+        Empty lists at the end of the log.  frame_run, as Python lists.
         """
-        self._check_open()
-        end = self._load("end_seq")
-        if seq >= end:
+        buf = RunBuffers(max_records)
+        mm, _base, n = self.frame_run(seq, buf)
+        if not n:
             return None, seq, [], [], []
-        seg, seg_end = self._locate(seq)
-        limit = min(end, seq + max_records, seg_end)
-        if seg.next_seq < limit:
-            seg.index_to(limit)
-        last = min(limit, seg.next_seq)
-        n = last - seq
-        held = seg.offs  # a pointer into it does not keep it alive; another thread may grow it
-        start = held + (seq - seg.base)
-        lens = ffi.new("uint32_t[]", n)
-        types = ffi.new("uint8_t[]", n)
-        ok = lib.walq_check_run(seg.ptr, seg.size, seg.salt, start, seq, n, lens, types)
-        offs = ffi.unpack(start, n)
-        if ok < n:
-            off = offs[ok]
-            raise CorruptionError(f"record {seq + ok} in {seg.path} at offset {off} does not validate", seg.path, off)
-        hdr = RECORD_HEADER_SIZE
-        return seg.mm, seq, [o + hdr for o in offs], ffi.unpack(lens, n), ffi.unpack(types, n)
+        return mm, seq, ffi.unpack(buf.poffs, n), ffi.unpack(buf.lens, n), ffi.unpack(buf.types, n)
 
     def frame_run(self, seq: int, buf: "RunBuffers") -> tuple:
         """Validated frames of one segment run from ``seq``, into ``buf``.
@@ -857,9 +840,8 @@ class Log:
         with self._tlock:
             self._closed = True
             # Another thread may be syncing through lock.sync's descriptor:
-            # it lets go within one fdatasync, and no thread tries it after.
-            while not lib.walq_syncer_seize(self._syncer):
-                time.sleep(0.0005)
+            # wait for it to let go; no thread tries the lock after this.
+            lib.walq_syncer_seize(self._syncer)
             if self._zeroer is not None:
                 self._zero_kick.set()
                 self._zeroer.join()
