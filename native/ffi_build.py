@@ -15,7 +15,7 @@ ffibuilder = FFI()
 ffibuilder.cdef((HERE / "walq_api.h").read_text())
 ffibuilder.set_source(
     "walq._native",
-    '#include "walq.c"\n#include "queue_records.c"',
+    '#include "walq.c"\n#include "queue_records.c"\n#include "qindex.c"',
     include_dirs=[str(HERE)],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
 )

@@ -259,3 +259,79 @@ void walq_receive_texts(const char *ids, const uint64_t *seqs, size_t n, uint64_
  * or the check does not match), 2 if it belongs to another queue. */
 void walq_parse_receipts(const char *text, size_t n, uint64_t uid,
                          uint64_t *msg_seqs, uint64_t *lease_seqs, uint8_t *status);
+
+/* The index of a standard queue (qindex.c; walq/queue/native_index.py):
+ * walq/queue/index.py's Index for fifo=False, in C.  Functions returning
+ * int give 0 on success, -2 when memory runs out, and -1 (or, from
+ * walq_qx_apply_run, -3 - i for record i) for a malformed record. */
+#define WALQ_QX_VISIBLE 0
+#define WALQ_QX_DELAYED 1
+#define WALQ_QX_INFLIGHT 2
+
+struct walq_qx;
+
+/* Read in place by Python (native_index.py). */
+struct walq_qx_stats {
+    int64_t counts[3];   /* messages VISIBLE, DELAYED, INFLIGHT */
+    uint64_t live;       /* live messages */
+    uint64_t ops;        /* message operations applied (checkpoint pacing) */
+};
+
+struct walq_qx_view {
+    int state;
+    int has_recv;
+    uint32_t count;
+    uint32_t prior;
+    double first;
+    uint64_t lease_seq;
+    double deadline;
+    uint64_t orig;
+};
+
+/* A checkpoint's tables as columns (walq/queue/checkpoint.py names them);
+ * rows[] gives each table's length, in the order: state, ret, delayed,
+ * lease, recv, prior, late, redirect, orig. */
+struct walq_qx_columns {
+    int64_t *state_seq; uint8_t *state_val;
+    int64_t *ret_seq; double *ret_at;
+    double *delayed_at; int64_t *delayed_seq;
+    int64_t *lease_msg; int64_t *lease_seq; double *lease_deadline;
+    int64_t *recv_msg; int64_t *recv_count; double *recv_first;
+    int64_t *prior_msg; int64_t *prior_count;
+    double *late_at; int64_t *late_seq;
+    int64_t *redirect_old; int64_t *redirect_new;
+    int64_t *orig_seq; int64_t *orig_orig;
+    uint64_t rows[9];
+};
+
+struct walq_qx *walq_qx_new(void);
+void walq_qx_free(struct walq_qx *x);
+struct walq_qx_stats *walq_qx_stats(struct walq_qx *x);
+/* Index.apply: one record's payload. */
+int walq_qx_apply(struct walq_qx *x, uint64_t seq, int type, const char *p, size_t len);
+/* Index.apply_run: records seq0 .. seq0 + n, payload i at base + offs[i]. */
+int64_t walq_qx_apply_run(struct walq_qx *x, const char *base, const uint64_t *offs,
+                          const uint32_t *lens, const uint8_t *types, size_t n, uint64_t seq0);
+/* Index.add_sends: plain SENDs seq0 .. seq0 + n. */
+int walq_qx_add_sends(struct walq_qx *x, uint64_t seq0, uint64_t n, double sent, double vis);
+int walq_qx_sweep(struct walq_qx *x, double now, double retention);
+/* 1 and *out set if a lease or delay ends at some time, else 0. */
+int walq_qx_next_event(struct walq_qx *x, double *out);
+/* Up to n visible messages into out, lowest first; returns how many.
+ * With take they leave the visible heap (see Index.candidates). */
+int64_t walq_qx_candidates(struct walq_qx *x, size_t n, int take, uint64_t *out);
+int walq_qx_give_back(struct walq_qx *x, const uint64_t *seqs, size_t n);
+void walq_qx_remove(struct walq_qx *x, uint64_t m);
+uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m);
+/* 1 and *out filled if m is live, else 0. */
+int walq_qx_get(struct walq_qx *x, uint64_t m, struct walq_qx_view *out);
+int walq_qx_min_live(struct walq_qx *x, uint64_t *out);
+int walq_qx_oldest_sent(struct walq_qx *x, double *out);
+/* The live sequences below `below`, ascending, into out (room for
+ * stats->live); returns how many. */
+int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t *out);
+/* Upper bounds of each table's rows (for the caller's arrays). */
+void walq_qx_bounds(struct walq_qx *x, uint64_t out[9]);
+int walq_qx_export(struct walq_qx *x, struct walq_qx_columns *c);
+/* Into a new, empty index; -1 if the columns contradict each other. */
+int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c);

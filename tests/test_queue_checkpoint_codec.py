@@ -30,6 +30,14 @@ from walq.queue import checkpoint as ckpt
 from walq.queue import records as R
 from walq.queue.index import DELAYED, INFLIGHT, RET_SLACK_S, VISIBLE, Index
 
+
+@pytest.fixture(autouse=True)
+def python_index(monkeypatch):
+    """These tests pin the Python Index (FIFO queues' and the fallback's),
+    so decode builds one for standard queues too; the native index has its
+    own differential tests (test_queue_native_index.py)."""
+    monkeypatch.setenv("WALQ_INDEX", "python")
+
 # -- the version 1 codec, frozen ---------------------------------------------------
 
 MAGIC_V1 = b"WALQCKP1"

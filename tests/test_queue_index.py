@@ -13,6 +13,14 @@ from walq.queue import records as R
 from walq.queue.index import Index
 
 
+@pytest.fixture(autouse=True)
+def python_index(monkeypatch):
+    """These tests pin the Python Index (FIFO queues' and the fallback's),
+    so decode builds one for standard queues too; the native index has its
+    own differential tests (test_queue_native_index.py)."""
+    monkeypatch.setenv("WALQ_INDEX", "python")
+
+
 def random_records(rng: random.Random, n: int) -> list[tuple[int, bytes]]:
     """A plausible standard-queue history: sends, receives, deletes (some of
     messages already gone or never leased), visibility changes, rewrites."""

@@ -49,6 +49,7 @@ from walq.errors import CorruptionError
 from walq.log._native import lib
 from walq.log.format import hash64
 from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
+from walq.queue.native_index import NativeIndex, native_index_enabled
 
 MAGIC = b"WALQCKP2"
 MAGIC_V1 = b"WALQCKP1"
@@ -89,8 +90,12 @@ def list_checkpoints(directory: str) -> list[int]:
 # -- encoding ------------------------------------------------------------------
 
 
-def encode(idx: Index) -> bytes:
+def encode(idx: Index | NativeIndex) -> bytes:
     """Serializes an index (format ``WALQCKP2``, see the module docstring)."""
+    if isinstance(idx, NativeIndex):
+        meta = {"fifo": False, "dedup_scope": idx.dedup_scope, "group_of": [], "dedup": []}
+        cols = idx.columns()
+        return _frame(idx.applied, meta, {name: [_as_array(code, cols[name])] for name, code in _ARRAYS})
     state = idx.state
     keys = list(state)
     ordered = sorted(keys)
@@ -123,19 +128,22 @@ def encode(idx: Index) -> bytes:
         "group_of": list(idx.group_of.items()),
         "dedup": [[k, mid.hex(), s, t] for k, (mid, s, t) in idx.dedup.items()],
     }
+    bufs = {name: [_as_array(code, columns[name])] for name, code in _ARRAYS if name in columns}
+    bufs["ret_seq"] = _gather(idx.ret_seq, runs)
+    bufs["ret_at"] = _gather(idx.ret_at, runs)
+    # The views into ret_seq/ret_at pin those arrays' size (an array cannot
+    # resize while exported) until this function returns.
+    return _frame(idx.applied, meta, bufs)
+
+
+def _frame(applied: int, meta: dict, bufs: dict[str, list]) -> bytes:
+    """The checkpoint file: header, JSON, each array (as buffers in
+    ``bufs[name]``, little-endian) and the checksum."""
     blob = json.dumps(meta, separators=(",", ":")).encode()
-    parts = [MAGIC, struct.pack("<QI", idx.applied, len(blob)), blob]
-    for name, code in _ARRAYS:
-        if name == "ret_seq":
-            bufs = _gather(idx.ret_seq, runs)
-        elif name == "ret_at":
-            bufs = _gather(idx.ret_at, runs)
-        else:
-            bufs = [_as_array(code, columns[name])]
-        parts.append(struct.pack("<I", sum(memoryview(b).nbytes for b in bufs)))
-        parts += bufs
-    # The views into ret_seq/ret_at in parts pin those arrays' size (an
-    # array cannot resize while exported) until this function returns.
+    parts = [MAGIC, struct.pack("<QI", applied, len(blob)), blob]
+    for name, _code in _ARRAYS:
+        parts.append(struct.pack("<I", sum(memoryview(b).nbytes for b in bufs[name])))
+        parts += bufs[name]
     body = b"".join(parts)
     return body + struct.pack("<Q", hash64(body))
 
@@ -238,7 +246,7 @@ def _live_runs(idx: Index, keys: array) -> list[tuple[int, int]]:
 # -- decoding ------------------------------------------------------------------
 
 
-def decode(raw: bytes, path: str) -> Index:
+def decode(raw: bytes, path: str) -> Index | NativeIndex:
     """Rebuilds an index from a ``WALQCKP2`` or ``WALQCKP1`` checkpoint;
     CorruptionError if the file does not validate."""
     return _build(*_parse(raw, path))
@@ -289,8 +297,10 @@ def _v1_columns(meta: dict) -> dict:
     return cols
 
 
-def _build(applied: int, meta: dict, c: dict) -> Index:
+def _build(applied: int, meta: dict, c: dict) -> Index | NativeIndex:
     """The index the decoded columns describe (both versions end here)."""
+    if not meta["fifo"] and native_index_enabled():
+        return NativeIndex.from_columns(applied, c)
     idx = Index(meta["fifo"], meta["dedup_scope"])
     idx.applied = applied
     seqs, vals = c["state_seq"], c["state_val"].tobytes()
@@ -343,7 +353,7 @@ def _build(applied: int, meta: dict, c: dict) -> Index:
 # -- files ---------------------------------------------------------------------
 
 
-def load_newest(directory: str) -> Index | None:
+def load_newest(directory: str) -> Index | NativeIndex | None:
     """The newest checkpoint's index, or None if there is none."""
     for _attempt in range(20):
         positions = list_checkpoints(directory)

@@ -522,3 +522,38 @@ class Index:
             heapq.heappop(late)
         times = ([ra[i]] if i < len(rs) else []) + ([late[0][0]] if late else [])
         return min(times) if times else None
+
+    # Read accessors: callers outside the index go through these rather than
+    # its dicts, so that NativeIndex (standard queues) can stand in for it.
+
+    def live(self) -> int:
+        """How many messages are live (visible, delayed or in flight)."""
+        return len(self.state)
+
+    def state_of(self, m: int) -> int | None:
+        """VISIBLE, DELAYED or INFLIGHT for a live message; None otherwise."""
+        return self.state.get(m)
+
+    def receive_info(self, m: int) -> tuple[int, float] | None:
+        """``(count, first received at)`` once a live message was received."""
+        return self.receives.get(m)
+
+    def prior_of(self, m: int) -> int:
+        """Receives a live message carried in from another queue (0 if none)."""
+        return self.prior.get(m, 0)
+
+    def lease_of(self, m: int) -> tuple[int, float] | None:
+        """``(lease seq, deadline)`` of a message in flight; None otherwise."""
+        return self.leases.get(m)
+
+    def orig_of(self, m: int) -> int:
+        """The original sequence of a message compaction copied forward (``m`` itself if none)."""
+        return self.orig.get(m, m)
+
+    def live_below(self, cutoff: int) -> list[int]:
+        """The live sequences below ``cutoff``, ascending (what pins old segments)."""
+        return sorted(m for m in self.state if m < cutoff)
+
+    def live_seqs(self) -> list[int]:
+        """Every live sequence, ascending."""
+        return sorted(self.state)

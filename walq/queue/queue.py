@@ -38,6 +38,7 @@ from walq.queue import message_attributes as mattrs
 from walq.queue import records as R
 from walq.queue.attributes import RANGES, QueueAttributes
 from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
+from walq.queue.native_index import NativeIndex, new_index
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 
 _ID_CHARS = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
@@ -91,11 +92,11 @@ class Queue:
     def _attrs(self) -> QueueAttributes:
         return self._broker._attributes_of(self)
 
-    def _load_index(self) -> Index:
+    def _load_index(self) -> Index | NativeIndex:
         idx = checkpoint.load_newest(self._dir)
         if idx is None:
             attrs = self._attrs()
-            idx = Index(attrs.fifo, attrs.dedup_scope)
+            idx = new_index(attrs.fifo, attrs.dedup_scope)
             idx.applied = self._log.first
         return idx
 
@@ -202,7 +203,7 @@ class Queue:
         load time: half made opening a queue with 500,000 live messages
         replay up to 250,000 operations (bench_index: 0.31 -> 0.43 s)."""
         divisor = CHECKPOINT_LIVE_DIVISOR
-        return max(CHECKPOINT_EVERY, len(self._index.state) // divisor if divisor else 0)
+        return max(CHECKPOINT_EVERY, self._index.live() // divisor if divisor else 0)
 
     def _maintain(self) -> None:
         """Checkpoint (and compact) once enough records have been applied."""
@@ -445,7 +446,6 @@ class Queue:
             leased, hidden, payloads = [], [], {}
             sent_at = R.F64.unpack_from
             expired = now - attrs.retention  # sent at or before: never delivered
-            receives, prior = idx.receives, idx.prior
             picks = idx.candidates(n, take=not attrs.fifo)
             try:
                 try:
@@ -462,12 +462,12 @@ class Queue:
                     if sent_at(p, R.SENT_AT_OFFSET)[0] <= expired:
                         idx.remove(m)  # expired: never delivered
                         continue
-                    r = receives.get(m)
-                    count = r[0] if r is not None else prior.get(m, 0)
+                    r = idx.receive_info(m)
+                    count = r[0] if r is not None else idx.prior_of(m)
                     if dlq is not None and count + 1 > policy.max_receives:
                         hidden.append(m)
                         rec = R.decode_send(p)
-                        first = idx.receives.get(m, (0, 0.0))[1]
+                        first = r[1] if r is not None else 0.0
                         if first and not rec.first_received_at:
                             # The record holds it only if it came from elsewhere.
                             rec = rec._replace(first_received_at=first)
@@ -485,8 +485,8 @@ class Queue:
                 if records:
                     lease_seq = self._write(tx, records, types).start
                     for m in leased:
-                        count, first = idx.receives[m]
-                        chosen.append((m, payloads[m], count, first, idx.orig.get(m, m)))
+                        count, first = idx.receive_info(m)
+                        chosen.append((m, payloads[m], count, first, idx.orig_of(m)))
             except BaseException:
                 idx.give_back(picks)  # taken from the visible heap, and not leased
                 raise
@@ -547,7 +547,7 @@ class Queue:
         attrs = self._attrs()
         with self._deciding(attrs.retention) as (tx, idx, now):
             chosen = []
-            for m in idx.candidates(len(idx.state) or 1):
+            for m in idx.candidates(idx.live() or 1):
                 rec = R.decode_send(self._log.read(m).payload)
                 if rec.sent_at + attrs.retention > now and accept(rec):
                     chosen.append((m, rec, 0))
@@ -597,7 +597,7 @@ class Queue:
                 self._catch_up()
                 idx = self._index
                 doomed = [m for m in dict.fromkeys(m for _i, _r, m, _lease in parsed)
-                          if m >= idx.applied or idx.resolve(m) in idx.state]
+                          if m >= idx.applied or idx.state_of(idx.resolve(m)) is not None]
             if doomed:
                 payload = R.encode_seqs(doomed)
                 seq = self._log.append(payload, R.DELETE)
@@ -610,11 +610,11 @@ class Queue:
             doomed = []
             for i, r, m, lease in parsed:
                 m = idx.resolve(m)
-                if m not in idx.state:
+                if idx.state_of(m) is None:
                     result.successful.append((i, r))  # already gone: SQS says fine
                     continue
                 if attrs.fifo:
-                    cur = idx.leases.get(m)
+                    cur = idx.lease_of(m)
                     if cur is None or cur[0] != lease:
                         result.failed.append((i, InvalidReceipt(
                             "receipt handle has expired: the message's lease ran out or it was received again")))
@@ -659,7 +659,7 @@ class Queue:
                 changes = []
                 for i, receipt, m, lease, seconds in parsed:
                     m = idx.resolve(m)
-                    cur = idx.leases.get(m)
+                    cur = idx.lease_of(m)
                     if cur is None or cur[0] != lease:
                         result.failed.append((i, MessageNotInflight(
                             "message is not in flight under this receipt (deleted, or its lease ran out)")))
@@ -692,7 +692,7 @@ class Queue:
                 in_flight=idx.counts[INFLIGHT],
                 delayed=idx.counts[DELAYED],
                 oldest_age_s=max(0.0, now - oldest) if oldest is not None else 0.0,
-                total=len(idx.state),
+                total=idx.live(),
                 disk_bytes=self._log.disk_bytes(),
             )
 
@@ -761,11 +761,11 @@ class Queue:
         with self._log.locked() as tx, self._mu:
             self._catch_up()
             idx = self._index
-            pinning = [m for m in idx.state if m < cutoff]
+            pinning = idx.live_below(cutoff)
             if attrs.fifo and pinning:
                 groups = {idx.group_of[m] for m in pinning}
-                pinning = [m for m in idx.state if idx.group_of[m] in groups]
-            live = len(idx.state)
+                pinning = [m for m in idx.live_seqs() if idx.group_of[m] in groups]
+            live = idx.live()
             if not pinning or len(pinning) > max(1000, live // 10):
                 return  # genuinely live data: disk use already tracks it
             pinning.sort()
@@ -773,13 +773,13 @@ class Queue:
             new = tx.end
             for m in pinning:
                 rec = R.decode_send(self._log.read(m).payload)
-                count, first = idx.receives.get(m, (idx.prior.get(m, 0), 0.0))
+                count, first = idx.receive_info(m) or (idx.prior_of(m), 0.0)
                 payloads.append(R.encode_send(rec.message_id, rec.sent_at, rec.visible_at, rec.body,
                                               rec.attributes, rec.group, rec.dedup_id, rec.source,
                                               count, rec.first_received_at or first))
                 types.append(R.SEND)
-                lease_seq, deadline = idx.leases.get(m, (0, 0.0)) if idx.state[m] == INFLIGHT else (0, 0.0)
-                carry.append((new, m, lease_seq, deadline, idx.orig.get(m, m)))
+                lease_seq, deadline = idx.lease_of(m) or (0, 0.0)
+                carry.append((new, m, lease_seq, deadline, idx.orig_of(m)))
                 new += 1
             payloads.append(R.encode_carry(carry))
             types.append(R.CARRY)

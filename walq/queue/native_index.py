@@ -1,0 +1,307 @@
+"""A standard queue's index in C (native/qindex.c): the same state, rules
+and methods as walq.queue.index.Index with ``fifo=False``.
+
+The Python Index pays about a microsecond of dict and heap work per message
+for every lease and delete it replays, and every consumer replays every
+other consumer's; here those are C loops over one table.  FIFO queues keep
+the Python Index (groups and dedup windows).  ``WALQ_INDEX=python`` makes
+standard queues use it too (for comparison and as a fallback).
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+
+from walq.errors import CorruptionError
+from walq.log._native import ffi, lib
+from walq.log.log import RunBuffers
+from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
+
+__all__ = ["NativeIndex", "COLUMNS", "native_index_enabled", "new_index"]
+
+#: The checkpoint's tables as (column, typecode), grouped by table in the
+#: order of struct walq_qx_columns's rows[].
+COLUMNS = (
+    (("state_seq", "q"), ("state_val", "b")),
+    (("ret_seq", "q"), ("ret_at", "d")),
+    (("delayed_at", "d"), ("delayed_seq", "q")),
+    (("lease_msg", "q"), ("lease_seq", "q"), ("lease_deadline", "d")),
+    (("recv_msg", "q"), ("recv_count", "q"), ("recv_first", "d")),
+    (("prior_msg", "q"), ("prior_count", "q")),
+    (("late_at", "d"), ("late_seq", "q")),
+    (("redirect_old", "q"), ("redirect_new", "q")),
+    (("orig_seq", "q"), ("orig_orig", "q")),
+)
+_CTYPES = {"q": "int64_t[]", "d": "double[]", "b": "uint8_t[]"}
+
+
+def native_index_enabled() -> bool:
+    """Whether standard queues use NativeIndex (unless ``WALQ_INDEX=python``).
+
+    Every process sharing a queue builds its own index from the same log
+    and checkpoints; either kind reads the other's checkpoints.
+    """
+    return os.environ.get("WALQ_INDEX", "native") != "python"
+
+
+def new_index(fifo: bool, dedup_scope: str = "queue") -> Index | NativeIndex:
+    """An empty index of the kind a queue of this type uses."""
+    if not fifo and native_index_enabled():
+        return NativeIndex()
+    return Index(fifo, dedup_scope)
+
+
+def _check(rc: int, what: str) -> None:
+    if rc == -2:
+        raise MemoryError(f"queue index: out of memory in {what}")
+    if rc < 0:
+        raise CorruptionError(f"queue index: a malformed record in {what}")
+
+
+class NativeIndex:
+    """State of every live message of one standard queue (see Index)."""
+
+    fifo = False
+    dedup_scope = "queue"
+
+    def __init__(self, fifo: bool = False, dedup_scope: str = "queue"):
+        if fifo:
+            raise ValueError("NativeIndex serves standard queues only")
+        x = lib.walq_qx_new()
+        if x == ffi.NULL:
+            raise MemoryError("queue index: out of memory")
+        self._x = ffi.gc(x, lib.walq_qx_free)
+        self._st = lib.walq_qx_stats(self._x)
+        self._view = ffi.new("struct walq_qx_view *")
+        self._dbl = ffi.new("double *")
+        self._u64 = ffi.new("uint64_t *")
+        self._out = ffi.new("uint64_t[]", 16)
+        self.applied = 0  # next log sequence to apply
+
+    # -- counters --------------------------------------------------------------
+
+    @property
+    def ops(self) -> int:
+        """Message operations applied (checkpoint pacing)."""
+        return self._st.ops
+
+    @property
+    def counts(self) -> list[int]:
+        """Messages ``[visible, delayed, in flight]``."""
+        c = self._st.counts
+        return [c[0], c[1], c[2]]
+
+    def visible_count(self) -> int:
+        """Visible messages (the receive path's cheap pre-check)."""
+        return self._st.counts[0]
+
+    def live(self) -> int:
+        """Live messages."""
+        return self._st.live
+
+    # -- applying records ------------------------------------------------------
+
+    def apply(self, seq: int, type: int, payload: bytes) -> None:
+        """Folds one log record into the index."""
+        _check(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), "apply")
+        self.applied = seq + 1
+
+    def apply_frames(self, mm, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
+        """Folds a run of records given as lists (see Index.apply_frames)."""
+        n = len(offs)
+        if not n:
+            return
+        buf = RunBuffers(n)
+        buf.poffs[0:n] = offs
+        buf.lens[0:n] = lens
+        buf.types[0:n] = types
+        base = ffi.from_buffer(mm)
+        try:
+            self.apply_run(mm, base, seq0, n, buf)
+        finally:
+            ffi.release(base)
+
+    def apply_run(self, mm, base, seq0: int, n: int, buf) -> None:
+        """Folds records ``seq0 .. seq0 + n`` as Log.frame_run left them."""
+        rc = lib.walq_qx_apply_run(self._x, base, buf.poffs, buf.lens, buf.types, n, seq0)
+        if rc <= -3:
+            bad = seq0 - rc - 3
+            raise CorruptionError(f"queue index: record {bad} is malformed for its type")
+        _check(rc, "apply_run")
+        self.applied = seq0 + n
+
+    def add_sends(self, seqs: range, sent_at: float, visible_at: float) -> None:
+        """Folds in a run of plain SENDs written just now (Index.add_sends)."""
+        _check(lib.walq_qx_add_sends(self._x, seqs.start, len(seqs), sent_at, visible_at), "add_sends")
+        self.applied = seqs.stop
+
+    # -- time ------------------------------------------------------------------
+
+    def sweep(self, now: float, retention: float) -> None:
+        """Leases run out, delays end, retention expires (Index.sweep)."""
+        _check(lib.walq_qx_sweep(self._x, now, retention), "sweep")
+
+    def next_event(self) -> float | None:
+        """The earliest time at which a sweep could make a message visible."""
+        return self._dbl[0] if lib.walq_qx_next_event(self._x, self._dbl) else None
+
+    # -- choosing what to deliver ----------------------------------------------
+
+    def candidates(self, n: int, take: bool = False) -> list[int]:
+        """Up to ``n`` visible messages, lowest sequence first (Index.candidates)."""
+        out = self._out if n <= 16 else ffi.new("uint64_t[]", n)
+        k = lib.walq_qx_candidates(self._x, n, take, out)
+        _check(k, "candidates")
+        return ffi.unpack(out, k)
+
+    def give_back(self, seqs: list[int]) -> None:
+        """Returns taken candidates that were neither leased nor removed."""
+        if seqs:
+            _check(lib.walq_qx_give_back(self._x, seqs, len(seqs)), "give_back")
+
+    def remove(self, m: int) -> None:
+        """Forgets a message (deleted, moved, purged or expired)."""
+        lib.walq_qx_remove(self._x, m)
+
+    def resolve(self, m: int) -> int:
+        """The live sequence of the message a receipt names (after rewrites)."""
+        return lib.walq_qx_resolve(self._x, m)
+
+    # -- queries ---------------------------------------------------------------
+
+    def state_of(self, m: int) -> int | None:
+        """VISIBLE, DELAYED or INFLIGHT; None if ``m`` is not live."""
+        return self._view.state if lib.walq_qx_get(self._x, m, self._view) else None
+
+    def receive_info(self, m: int) -> tuple[int, float] | None:
+        """``(receive count, first received at)``, or None if never received."""
+        v = self._view
+        if lib.walq_qx_get(self._x, m, v) and v.has_recv:
+            return (v.count, v.first)
+        return None
+
+    def prior_of(self, m: int) -> int:
+        """Receives the message carried in from another queue."""
+        return self._view.prior if lib.walq_qx_get(self._x, m, self._view) else 0
+
+    def lease_of(self, m: int) -> tuple[int, float] | None:
+        """``(lease seq, deadline)`` while in flight, else None."""
+        v = self._view
+        if lib.walq_qx_get(self._x, m, v) and v.state == INFLIGHT:
+            return (v.lease_seq, v.deadline)
+        return None
+
+    def orig_of(self, m: int) -> int:
+        """The sequence whose place in line the message keeps."""
+        return self._view.orig if lib.walq_qx_get(self._x, m, self._view) else m
+
+    def live_below(self, cutoff: int) -> list[int]:
+        """Live sequences below ``cutoff``, ascending."""
+        out = ffi.new("uint64_t[]", self._st.live + 1)
+        k = lib.walq_qx_live_seqs(self._x, cutoff, out)
+        _check(k, "live_below")
+        return ffi.unpack(out, k)
+
+    def live_seqs(self) -> list[int]:
+        """Every live sequence, ascending."""
+        return self.live_below(2**64 - 1)
+
+    def min_live(self) -> int | None:
+        """The lowest live message sequence (what pins the oldest segment)."""
+        return self._u64[0] if lib.walq_qx_min_live(self._x, self._u64) else None
+
+    def oldest_sent(self) -> float | None:
+        """Send time of the oldest live message."""
+        return self._dbl[0] if lib.walq_qx_oldest_sent(self._x, self._dbl) else None
+
+    # -- checkpoints -----------------------------------------------------------
+
+    def columns(self) -> dict[str, array]:
+        """The checkpoint's tables (walq.queue.checkpoint) as arrays."""
+        bounds = ffi.new("uint64_t[9]")
+        lib.walq_qx_bounds(self._x, bounds)
+        c = ffi.new("struct walq_qx_columns *")
+        keep = []
+        for t, table in enumerate(COLUMNS):
+            for name, code in table:
+                a = ffi.new(_CTYPES[code], bounds[t] + 1)
+                keep.append(a)
+                setattr(c, name, a)
+        _check(lib.walq_qx_export(self._x, c), "export")
+        out = {}
+        for t, table in enumerate(COLUMNS):
+            rows = c.rows[t]
+            for name, code in table:
+                a = array(code)
+                a.frombytes(ffi.buffer(getattr(c, name), rows * a.itemsize))
+                out[name] = a
+        return out
+
+    @classmethod
+    def from_columns(cls, applied: int, cols: dict) -> NativeIndex:
+        """The index a checkpoint's columns describe; CorruptionError if
+        they contradict each other."""
+        idx = cls()
+        c = ffi.new("struct walq_qx_columns *")
+        keep = []
+        for t, table in enumerate(COLUMNS):
+            rows = {len(cols[name]) for name, _code in table}
+            if len(rows) != 1:
+                raise CorruptionError(f"checkpoint table {table[0][0]} has columns of different lengths")
+            c.rows[t] = rows.pop()
+            for name, _code in table:
+                buf = ffi.from_buffer(cols[name])
+                keep.append(buf)
+                setattr(c, name, ffi.cast(ffi.typeof(getattr(c, name)), buf))
+        rc = lib.walq_qx_import(idx._x, c)
+        if rc == -1:
+            raise CorruptionError("checkpoint tables contradict each other (a message in two states, "
+                                  "or a lease or receive count for no live message)")
+        _check(rc, "import")
+        idx.applied = applied
+        return idx
+
+    # -- inspection ------------------------------------------------------------
+    # Copies of the tables in the shape Index keeps them, built from the
+    # columns (O(live)): for tests and tools; changing them changes nothing.
+
+    @property
+    def state(self) -> dict[int, int]:
+        """``{seq: VISIBLE/DELAYED/INFLIGHT}`` of the live messages (a copy)."""
+        c = self.columns()
+        return dict(zip(c["state_seq"], c["state_val"]))
+
+    @property
+    def leases(self) -> dict[int, tuple[int, float]]:
+        """``{seq: (lease seq, deadline)}`` of the messages in flight (a copy)."""
+        c = self.columns()
+        return dict(zip(c["lease_msg"], zip(c["lease_seq"], c["lease_deadline"])))
+
+    @property
+    def receives(self) -> dict[int, tuple[int, float]]:
+        """``{seq: (receive count, first received at)}`` (a copy)."""
+        c = self.columns()
+        return dict(zip(c["recv_msg"], zip(c["recv_count"], c["recv_first"])))
+
+    @property
+    def prior(self) -> dict[int, int]:
+        """``{seq: receives carried from another queue}`` (a copy)."""
+        c = self.columns()
+        return dict(zip(c["prior_msg"], c["prior_count"]))
+
+    @property
+    def orig(self) -> dict[int, int]:
+        """``{seq: original seq}`` of the messages compaction copied (a copy)."""
+        c = self.columns()
+        return dict(zip(c["orig_seq"], c["orig_orig"]))
+
+    @property
+    def redirect(self) -> dict[int, int]:
+        """``{old seq: live seq}`` left by compaction (a copy)."""
+        c = self.columns()
+        return dict(zip(c["redirect_old"], c["redirect_new"]))
+
+    #: FIFO-only tables, empty for a standard queue.
+    dedup: dict = {}
+    group_of: dict = {}
