@@ -56,8 +56,7 @@ struct qx_link {
 struct walq_qx {
     struct walq_qx_stats st;
     struct qx_msg *slots;
-    uint64_t mask;
-    int shift;
+    uint64_t cap;                     /* any size: grown by half */
     uint64_t *vis;                    /* heap */
     size_t nvis, capvis;
     struct qx_timed *leases, *delayed, *late;   /* heaps */
@@ -97,51 +96,72 @@ static inline uint64_t qx_home(uint64_t seq, int shift)
     return (seq * 0x9E3779B97F4A7C15ULL) >> shift;
 }
 
+/* The table's capacity is any number, not a power of two (so it grows by
+ * half, not double: a million messages take ~40 MB less): the hash is
+ * mapped onto [0, cap) by a multiply (Lemire's "fastrange"). */
+static inline uint64_t qx_slot(const struct walq_qx *x, uint64_t seq)
+{
+    return (uint64_t)(((unsigned __int128)(seq * 0x9E3779B97F4A7C15ULL) * x->cap) >> 64);
+}
+
+static inline uint64_t qx_next(const struct walq_qx *x, uint64_t i)
+{
+    return i + 1 == x->cap ? 0 : i + 1;
+}
+
 static struct qx_msg *qx_find(struct walq_qx *x, uint64_t seq)
 {
-    uint64_t i = qx_home(seq, x->shift);
+    uint64_t i = qx_slot(x, seq);
     for (;;) {
         struct qx_msg *s = &x->slots[i];
         if (s->state == QX_EMPTY)
             return NULL;
         if (s->seq == seq)
             return s;
-        i = (i + 1) & x->mask;
+        i = qx_next(x, i);
     }
 }
 
-static int qx_alloc_slots(struct walq_qx *x, int bits)
+static int qx_alloc_slots(struct walq_qx *x, uint64_t cap)
 {
-    uint64_t cap = 1ULL << bits;
     struct qx_msg *s = malloc(cap * sizeof *s);
     if (!s)
         return -2;
     for (uint64_t i = 0; i < cap; i++)
         s[i].state = QX_EMPTY;
     x->slots = s;
-    x->mask = cap - 1;
-    x->shift = 64 - bits;
+    x->cap = cap;
     return 0;
 }
 
-static int qx_rehash(struct walq_qx *x, int bits)
+static int qx_rehash(struct walq_qx *x, uint64_t cap)
 {
     struct qx_msg *old = x->slots;
-    uint64_t oldcap = x->mask + 1;
-    if (qx_alloc_slots(x, bits) < 0) {
+    uint64_t oldcap = x->cap;
+    if (qx_alloc_slots(x, cap) < 0) {
         x->slots = old;
+        x->cap = oldcap;
         return -2;
     }
     for (uint64_t i = 0; i < oldcap; i++) {
         if (old[i].state == QX_EMPTY)
             continue;
-        uint64_t j = qx_home(old[i].seq, x->shift);
+        uint64_t j = qx_slot(x, old[i].seq);
         while (x->slots[j].state != QX_EMPTY)
-            j = (j + 1) & x->mask;
+            j = qx_next(x, j);
         x->slots[j] = old[i];
     }
     free(old);
     return 0;
+}
+
+/* A capacity that holds n messages under the load limit. */
+static uint64_t qx_cap_for(uint64_t n)
+{
+    uint64_t cap = 64;
+    while (cap * QX_LOAD_NUM < (n + 1) * QX_LOAD_DEN)
+        cap += cap / 2;
+    return cap;
 }
 
 static int qx_bits_for(uint64_t n)
@@ -155,12 +175,12 @@ static int qx_bits_for(uint64_t n)
 /* A fresh slot for `seq` (not live); NULL when memory runs out. */
 static struct qx_msg *qx_insert(struct walq_qx *x, uint64_t seq)
 {
-    if ((x->st.live + 1) * QX_LOAD_DEN > (x->mask + 1) * QX_LOAD_NUM
-            && qx_rehash(x, 64 - x->shift + 1) < 0)
+    if ((x->st.live + 1) * QX_LOAD_DEN > x->cap * QX_LOAD_NUM
+            && qx_rehash(x, x->cap + x->cap / 2) < 0)
         return NULL;
-    uint64_t i = qx_home(seq, x->shift);
+    uint64_t i = qx_slot(x, seq);
     while (x->slots[i].state != QX_EMPTY)
-        i = (i + 1) & x->mask;
+        i = qx_next(x, i);
     struct qx_msg *s = &x->slots[i];
     memset(s, 0, sizeof *s);
     s->seq = seq;
@@ -174,10 +194,10 @@ static void qx_erase(struct walq_qx *x, struct qx_msg *s)
 {
     uint64_t i = (uint64_t)(s - x->slots), j = i;
     for (;;) {
-        j = (j + 1) & x->mask;
+        j = qx_next(x, j);
         if (x->slots[j].state == QX_EMPTY)
             break;
-        uint64_t k = qx_home(x->slots[j].seq, x->shift);
+        uint64_t k = qx_slot(x, x->slots[j].seq);
         /* Slot j may move to i only if its home is not in (i, j]. */
         int stays = (i <= j) ? (i < k && k <= j) : (i < k || k <= j);
         if (!stays) {
@@ -620,7 +640,7 @@ static int qx_apply_purge(struct walq_qx *x, const char *p, size_t len)
     memcpy(&upto, p, 8);
     /* A backward shift may move a later member of the run into slot i:
      * look at slot i again before moving on. */
-    for (uint64_t i = 0; i <= x->mask;) {
+    for (uint64_t i = 0; i < x->cap;) {
         struct qx_msg *s = &x->slots[i];
         if (s->state != QX_EMPTY && s->seq < upto)
             qx_drop(x, s);
@@ -799,6 +819,27 @@ int walq_qx_get(struct walq_qx *x, uint64_t m, struct walq_qx_view *out)
     return 1;
 }
 
+void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
+                      uint32_t *counts, double *firsts, uint64_t *origs)
+{
+    for (size_t i = 0; i < n; i++) {
+        struct qx_msg *s = qx_find(x, seqs[i]);
+        counts[i] = !s ? 0 : s->has_recv ? s->count : s->prior;
+        firsts[i] = s && s->has_recv ? s->first : 0.0;
+        origs[i] = s ? s->orig : seqs[i];
+    }
+}
+
+size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, uint64_t applied,
+                           uint64_t *out)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (seqs[i] >= applied || qx_find(x, qx_resolve(x, seqs[i])))
+            out[k++] = seqs[i];
+    return k;
+}
+
 uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m)
 {
     return qx_resolve(x, m);
@@ -807,7 +848,7 @@ uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m)
 int walq_qx_min_live(struct walq_qx *x, uint64_t *out)
 {
     int any = 0;
-    for (uint64_t i = 0; i <= x->mask; i++) {
+    for (uint64_t i = 0; i < x->cap; i++) {
         struct qx_msg *s = &x->slots[i];
         if (s->state != QX_EMPTY && (!any || s->seq < *out)) {
             *out = s->seq;
@@ -875,7 +916,7 @@ static int qx_sort_u64(uint64_t *keys, size_t n)
 int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t *out)
 {
     size_t k = 0;
-    for (uint64_t i = 0; i <= x->mask; i++)
+    for (uint64_t i = 0; i < x->cap; i++)
         if (x->slots[i].state != QX_EMPTY && x->slots[i].seq < below)
             out[k++] = x->slots[i].seq;
     if (qx_sort_u64(out, k) < 0)
@@ -904,7 +945,7 @@ int walq_qx_export(struct walq_qx *x, struct walq_qx_columns *c)
     /* Sequences are below 2**62, so the state rides in the low two bits
      * and one sort orders both. */
     uint64_t *packed = (uint64_t *)c->state_seq;
-    for (uint64_t i = 0; i <= x->mask; i++) {
+    for (uint64_t i = 0; i < x->cap; i++) {
         struct qx_msg *s = &x->slots[i];
         if (s->state == QX_EMPTY)
             continue;
@@ -992,7 +1033,7 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
     if (x->st.live || r[3] > r[0] || r[4] > r[0] || r[5] > r[0] || r[8] > r[0])
         return -1;
     free(x->slots);
-    if (qx_alloc_slots(x, qx_bits_for(r[0])) < 0)
+    if (qx_alloc_slots(x, qx_cap_for(r[0])) < 0)
         return -2;
     for (size_t i = 0; i < r[0]; i++) {
         uint8_t st = c->state_val[i];
@@ -1066,7 +1107,7 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
             || qx_reserve((void **)&x->leases, &x->capleases, nl + 1, sizeof *x->leases) < 0)
         return -2;
     x->nvis = x->nleases = 0;
-    for (uint64_t i = 0; i <= x->mask; i++) {
+    for (uint64_t i = 0; i < x->cap; i++) {
         struct qx_msg *s = &x->slots[i];
         if (s->state == WALQ_QX_VISIBLE)
             x->vis[x->nvis++] = s->orig;
@@ -1083,7 +1124,7 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
 static int qx_compact_heaps(struct walq_qx *x)
 {
     x->nvis = 0;
-    for (uint64_t i = 0; i <= x->mask; i++)
+    for (uint64_t i = 0; i < x->cap; i++)
         if (x->slots[i].state == WALQ_QX_VISIBLE && qx_vpush(x, x->slots[i].orig) < 0)
             return -2;
     size_t k = 0;
@@ -1113,7 +1154,7 @@ struct walq_qx *walq_qx_new(void)
     struct walq_qx *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
-    if (qx_alloc_slots(x, 6) < 0) {
+    if (qx_alloc_slots(x, 64) < 0) {
         free(x);
         return NULL;
     }

@@ -323,6 +323,15 @@ int64_t walq_qx_candidates(struct walq_qx *x, size_t n, int take, uint64_t *out)
 int walq_qx_give_back(struct walq_qx *x, const uint64_t *seqs, size_t n);
 void walq_qx_remove(struct walq_qx *x, uint64_t m);
 uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m);
+/* For each of seqs: its receive count (the receives carried in if never
+ * received here), first receive time (0.0 if none) and original sequence;
+ * 0, 0.0 and itself for a message that is not live. */
+void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
+                      uint32_t *counts, double *firsts, uint64_t *origs);
+/* Those of seqs that name a live message (through redirects) or lie at or
+ * above `applied` (not yet seen), in order, into out; returns how many. */
+size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, uint64_t applied,
+                           uint64_t *out);
 /* 1 and *out filled if m is live, else 0. */
 int walq_qx_get(struct walq_qx *x, uint64_t m, struct walq_qx_view *out);
 int walq_qx_min_live(struct walq_qx *x, uint64_t *out);

@@ -526,6 +526,22 @@ class Index:
     # Read accessors: callers outside the index go through these rather than
     # its dicts, so that NativeIndex (standard queues) can stand in for it.
 
+    def describe(self, ms: list[int]) -> list[tuple[int, float, int]]:
+        """``(receive count, first received at, original seq)`` of each of
+        ``ms``: the count is the receives carried in until it is received
+        here; a message that is not live reads ``(0, 0.0, m)``."""
+        out = []
+        for m in ms:
+            r = self.receives.get(m)
+            count, first = r if r is not None else (self.prior.get(m, 0), 0.0)
+            out.append((count, first, self.orig.get(m, m)))
+        return out
+
+    def select_live(self, ms: list[int]) -> list[int]:
+        """Those of ``ms`` still live (through redirects) or not yet applied."""
+        state, applied = self.state, self.applied
+        return [m for m in ms if m >= applied or self.resolve(m) in state]
+
     def live(self) -> int:
         """How many messages are live (visible, delayed or in flight)."""
         return len(self.state)

@@ -168,6 +168,20 @@ class NativeIndex:
         """The live sequence of the message a receipt names (after rewrites)."""
         return lib.walq_qx_resolve(self._x, m)
 
+    def describe(self, ms: list[int]) -> list[tuple[int, float, int]]:
+        """``(receive count, first received at, original seq)`` of each of
+        ``ms``: what a receive hands out (Index.describe)."""
+        n = len(ms)
+        counts, firsts, origs = ffi.new("uint32_t[]", n), ffi.new("double[]", n), ffi.new("uint64_t[]", n)
+        lib.walq_qx_describe(self._x, ms, n, counts, firsts, origs)
+        return list(zip(ffi.unpack(counts, n), ffi.unpack(firsts, n), ffi.unpack(origs, n)))
+
+    def select_live(self, ms: list[int]) -> list[int]:
+        """Those of ``ms`` still live (through redirects) or not yet applied."""
+        n = len(ms)
+        out = ffi.new("uint64_t[]", n)
+        return ffi.unpack(out, lib.walq_qx_select_live(self._x, ms, n, self.applied, out))
+
     # -- queries ---------------------------------------------------------------
 
     def state_of(self, m: int) -> int | None:

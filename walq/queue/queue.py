@@ -452,7 +452,7 @@ class Queue:
                     bodies = self._log.read_many(picks)
                 except RecordGone:
                     bodies = [None] * len(picks)  # one is gone: look at each alone
-                for m, p in zip(picks, bodies):
+                for m, p, (count, first, _orig) in zip(picks, bodies, idx.describe(picks)):
                     if p is None:
                         try:
                             p = self._log.read(m).payload
@@ -462,12 +462,9 @@ class Queue:
                     if sent_at(p, R.SENT_AT_OFFSET)[0] <= expired:
                         idx.remove(m)  # expired: never delivered
                         continue
-                    r = idx.receive_info(m)
-                    count = r[0] if r is not None else idx.prior_of(m)
                     if dlq is not None and count + 1 > policy.max_receives:
                         hidden.append(m)
                         rec = R.decode_send(p)
-                        first = r[1] if r is not None else 0.0
                         if first and not rec.first_received_at:
                             # The record holds it only if it came from elsewhere.
                             rec = rec._replace(first_received_at=first)
@@ -484,9 +481,8 @@ class Queue:
                     types.append(R.HIDE)
                 if records:
                     lease_seq = self._write(tx, records, types).start
-                    for m in leased:
-                        count, first = idx.receive_info(m)
-                        chosen.append((m, payloads[m], count, first, idx.orig_of(m)))
+                    for m, (count, first, orig) in zip(leased, idx.describe(leased)):
+                        chosen.append((m, payloads[m], count, first, orig))
             except BaseException:
                 idx.give_back(picks)  # taken from the visible heap, and not leased
                 raise
@@ -596,8 +592,7 @@ class Queue:
             with self._mu:
                 self._catch_up()
                 idx = self._index
-                doomed = [m for m in dict.fromkeys(m for _i, _r, m, _lease in parsed)
-                          if m >= idx.applied or idx.state_of(idx.resolve(m)) is not None]
+                doomed = idx.select_live(list(dict.fromkeys(m for _i, _r, m, _lease in parsed)))
             if doomed:
                 payload = R.encode_seqs(doomed)
                 seq = self._log.append(payload, R.DELETE)
