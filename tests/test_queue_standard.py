@@ -733,3 +733,51 @@ def test_many_threads_share_one_queue_without_double_delivery(q):
     for t in threads:
         t.join()
     assert sorted(got, key=int) == [str(i) for i in range(2000)]
+
+
+def test_threads_long_polling_sending_and_checkpointing_one_queue_agree(tmp_path):
+    # A standard queue's index is native and its calls run without the GIL,
+    # so every use must hold the queue's lock.  This drives every path
+    # that touches it from several threads at once (long-polls, sends,
+    # deletes, stats, checkpoints); it is a smoke test - the one unguarded
+    # read found in review (receive's next_event) did not fail it in three
+    # runs without the fix.  Real clock: the waits are real.
+    b = walq.open(str(tmp_path / "d"), durability="os")
+    q = b.create_queue("t", visibility_timeout=30)
+    total, got, lock, done = 3000, [], threading.Lock(), threading.Event()
+
+    def producer(k):
+        for i in range(k, total, 3):
+            q.send(str(i))
+
+    def consumer():
+        while not done.is_set():
+            msgs = q.receive(5, wait=0.05)
+            with lock:
+                got.extend(m.text for m in msgs)
+            if msgs:
+                q.delete_batch([m.receipt for m in msgs])
+
+    def meddler():
+        while not done.is_set():
+            q.stats()
+            q.checkpoint()
+
+    workers = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
+    others = [threading.Thread(target=consumer) for _ in range(3)] + [threading.Thread(target=meddler)]
+    for t in workers + others:
+        t.start()
+    for t in workers:
+        t.join()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with lock:
+            if len(got) >= total:
+                break
+        time.sleep(0.01)
+    done.set()
+    for t in others:
+        t.join()
+    assert sorted(got, key=int) == [str(i) for i in range(total)]
+    assert q.stats().total == 0
+    b.close()

@@ -418,7 +418,10 @@ class Queue:
             if msgs or left <= 0:
                 return msgs
             self._check()
-            nxt = self._index.next_event()
+            # Under _mu: a native index is read without the GIL, while
+            # another thread's receive may be growing its heaps.
+            with self._mu:
+                nxt = self._index.next_event()
             if nxt is not None:
                 left = min(left, max(0.001, nxt - self._clock()))
             self._log.wait_for_change(token, left)
