@@ -781,3 +781,32 @@ def test_threads_long_polling_sending_and_checkpointing_one_queue_agree(tmp_path
     assert sorted(got, key=int) == [str(i) for i in range(total)]
     assert q.stats().total == 0
     b.close()
+
+
+def test_an_unknown_index_kind_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WALQ_INDEX", "rust")
+    with pytest.raises(walq.InvalidParameter, match="WALQ_INDEX"):
+        walq.open(str(tmp_path / "d")).create_queue("q")
+
+
+def test_processes_with_either_index_share_a_queue(tmp_path, monkeypatch):
+    # Each process builds its own index from the log and the checkpoints;
+    # a checkpoint written by one kind is read by the other.
+    d = str(tmp_path / "d")
+    b = walq.open(d, durability="os")
+    q = b.create_queue("q")
+    q.send_batch([str(i) for i in range(300)])
+    leased = q.receive(100, visibility_timeout=600)
+    q.delete_batch([m.receipt for m in leased[:50]])
+    q.checkpoint()
+    q.send_batch(["tail"])
+    b.close()
+    for kind in ("python", "native", "python"):
+        monkeypatch.setenv("WALQ_INDEX", kind)
+        b = walq.open(d, durability="os")
+        q = b.get_queue("q")
+        s = q.stats()
+        assert (s.visible, s.in_flight, s.total) == (201, 50, 251), kind
+        assert type(q._index).__name__ == {"python": "Index", "native": "NativeIndex"}[kind]
+        q.checkpoint()
+        b.close()

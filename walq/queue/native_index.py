@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from array import array
 
-from walq.errors import CorruptionError
+from walq.errors import CorruptionError, InvalidParameter
 from walq.log._native import ffi, lib
 from walq.log.log import RunBuffers
 from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
@@ -42,7 +42,10 @@ def native_index_enabled() -> bool:
     Every process sharing a queue builds its own index from the same log
     and checkpoints; either kind reads the other's checkpoints.
     """
-    return os.environ.get("WALQ_INDEX", "native") != "python"
+    kind = os.environ.get("WALQ_INDEX", "native")
+    if kind not in ("native", "python"):
+        raise InvalidParameter(f"WALQ_INDEX must be 'native' or 'python'; got {kind!r}")
+    return kind == "native"
 
 
 def new_index(fifo: bool, dedup_scope: str = "queue") -> Index | NativeIndex:
