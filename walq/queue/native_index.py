@@ -33,6 +33,9 @@ COLUMNS = (
     (("redirect_old", "q"), ("redirect_new", "q")),
     (("orig_seq", "q"), ("orig_orig", "q")),
 )
+#: The largest batch whose output arrays an index keeps for reuse (a
+#: receive takes at most 1,000).
+_SCRATCH_MAX = 1024
 _CTYPES = {"q": "int64_t[]", "d": "double[]", "b": "uint8_t[]"}
 
 
@@ -79,7 +82,8 @@ class NativeIndex:
         self._view = ffi.new("struct walq_qx_view *")
         self._dbl = ffi.new("double *")
         self._u64 = ffi.new("uint64_t *")
-        self._out = ffi.new("uint64_t[]", 16)
+        self._scratch_n = 0
+        self._scratch_bufs: tuple = ()
         self.applied = 0  # next log sequence to apply
 
     # -- counters --------------------------------------------------------------
@@ -153,7 +157,7 @@ class NativeIndex:
 
     def candidates(self, n: int, take: bool = False) -> list[int]:
         """Up to ``n`` visible messages, lowest sequence first (Index.candidates)."""
-        out = self._out if n <= 16 else ffi.new("uint64_t[]", n)
+        out = self._scratch(n)[3]
         k = lib.walq_qx_candidates(self._x, n, take, out)
         _check(k, "candidates")
         return ffi.unpack(out, k)
@@ -175,15 +179,26 @@ class NativeIndex:
         """``(receive count, first received at, original seq)`` of each of
         ``ms``: what a receive hands out (Index.describe)."""
         n = len(ms)
-        counts, firsts, origs = ffi.new("uint32_t[]", n), ffi.new("double[]", n), ffi.new("uint64_t[]", n)
+        counts, firsts, origs, _out = self._scratch(n)
         lib.walq_qx_describe(self._x, ms, n, counts, firsts, origs)
         return list(zip(ffi.unpack(counts, n), ffi.unpack(firsts, n), ffi.unpack(origs, n)))
 
     def select_live(self, ms: list[int]) -> list[int]:
         """Those of ``ms`` still live (through redirects) or not yet applied."""
         n = len(ms)
-        out = ffi.new("uint64_t[]", n)
+        out = self._scratch(n)[3]
         return ffi.unpack(out, lib.walq_qx_select_live(self._x, ms, n, self.applied, out))
+
+    def _scratch(self, n: int) -> tuple:
+        """Output arrays for ``n`` messages, reused: a receive asks about
+        ten at a time, and allocating four arrays a call cost more than
+        the call.  (Callers hold the queue's lock, so one set suffices.)"""
+        if n <= self._scratch_n:
+            return self._scratch_bufs
+        bufs = (ffi.new("uint32_t[]", n), ffi.new("double[]", n), ffi.new("uint64_t[]", n), ffi.new("uint64_t[]", n))
+        if n <= _SCRATCH_MAX:  # a redrive's candidates(all) is not kept
+            self._scratch_n, self._scratch_bufs = n, bufs
+        return bufs
 
     # -- queries ---------------------------------------------------------------
 
