@@ -1,0 +1,566 @@
+"""NativeIndex, the standard-queue index in C, against Index, the reference.
+
+A Hypothesis state machine gives both the same input: records (one at a time
+through ``apply``, or as a run through ``apply_frames``), bulk sends, sweeps
+with a fake clock, receives that take candidates and then lease, hide,
+remove or give them back, and checkpoint round trips.  After every step it
+compares everything a caller can see of the two.  The example tests below
+it pin the rules that are easiest to get wrong, on both implementations.
+
+The queries are compared exactly, lazy bookkeeping included: ``next_event``
+may name a lease that has since changed or ended (the heaps are cleaned as
+popped), ``oldest_sent`` reads the retention order, which is sorted only to
+within RET_SLACK_S.  The queries clean up as they go, so both indexes get
+the same queries in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from walq.queue import checkpoint
+from walq.queue import records as R
+from walq.queue.index import DELAYED, INFLIGHT, RET_SLACK_S, VISIBLE, Index
+
+native_index = pytest.importorskip("walq.queue.native_index", reason="NativeIndex is not written yet")
+
+#: A sequence no message ever has: a receipt may name any u64, and a
+#: standard queue's delete writes it to the log as is.
+FAR = 2**64 - 1
+#: Times are drawn from these (plus arbitrary floats) so that deadlines,
+#: delays and retention limits often meet a sweep's ``now`` exactly.
+STEPS = [0.0, 0.25, 0.5, 1.0, 5.0, 30.0, 40.0]
+TIMEOUTS = [0.0, 0.5, 5.0, 30.0]
+DELAYS = [0.5, 5.0, 30.0, 100.0]
+
+
+def reference() -> Index:
+    return Index(False)
+
+
+def native():
+    return native_index.NativeIndex()
+
+
+def send_record(m: int, sent_at: float, visible_at: float, prior: int = 0) -> bytes:
+    return R.encode_send(random.Random(m).randbytes(16), sent_at, visible_at, b"body %d" % m, prior_receives=prior)
+
+
+def frames(records: list[tuple[int, bytes]], pad: int = 0) -> tuple[bytes, list[int], list[int], list[int]]:
+    """``(mm, offs, lens, types)`` for apply_frames: the payloads back to back after ``pad`` junk bytes."""
+    buf = bytearray(b"\xee" * pad)
+    offs, lens = [], []
+    for _t, p in records:
+        offs.append(len(buf))
+        lens.append(len(p))
+        buf += p
+    return bytes(buf), offs, lens, [t for t, _p in records]
+
+
+def observe(idx, seqs: list[int], cutoffs: list[int]) -> dict:
+    """Everything a caller can see of ``idx``, asked in a fixed order
+    (candidates and oldest_sent clean the heaps and the retention order)."""
+    return {
+        "applied": idx.applied,
+        "ops": idx.ops,
+        "counts": list(idx.counts),
+        "live": idx.live(),
+        "state_of": {m: idx.state_of(m) for m in seqs},
+        "receive_info": {m: idx.receive_info(m) for m in seqs},
+        "prior_of": {m: idx.prior_of(m) for m in seqs},
+        "lease_of": {m: idx.lease_of(m) for m in seqs},
+        "orig_of": {m: idx.orig_of(m) for m in seqs},
+        "resolve": {m: idx.resolve(m) for m in seqs},
+        "describe": dict(zip(seqs, idx.describe(seqs))),
+        "select_live": idx.select_live(seqs),
+        "candidates": [idx.candidates(n) for n in (1, 3, 10, 10_000)],
+        "next_event": idx.next_event(),
+        "oldest_sent": idx.oldest_sent(),
+        "min_live": idx.min_live(),
+        "live_below": {c: idx.live_below(c) for c in cutoffs},
+        "live_seqs": idx.live_seqs(),
+    }
+
+
+def differences(a: dict, b: dict, skip: tuple[str, ...] = ()) -> dict:
+    """The entries of two observe() results that differ (per sequence for the per-message ones)."""
+    out = {}
+    for key in a:
+        if key in skip:
+            continue
+        if isinstance(a[key], dict):
+            diff = {m: (v, b[key][m]) for m, v in a[key].items() if v != b[key][m]}
+            if diff:
+                out[key] = diff
+        elif a[key] != b[key]:
+            out[key] = (a[key], b[key])
+    return out
+
+
+class Differential(RuleBasedStateMachine):
+    """The reference and the native index, fed alike and compared after every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.ref = reference()
+        self.nat = native()
+        self.seq = 0  # the next log sequence
+        self.now = 1000.0  # the fake clock: sweeps never go back in time
+        self.retention = 600.0
+        self.times: dict[int, tuple[float, float]] = {}  # message seq -> (sent_at, visible_at)
+        self.lease_seqs: list[int] = []  # seqs of LEASE and HIDE records (lease seqs, current or stale)
+        self.pools: list[list[int]] | None = None  # pick()'s sequences to choose from, this step
+
+    @property
+    def both(self):
+        return (self.ref, self.nat)
+
+    @initialize(retention=st.sampled_from([60.0, 120.0, 600.0]))
+    def set_retention(self, retention):
+        self.retention = retention
+
+    # -- feeding -----------------------------------------------------------------
+
+    def feed(self, data, records: list[tuple[int, bytes]]) -> None:
+        """Appends ``records`` at the next sequences and applies them to
+        both indexes: one by one, or as one run through apply_frames."""
+        seq0 = self.seq
+        self.seq += len(records)
+        if data.draw(st.booleans(), label="as frames"):
+            mm, offs, lens, types = frames(records, pad=data.draw(st.integers(0, 9), label="pad"))
+            if data.draw(st.booleans(), label="bytearray"):
+                mm = bytearray(mm)
+            for idx in self.both:
+                idx.apply_frames(mm, seq0, offs, lens, types)
+        else:
+            for i, (t, p) in enumerate(records):
+                for idx in self.both:
+                    idx.apply(seq0 + i, t, p)
+
+    def pick(self, data, label: str, most: int = 4) -> list[int]:
+        """Sequences a record may name: live ones mostly, also gone ones,
+        sequences rewritten by compaction, and ones no message ever had."""
+        if self.pools is None:  # the indexes change between steps only (agree() drops these)
+            live = self.ref.live_seqs()
+            gone = [m for m in self.times if self.ref.state_of(m) is None]
+            redirected = [m for m in gone if self.ref.resolve(m) != m]
+            never = [self.seq + 3, FAR] + self.lease_seqs[-3:]
+            self.pools = [p for p in (live, live, live, gone, redirected, never) if p]
+        pools = self.pools
+        out = []
+        for _ in range(data.draw(st.integers(1, most), label=f"{label} count")):
+            pool = data.draw(st.sampled_from(pools), label=f"{label} pool")
+            out.append(data.draw(st.sampled_from(pool), label=label))
+        return out
+
+    def send(self, data, at: int) -> tuple[int, bytes]:
+        """A SEND at ``at``: plain, delayed, carrying receives from another
+        queue, a little out of time order, or a late arrival (a message
+        moved in keeps its send time)."""
+        kind = data.draw(st.sampled_from(["plain", "plain", "delayed", "prior", "jitter", "late"]), label="send")
+        sent = self.now
+        if kind == "jitter":
+            sent -= data.draw(st.sampled_from([0.1, 0.5, RET_SLACK_S]), label="jitter")
+        elif kind == "late":
+            sent -= RET_SLACK_S + data.draw(st.sampled_from([0.001, 0.5, 10.0, 100.0, 1000.0]), label="lateness")
+        vis = sent + data.draw(st.sampled_from(DELAYS), label="delay") if kind == "delayed" else sent
+        prior = data.draw(st.integers(1, 3), label="prior") if kind == "prior" else 0
+        if kind in ("prior", "late") and data.draw(st.booleans(), label="delayed too"):
+            vis = sent + data.draw(st.sampled_from(DELAYS), label="delay")
+        self.times[at] = (sent, vis)
+        return (R.SEND, send_record(at, sent, vis, prior))
+
+    def lease(self, data, at: int) -> tuple[int, bytes]:
+        visible = [m for m in self.ref.live_seqs() if self.ref.state_of(m) == VISIBLE]
+        seqs = self.pick(data, "lease")
+        if visible:
+            seqs += data.draw(st.lists(st.sampled_from(visible), max_size=4, unique=True), label="lease visible")
+        vt = data.draw(st.sampled_from(TIMEOUTS), label="visibility timeout")
+        self.lease_seqs.append(at)
+        return (R.LEASE, R.encode_lease(self.now, [(m, self.now + vt) for m in seqs]))
+
+    def hide(self, data, at: int) -> tuple[int, bytes]:
+        seqs = self.pick(data, "hide")
+        self.lease_seqs.append(at)
+        return (R.HIDE, R.encode_hide([(m, self.now + data.draw(st.sampled_from(TIMEOUTS), label="timeout"))
+                                               for m in seqs]))
+
+    def chvis(self, data, at: int) -> tuple[int, bytes]:
+        """Visibility changes under the current lease, a stale one, or none."""
+        entries = []
+        for m in self.pick(data, "chvis"):
+            cur = self.ref.lease_of(m)
+            stale = self.lease_seqs + [0, at]
+            if cur is not None and data.draw(st.booleans(), label="current lease"):
+                lease_seq = cur[0]
+            else:
+                lease_seq = data.draw(st.sampled_from(stale), label="stale lease")
+            entries.append((m, lease_seq, self.now + data.draw(st.sampled_from(TIMEOUTS), label="timeout")))
+        return (R.CHVIS, R.encode_chvis(entries))
+
+    def carry(self, data, at: int) -> list[tuple[int, bytes]]:
+        """Compaction, as Queue._rewrite_forward writes it: a SEND copy of
+        each message at the log's end, then one CARRY moving their state
+        over; sometimes a DELETE of one of them lands in between (the
+        original went first, so its copy goes too)."""
+        live = self.ref.live_seqs()
+        if not live:
+            return [self.send(data, at)]
+        olds = sorted(data.draw(st.lists(st.sampled_from(live), min_size=1, max_size=3, unique=True), label="carry"))
+        out, entries = [], []
+        for i, m in enumerate(olds):
+            info = self.ref.receive_info(m)
+            count = info[0] if info is not None else self.ref.prior_of(m)
+            sent, vis = self.times[m]
+            self.times[at + i] = (sent, vis)
+            out.append((R.SEND, send_record(at + i, sent, vis, count)))
+            lease = self.ref.lease_of(m) if self.ref.state_of(m) == INFLIGHT else None
+            lease_seq, deadline = lease if lease is not None else (0, 0.0)
+            entries.append((at + i, m, lease_seq, deadline, self.ref.orig_of(m)))
+        if data.draw(st.integers(0, 3), label="delete in between") == 0:
+            out.append((R.DELETE, R.encode_seqs([data.draw(st.sampled_from(olds), label="deleted first")])))
+        out.append((R.CARRY, R.encode_carry(entries)))
+        return out
+
+    def build(self, data, kind: str, at: int) -> list[tuple[int, bytes]]:
+        if kind == "send":
+            return [self.send(data, at)]
+        if kind == "lease":
+            return [self.lease(data, at)]
+        if kind == "hide":
+            return [self.hide(data, at)]
+        if kind == "chvis":
+            return [self.chvis(data, at)]
+        if kind in ("delete", "moved"):
+            return [(R.DELETE if kind == "delete" else R.MOVED, R.encode_seqs(self.pick(data, kind)))]
+        if kind == "carry":
+            return self.carry(data, at)
+        assert kind == "purge"
+        upto = data.draw(st.sampled_from([0, at // 3, at // 2, at, at + 1]), label="purge upto")
+        return [(R.PURGE, R.encode_purge(upto))]
+
+    # -- rules -------------------------------------------------------------------
+
+    @rule(data=st.data(), kind=st.sampled_from(["send", "send", "lease", "hide", "chvis", "delete", "moved",
+                                                "carry"]))
+    def record(self, data, kind):
+        self.feed(data, self.build(data, kind, self.seq))
+
+    @rule(data=st.data())
+    def purge(self, data):
+        self.feed(data, self.build(data, "purge", self.seq))
+
+    @rule(data=st.data(), kinds=st.lists(st.sampled_from(["send", "send", "send", "lease", "chvis", "delete",
+                                                          "carry", "hide"]), min_size=2, max_size=8))
+    def run(self, data, kinds):
+        """Several records, in one apply_frames run or one by one (what a
+        catch-up reads back of other processes' writes)."""
+        records: list[tuple[int, bytes]] = []
+        for kind in kinds:
+            records += self.build(data, kind, self.seq + len(records))
+        self.feed(data, records)
+
+    @rule(k=st.integers(1, 20), delay=st.sampled_from([0.0, 0.0, 0.0, 5.0]), back=st.sampled_from([0.0] * 5 + [5.0]))
+    def add_sends(self, k, delay, back):
+        """A send_batch folding in its own plain sends (``back``: the clock
+        stepped back past the slack, so they arrive late)."""
+        sent = self.now - back
+        seqs = range(self.seq, self.seq + k)
+        for m in seqs:
+            self.times[m] = (sent, sent + delay)
+        self.seq += k
+        for idx in self.both:
+            idx.add_sends(seqs, sent, sent + delay)
+
+    @rule(step=st.sampled_from(STEPS) | st.floats(0.0, 40.0), sweep=st.booleans())
+    def tick(self, step, sweep):
+        self.now += step
+        if sweep:
+            for idx in self.both:
+                idx.sweep(self.now, self.retention)
+
+    @rule(data=st.data(), n=st.integers(1, 12))
+    def receive(self, data, n):
+        """What Queue._receive_once does with candidates it takes: removes
+        the ones whose body is gone or expired, hides the ones bound for a
+        dead-letter queue, leases the rest; on an error it hands back all."""
+        picks = self.ref.candidates(n, take=True)
+        assert self.nat.candidates(n, take=True) == picks
+        fates = [data.draw(st.sampled_from(["lease", "lease", "remove", "hide", "back"]), label="fate") for _ in picks]
+        for m, fate in zip(picks, fates):
+            if fate == "remove":
+                for idx in self.both:
+                    idx.remove(m)
+        records = []
+        leased = [m for m, f in zip(picks, fates) if f == "lease"]
+        hidden = [m for m, f in zip(picks, fates) if f == "hide"]
+        if leased:
+            vt = data.draw(st.sampled_from(TIMEOUTS), label="visibility timeout")
+            self.lease_seqs.append(self.seq + len(records))
+            records.append((R.LEASE, R.encode_lease(self.now, [(m, self.now + vt) for m in leased])))
+        if hidden:
+            self.lease_seqs.append(self.seq + len(records))
+            records.append((R.HIDE, R.encode_hide([(m, self.now + 60.0) for m in hidden])))
+        if records:
+            self.feed(data, records)
+        back = [m for m, f in zip(picks, fates) if f == "back"]
+        if data.draw(st.integers(0, 3), label="error") == 0:
+            back = picks  # the error path hands back every pick, leased or not
+        for idx in self.both:
+            idx.give_back(back)
+
+    @rule(data=st.data())
+    def remove(self, data):
+        for m in self.pick(data, "remove", most=2):
+            for idx in self.both:
+                idx.remove(m)
+
+    @rule()
+    def round_trip(self):
+        """A checkpoint of each, decoded, agrees with both live indexes
+        (decode picks the implementation).  It has no operation count, and
+        its heaps hold no stale entries: its next event can only be later."""
+        raws = [checkpoint.encode(idx) for idx in self.both]
+        decoded = [checkpoint.decode(raw, "x") for raw in raws]
+        seqs, cutoffs = self.queried()
+        live = [observe(idx, seqs, cutoffs) for idx in self.both]
+        seen = [observe(idx, seqs, cutoffs) for idx in decoded]
+        diff = differences(seen[0], seen[1], skip=("ops",))
+        assert not diff, f"the decoded checkpoints differ: {diff}"
+        for name, dec, cur in zip(("reference", "native"), seen, live):
+            diff = differences(dec, cur, skip=("ops", "next_event"))
+            assert not diff, f"decoded {name} vs the live one: {diff}"
+            if cur["next_event"] is None:
+                assert dec["next_event"] is None, name
+            elif dec["next_event"] is not None:
+                assert dec["next_event"] >= cur["next_event"], name
+
+    # -- comparing -----------------------------------------------------------------
+
+    def queried(self) -> tuple[list[int], list[int]]:
+        """Every sequence used so far (messages and other records), a few
+        beyond, and cutoffs for live_below."""
+        end = self.seq + 2
+        return list(range(end)) + [FAR], [0, end // 3, end // 2, end, FAR]
+
+    @invariant()
+    def agree(self):
+        self.pools = None
+        seqs, cutoffs = self.queried()
+        a, b = (observe(idx, seqs, cutoffs) for idx in self.both)
+        diff = differences(a, b)
+        assert not diff, f"reference vs native: {diff}"
+
+
+Differential.TestCase.settings = settings(
+    max_examples=int(os.environ.get("WALQ_NATIVE_INDEX_EXAMPLES", 100)), stateful_step_count=40, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TestNativeIndexAgreesWithIndex = Differential.TestCase
+
+
+# -- examples, on both implementations ---------------------------------------------
+
+
+@pytest.fixture(params=["reference", "native"])
+def make(request):
+    return reference if request.param == "reference" else native
+
+
+def feed(idx, seq0: int, records: list[tuple[int, bytes]], via: str) -> None:
+    if via == "frames":
+        mm, offs, lens, types = frames(records, pad=3)
+        idx.apply_frames(mm, seq0, offs, lens, types)
+    else:
+        for i, (t, p) in enumerate(records):
+            idx.apply(seq0 + i, t, p)
+
+
+def test_a_lapsed_lease_makes_the_message_visible_again(make):
+    idx = make()
+    idx.apply(0, R.SEND, send_record(0, 100.0, 100.0))
+    idx.apply(1, R.LEASE, R.encode_lease(100.0, [(0, 130.0)]))
+    assert idx.candidates(10) == [] and idx.counts == [0, 0, 1]
+    assert idx.lease_of(0) == (1, 130.0) and idx.receive_info(0) == (1, 100.0)
+    assert idx.next_event() == 130.0
+    idx.sweep(129.5, 600.0)
+    assert idx.state_of(0) == INFLIGHT
+    idx.sweep(130.0, 600.0)  # the deadline itself ends it
+    assert idx.state_of(0) == VISIBLE and idx.counts == [1, 0, 0]
+    assert idx.lease_of(0) is None and idx.receive_info(0) == (1, 100.0)
+    assert idx.candidates(10) == [0] and idx.next_event() is None
+    idx.apply(2, R.LEASE, R.encode_lease(131.0, [(0, 161.0)]))
+    assert idx.receive_info(0) == (2, 100.0)  # the first receive's time stays
+
+
+def test_a_visibility_change_under_a_stale_lease_is_ignored(make):
+    idx = make()
+    idx.apply(0, R.SEND, send_record(0, 100.0, 100.0))
+    idx.apply(1, R.LEASE, R.encode_lease(100.0, [(0, 130.0)]))
+    idx.apply(2, R.CHVIS, R.encode_chvis([(0, 1, 200.0)]))
+    assert idx.lease_of(0) == (1, 200.0)
+    idx.sweep(130.0, 600.0)  # the first deadline's heap entry is stale now
+    assert idx.state_of(0) == INFLIGHT
+    idx.sweep(200.0, 600.0)
+    assert idx.state_of(0) == VISIBLE
+    idx.apply(3, R.LEASE, R.encode_lease(200.0, [(0, 230.0)]))
+    idx.apply(4, R.CHVIS, R.encode_chvis([(0, 1, 1000.0), (0, 2, 0.0)]))  # the old receipt's lease; not a lease
+    assert idx.lease_of(0) == (3, 230.0)
+    idx.sweep(230.0, 600.0)
+    assert idx.state_of(0) == VISIBLE and idx.receive_info(0) == (2, 100.0)
+
+
+@pytest.mark.parametrize("via", ["apply", "frames"])
+def test_a_delete_naming_a_carried_seq_removes_the_copy(make, via):
+    idx = make()
+    feed(idx, 0, [(R.SEND, send_record(0, 100.0, 100.0)), (R.SEND, send_record(1, 100.0, 100.0))], via)
+    idx.apply(2, R.LEASE, R.encode_lease(100.0, [(0, 130.0)]))
+    # Compaction copies message 0 to 3, in flight under the same lease.
+    feed(idx, 3, [(R.SEND, send_record(3, 100.0, 100.0, prior=1)),
+                  (R.CARRY, R.encode_carry([(3, 0, 2, 130.0, 0)]))], via)
+    assert idx.state_of(0) is None and idx.state_of(3) == INFLIGHT and idx.counts == [1, 0, 1]
+    assert idx.resolve(0) == 3 and idx.orig_of(3) == 0 and idx.lease_of(3) == (2, 130.0)
+    assert idx.prior_of(3) == 1 and idx.receive_info(3) is None
+    assert idx.live_seqs() == [1, 3] and idx.min_live() == 1 and idx.live_below(3) == [1]
+    idx.sweep(130.0, 600.0)
+    assert idx.candidates(10) == [3, 1]  # the copy keeps the original's place in line
+    feed(idx, 5, [(R.DELETE, R.encode_seqs([0]))], via)  # the old receipt's sequence
+    assert idx.state_of(3) is None and idx.resolve(0) == 0 and idx.live_seqs() == [1]
+    assert idx.applied == 6
+
+
+def test_a_carry_whose_original_went_first_drops_the_copy(make):
+    idx = make()
+    idx.apply(0, R.SEND, send_record(0, 100.0, 100.0))
+    idx.apply(1, R.SEND, send_record(1, 100.0, 100.0))
+    idx.apply(2, R.DELETE, R.encode_seqs([0]))
+    idx.apply(3, R.CARRY, R.encode_carry([(1, 0, 0, 0.0, 0)]))
+    assert idx.live_seqs() == [] and idx.resolve(0) == 0 and idx.counts == [0, 0, 0]
+
+
+def test_purge_forgets_every_message_below_its_mark(make):
+    idx = make()
+    idx.add_sends(range(0, 5), 100.0, 100.0)
+    idx.apply(5, R.LEASE, R.encode_lease(100.0, [(1, 130.0), (4, 130.0)]))
+    idx.apply(6, R.SEND, send_record(6, 100.0, 200.0))
+    idx.apply(7, R.PURGE, R.encode_purge(3))
+    assert idx.live_seqs() == [3, 4, 6] and idx.counts == [1, 1, 1]
+    assert idx.lease_of(1) is None and idx.receive_info(1) is None and idx.candidates(10) == [3]
+    assert idx.next_event() == 130.0
+    idx.apply(8, R.PURGE, R.encode_purge(9))
+    assert idx.live() == 0 and idx.min_live() is None and idx.oldest_sent() is None
+    assert idx.candidates(10) == [] and idx.next_event() is None and idx.applied == 9
+
+
+@pytest.mark.parametrize("via", ["apply", "frames"])
+def test_a_late_arrival_expires_on_its_own_send_time(make, via):
+    idx = make()
+    # Message 1 was moved in from another queue: it keeps its send time.
+    feed(idx, 0, [(R.SEND, send_record(0, 1000.0, 1000.0)),
+                  (R.SEND, send_record(1, 500.0, 500.0, prior=2)),
+                  (R.SEND, send_record(2, 1000.5, 1000.5))], via)
+    assert idx.oldest_sent() == 500.0 and idx.candidates(10) == [0, 1, 2]
+    idx.sweep(1099.0, 600.0)
+    assert idx.live_seqs() == [0, 1, 2]
+    idx.sweep(1100.0, 600.0)  # sent at or before now - retention: gone
+    assert idx.live_seqs() == [0, 2] and idx.oldest_sent() == 1000.0 and idx.prior_of(1) == 0
+    idx.sweep(1600.0, 600.0)
+    assert idx.live_seqs() == [2]
+    idx.sweep(1600.5, 600.0)
+    assert idx.live() == 0 and idx.oldest_sent() is None
+
+
+def test_bulk_sends_with_a_delay_are_delayed(make):
+    idx = make()
+    idx.add_sends(range(0, 3), 100.0, 105.0)
+    assert idx.counts == [0, 3, 0] and idx.state_of(2) == DELAYED
+    assert idx.next_event() == 105.0 and idx.candidates(10) == []
+    idx.sweep(105.0, 600.0)
+    assert idx.counts == [3, 0, 0] and idx.candidates(2) == [0, 1] and idx.applied == 3 and idx.ops == 3
+    idx.apply_frames(b"", 3, [], [], [])  # an empty run changes nothing
+    assert idx.applied == 3 and idx.ops == 3
+
+
+def agree(ref, nat, seqs: list[int]) -> None:
+    top = max(m for m in seqs if m != FAR)
+    cutoffs = [0, top // 2, top, FAR]
+    diff = differences(observe(ref, seqs, cutoffs), observe(nat, seqs, cutoffs))
+    assert not diff, f"reference vs native: {str(diff)[:3000]}"
+
+
+@pytest.mark.parametrize("how, gone", [("expired", 5900), ("deleted", 4196), ("deleted", 4197)])
+def test_the_retention_order_is_cut_down_alike_once_thousands_are_gone(how, gone):
+    """Once the retention order holds enough entries for gone messages, a
+    sweep cuts it down: from the front (over 4096 expired, and over half)
+    or to the live ones (deleted: over twice the live ones plus 4096; the
+    two counts here sit either side of that).  Cutting to the live ones
+    moves its last entry, against which a send is judged late: after the
+    cut, a send less than RET_SLACK_S before it joins the order (and waits
+    behind it to expire) rather than the late heap.  So both indexes must
+    cut at the same sweep."""
+    ref, nat = reference(), native()
+    both = (ref, nat)
+    live = 100
+    n = live + gone
+    if how == "expired":
+        records = [(R.SEND, send_record(m, 1000.0, 1000.0)) for m in range(gone)]
+        mm, offs, lens, types = frames(records)
+        for idx in both:
+            idx.apply_frames(mm, 0, offs, lens, types)
+            idx.add_sends(range(gone, n), 1010.0, 1010.0)
+        seq, now, last = n, 1600.0, 1010.0
+    else:
+        for idx in both:
+            idx.add_sends(range(0, live), 1000.0, 1000.0)
+            idx.add_sends(range(live, n), 1010.0, 1010.0)
+            idx.apply(n, R.DELETE, R.encode_seqs(list(range(live, n))))
+        seq, now, last = n + 1, 1011.0, 1000.0
+    sample = list(range(0, seq + 2, 37)) + list(range(n - 150, seq + 2)) + [FAR]
+    agree(ref, nat, sample)
+    for idx in both:  # a checkpoint skips the gone stretches of the order
+        again = checkpoint.decode(checkpoint.encode(idx), "x")
+        diff = differences(observe(again, sample, [0]), observe(idx, sample, [0]), skip=("ops",))
+        assert not diff
+    for idx in both:
+        idx.sweep(now, 600.0)
+    cut = how == "expired" or gone > 2 * live + 4096 - live
+    assert len(ref.ret_seq) == (live if cut else n), "the scenario no longer reaches (or passes) the cut"
+    agree(ref, nat, sample)
+    late = last - RET_SLACK_S + 0.5
+    for idx in both:
+        idx.apply(seq, R.SEND, send_record(seq, late, late))
+        idx.apply(seq + 1, R.SEND, send_record(seq + 1, now, now))
+    sample += [seq, seq + 1]
+    for t in (late + 600.0, late + 600.5, now + 600.0):
+        for idx in both:
+            idx.sweep(t, 600.0)
+        agree(ref, nat, sample)
+    assert ref.live() == 0 and ref.applied == seq + 2
+
+
+def test_sends_after_the_order_is_used_up_join_it_within_the_slack():
+    """With every entry of the retention order gone and passed over (here
+    by oldest_sent), a send is not judged late against its last entry: it
+    starts the order afresh, and the next sends are judged against it."""
+    ref, nat = reference(), native()
+    both = (ref, nat)
+    for idx in both:
+        idx.apply(0, R.SEND, send_record(0, 1000.0, 1000.0))
+        idx.apply(1, R.SEND, send_record(1, 1010.0, 1010.0))
+        idx.apply(2, R.DELETE, R.encode_seqs([0, 1]))
+        assert idx.oldest_sent() is None
+        for m, t in ((3, 960.0), (4, 980.0), (5, 979.2)):  # 5: in the slack of 4, not of 1's 1010
+            idx.apply(m, R.SEND, send_record(m, t, t))
+    seqs = list(range(7))
+    agree(ref, nat, seqs)
+    for t in (1560.0, 1579.2, 1580.0):
+        for idx in both:
+            idx.sweep(t, 600.0)
+        agree(ref, nat, seqs)
+        if t == 1579.2:
+            assert ref.live_seqs() == [4, 5], "5 waits behind 4 in the order"
