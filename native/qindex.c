@@ -24,10 +24,13 @@
  *                   chain that ends at a dead message resolves to itself.
  */
 
+#include <sys/mman.h>
+
 #define QX_EMPTY 0xFF
 #define QX_LOAD_NUM 7          /* grow past 70% full */
 #define QX_LOAD_DEN 10
 #define QX_RET_SLACK 1.0       /* Index.RET_SLACK_S */
+#define QX_RUN 8               /* consecutive sequences placed together (qx_slot) */
 
 struct qx_msg {
     uint64_t seq;
@@ -101,7 +104,12 @@ static inline uint64_t qx_home(uint64_t seq, int shift)
  * mapped onto [0, cap) by a multiply (Lemire's "fastrange"). */
 static inline uint64_t qx_slot(const struct walq_qx *x, uint64_t seq)
 {
-    return (uint64_t)(((unsigned __int128)(seq * 0x9E3779B97F4A7C15ULL) * x->cap) >> 64);
+    /* Runs of QX_RUN consecutive sequences share a hashed home and sit
+     * side by side: sends arrive in sequence order, and a fully random
+     * slot each cost a cache and TLB miss (~3x slower inserts). */
+    uint64_t h = (seq / QX_RUN) * 0x9E3779B97F4A7C15ULL;
+    uint64_t i = (uint64_t)(((unsigned __int128)h * x->cap) >> 64) + seq % QX_RUN;
+    return i < x->cap ? i : i - x->cap;
 }
 
 static inline uint64_t qx_next(const struct walq_qx *x, uint64_t i)
@@ -122,9 +130,28 @@ static struct qx_msg *qx_find(struct walq_qx *x, uint64_t seq)
     }
 }
 
+/* Big tables ask for transparent huge pages: a lookup lands anywhere in
+ * the table, and with 4 KiB pages each one also missed the TLB (costly in
+ * a VM, where a miss walks two page tables), and growing touched a fresh
+ * page every 70 slots. */
+#define QX_HUGE (2u << 20)
+
+static void *qx_alloc_big(size_t bytes)
+{
+    if (bytes < QX_HUGE)
+        return malloc(bytes);
+    void *p = NULL;
+    if (posix_memalign(&p, QX_HUGE, bytes) != 0)
+        return NULL;
+#ifdef MADV_HUGEPAGE
+    madvise(p, bytes, MADV_HUGEPAGE);  /* advice only: failure changes nothing */
+#endif
+    return p;
+}
+
 static int qx_alloc_slots(struct walq_qx *x, uint64_t cap)
 {
-    struct qx_msg *s = malloc(cap * sizeof *s);
+    struct qx_msg *s = qx_alloc_big(cap * sizeof *s);
     if (!s)
         return -2;
     for (uint64_t i = 0; i < cap; i++)
