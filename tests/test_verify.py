@@ -313,3 +313,24 @@ def test_dump_needs_exactly_one_target_and_an_existing_queue(store):
     assert run(store, "dump", "orders", "--catalog").exit_code == 2
     r = run(store, "dump", "nope")
     assert r.exit_code == 3 and "queue 'nope' does not exist" in r.output
+
+
+def test_a_checkpoint_whose_tables_contradict_each_other_is_reported(store):
+    # Its checksum matches (rewritten below), so the message must say what
+    # is wrong instead: the contents, not the bytes.
+    from array import array
+
+    from walq.queue import checkpoint as ckpt
+
+    d = queue_dir(store)
+    [name] = [n for n in os.listdir(d) if n.startswith("checkpoint-") and not n.endswith(".tmp")]
+    path = os.path.join(d, name)
+    with open(path, "rb") as f:
+        applied, meta, cols = ckpt._parse(f.read(), path)
+    # A lease for a message the checkpoint does not hold.
+    cols["lease_msg"], cols["lease_seq"], cols["lease_deadline"] = array("q", [10**9]), array("q", [1]), array("d", [1.0])
+    with open(path, "wb") as f:
+        f.write(ckpt._frame(applied, meta, {n: [cols[n]] for n, _c in ckpt._ARRAYS}))
+    r = run(store, "verify")
+    assert r.exit_code == 1
+    assert "checkpoint checksum matches but its contents do not decode" in r.output

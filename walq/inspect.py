@@ -617,10 +617,13 @@ def _verify_checkpoints(directory: str, extent: LogSummary | None, report: Verif
         report.bytes_checked += len(raw)
         try:
             ckpt.decode(raw, path)
-        except CorruptionError:
-            problems.append(Problem(DAMAGE, path, 0, len(raw),
-                                    f"checkpoint does not validate (magic or XXH3-64 checksum over bytes "
-                                    f"0..{max(0, len(raw) - 8)} does not match)", raw[:_EXCERPT]))
+        except CorruptionError as exc:
+            if "does not validate" in str(exc):
+                why = (f"checkpoint does not validate (magic or XXH3-64 checksum over bytes "
+                       f"0..{max(0, len(raw) - 8)} does not match)")
+            else:  # the checksum matched, and the tables contradict each other
+                why = f"checkpoint checksum matches but its contents do not decode: {exc}"
+            problems.append(Problem(DAMAGE, path, 0, len(raw), why, raw[:_EXCERPT]))
             continue
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             problems.append(Problem(DAMAGE, path, 0, len(raw),
