@@ -632,6 +632,8 @@ static int qx_apply_carry(struct walq_qx *x, const char *p, size_t len)
         memcpy(&lease_seq, p + o + 16, 8);
         memcpy(&deadline, p + o + 24, 8);
         memcpy(&orig, p + o + 32, 8);
+        if (nw <= old)
+            return -1;  /* a copy comes after its original: else a redirect loop */
         struct qx_msg *s = qx_find(x, old);
         if (!s) {
             walq_qx_remove(x, nw);  /* the original went first: so does its copy */
@@ -1122,6 +1124,10 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
             l[i].from = (uint64_t)c->redirect_old[i];
             l[i].to = (uint64_t)c->redirect_new[i];
             l[i].used = 1;
+            if (l[i].to <= l[i].from) {  /* see qx_apply_carry */
+                free(l);
+                return -1;
+            }
         }
         int rc = qx_links_build(x, l, r[7], r[7]);
         free(l);

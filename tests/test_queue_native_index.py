@@ -595,3 +595,14 @@ def test_a_checkpoint_whose_tables_contradict_each_other_is_refused(damage):
     # The same file with the tables intact loads.
     raw = ckpt._frame(4, meta, {name: [c] for name, c in good.columns().items()})
     assert ckpt.decode(raw, "intact").lease_of(1) == (3, 40.0)
+
+
+def test_a_carry_naming_a_copy_before_its_original_is_malformed():
+    # Compaction writes the copy after the original; the other way round
+    # would let redirects loop (a delete naming either would never return).
+    from walq.errors import CorruptionError
+
+    idx = native_index.NativeIndex()
+    idx.add_sends(range(0, 3), 10.0, 10.0)
+    with pytest.raises(CorruptionError):
+        idx.apply(3, R.CARRY, R.encode_carry([(1, 2, 0, 0.0, 2)]))
