@@ -430,11 +430,16 @@ static int qx_links_build(struct walq_qx *x, const struct qx_link *from, size_t 
     return 0;
 }
 
+/* Adds the link from -> to, then prunes dead chains if enough piled up.
+ *
+ * Invariant: pruning runs only after the link is in.  A CARRY drops the
+ * original before it links it to the copy, so a prune in between saw every
+ * older alias's chain end at a dead message and removed it: the copy,
+ * queued under its original sequence, was never offered again (the crash
+ * tier found it; test_redirects_survive_their_pruning_in_the_middle_of_a_carry). */
 static int qx_link_put(struct walq_qx *x, uint64_t from, uint64_t to)
 {
     if (!x->links && qx_links_build(x, NULL, 0, 64) < 0)
-        return -2;
-    if (x->nlinks >= x->links_gc_at && qx_links_gc(x) < 0)
         return -2;
     if ((x->nlinks + 1) * QX_LOAD_DEN > (x->lmask + 1) * QX_LOAD_NUM) {
         size_t cap = x->lmask + 1, k = 0;
@@ -449,7 +454,10 @@ static int qx_link_put(struct walq_qx *x, uint64_t from, uint64_t to)
         if (rc < 0)
             return rc;
     }
-    return qx_link_put_raw(x, from, to);
+    qx_link_put_raw(x, from, to);
+    if (x->nlinks >= x->links_gc_at)
+        return qx_links_gc(x);
+    return 0;
 }
 
 /* -- state changes (Index._set, _make_visible, _lease, remove) ----------- */

@@ -606,3 +606,26 @@ def test_a_carry_naming_a_copy_before_its_original_is_malformed():
     idx.add_sends(range(0, 3), 10.0, 10.0)
     with pytest.raises(CorruptionError):
         idx.apply(3, R.CARRY, R.encode_carry([(1, 2, 0, 0.0, 2)]))
+
+
+def test_redirects_survive_their_pruning_in_the_middle_of_a_carry(make):
+    # Found by the crash tier (seed 11): the native index prunes dead
+    # redirect chains once a thousand-odd pile up.  Pruning ran inside a
+    # CARRY after the original was dropped and before its link to the copy
+    # was added, so the chain from an older alias looked dead and went; the
+    # copy, queued under its original sequence, was never offered again.
+    idx = make()
+    idx.add_sends(range(0, 50), 10.0, 10.0)
+    seq = 50
+    live = list(range(50))
+    for _round in range(100):  # 100 rewrites of 50 messages: 5,000 links, pruned on the way
+        carry = []
+        for i, m in enumerate(live):
+            idx.apply(seq + i, R.SEND, R.encode_send(bytes(16), 10.0, 10.0, b"copy"))
+            carry.append((seq + i, m, 0, 0.0, idx.orig_of(m)))
+        idx.apply(seq + len(live), R.CARRY, R.encode_carry(carry))
+        live = [seq + i for i in range(len(live))]
+        seq += len(live) + 1
+    assert [idx.orig_of(m) for m in live] == list(range(50))
+    assert [idx.resolve(k) for k in range(50)] == live
+    assert idx.candidates(100) == live
