@@ -71,6 +71,7 @@ struct walq_qx {
     uint64_t lmask;
     int lshift;
     size_t nlinks, links_gc_at;
+    size_t links_gc_floor;            /* dead links tolerated before a prune */
     size_t norig;                     /* live messages with orig != seq */
     size_t nprior, nrecv;
 };
@@ -426,7 +427,7 @@ static int qx_links_build(struct walq_qx *x, const struct qx_link *from, size_t 
     x->nlinks = 0;
     for (size_t i = 0; i < n; i++)
         qx_link_put_raw(x, from[i].from, from[i].to);
-    x->links_gc_at = 2 * x->nlinks + 1024;
+    x->links_gc_at = 2 * x->nlinks + x->links_gc_floor;
     return 0;
 }
 
@@ -1195,6 +1196,7 @@ struct walq_qx *walq_qx_new(void)
     struct walq_qx *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
+    x->links_gc_floor = 1024;
     if (qx_alloc_slots(x, 64) < 0) {
         free(x);
         return NULL;
@@ -1215,4 +1217,10 @@ void walq_qx_free(struct walq_qx *x)
     free(x->ret_at);
     free(x->links);
     free(x);
+}
+
+void walq_qx_set_prune_floor(struct walq_qx *x, size_t floor)
+{
+    x->links_gc_floor = floor;
+    x->links_gc_at = 2 * x->nlinks + floor;
 }

@@ -344,3 +344,6 @@ void walq_qx_bounds(struct walq_qx *x, uint64_t out[9]);
 int walq_qx_export(struct walq_qx *x, struct walq_qx_columns *c);
 /* Into a new, empty index; -1 if the columns contradict each other. */
 int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c);
+/* Redirect chains are pruned once 2 x live links + `floor` pile up (1024);
+ * tests set a tiny floor so that pruning runs at every step. */
+void walq_qx_set_prune_floor(struct walq_qx *x, size_t floor);

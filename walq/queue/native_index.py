@@ -86,6 +86,12 @@ class NativeIndex:
         self._scratch_bufs: tuple = ()
         self.applied = 0  # next log sequence to apply
 
+    def set_prune_floor(self, floor: int) -> None:
+        """Prune dead redirect chains once ``floor`` (default 1,024) more
+        than twice the live ones pile up: tests use a tiny floor so that
+        every rewrite prunes."""
+        lib.walq_qx_set_prune_floor(self._x, floor)
+
     # -- counters --------------------------------------------------------------
 
     @property
