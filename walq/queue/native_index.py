@@ -105,10 +105,6 @@ class NativeIndex:
         c = self._st.counts
         return [c[0], c[1], c[2]]
 
-    def visible_count(self) -> int:
-        """Visible messages (the receive path's cheap pre-check)."""
-        return self._st.counts[0]
-
     def live(self) -> int:
         """Live messages."""
         return self._st.live
@@ -117,7 +113,7 @@ class NativeIndex:
 
     def apply(self, seq: int, type: int, payload: bytes) -> None:
         """Folds one log record into the index."""
-        _check(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), "apply")
+        _check(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), f"record {seq} (type {type})")
         self.applied = seq + 1
 
     def apply_frames(self, mm, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
@@ -140,6 +136,7 @@ class NativeIndex:
         rc = lib.walq_qx_apply_run(self._x, base, buf.poffs, buf.lens, buf.types, n, seq0)
         if rc <= -3:
             bad = seq0 - rc - 3
+            self.applied = bad  # the records before it were applied (as Index.apply leaves it)
             raise CorruptionError(f"queue index: record {bad} is malformed for its type")
         _check(rc, "apply_run")
         self.applied = seq0 + n
