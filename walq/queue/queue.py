@@ -395,10 +395,9 @@ class Queue:
 
     def receive(self, max_messages: int = 1, *, wait=None, visibility_timeout=None) -> list[Message]:
         """Leases up to ``max_messages`` visible messages; long-polls ``wait`` s."""
-        self._check()
+        attrs = self._attrs()  # also the closed-broker and deleted-queue checks
         if isinstance(max_messages, bool) or not isinstance(max_messages, int) or not 1 <= max_messages <= MAX_RECEIVE:
             raise InvalidParameter(f"max_messages must be an integer 1-{MAX_RECEIVE}; got {max_messages!r}")
-        attrs = self._attrs()
         if wait is None:
             wait = attrs.receive_wait
         elif isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= 20:
@@ -569,7 +568,7 @@ class Queue:
 
     def delete_batch(self, receipts_: list[str]) -> BatchResult:
         """Deletes many messages with one write; per-entry results."""
-        self._check()
+        attrs = self._attrs()  # also the closed-broker and deleted-queue checks
         if not isinstance(receipts_, (list, tuple)) or not receipts_:
             raise BatchError("delete_batch needs a non-empty list of receipts")
         result = BatchResult()
@@ -581,7 +580,6 @@ class Queue:
                 parsed.append((i, r, *got))
         if not parsed:
             return result
-        attrs = self._attrs()
         if not attrs.fifo:
             # A standard queue deletes whatever a well-formed receipt names
             # (SQS: a stale receipt may still delete), so there is nothing to
