@@ -15,8 +15,7 @@ from array import array
 
 from walq.errors import CorruptionError, InvalidParameter
 from walq.log._native import ffi, lib
-from walq.log.log import RunBuffers
-from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
+from walq.queue.index import INFLIGHT, Index
 
 __all__ = ["NativeIndex", "COLUMNS", "native_index_enabled", "new_index"]
 
@@ -116,20 +115,9 @@ class NativeIndex:
         _check(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), f"record {seq} (type {type})")
         self.applied = seq + 1
 
-    def apply_frames(self, mm, seq0: int, offs: list[int], lens: list[int], types: list[int]) -> None:
-        """Folds a run of records given as lists (see Index.apply_frames)."""
-        n = len(offs)
-        if not n:
-            return
-        buf = RunBuffers(n)
-        buf.poffs[0:n] = offs
-        buf.lens[0:n] = lens
-        buf.types[0:n] = types
-        base = ffi.from_buffer(mm)
-        try:
-            self.apply_run(mm, base, seq0, n, buf)
-        finally:
-            ffi.release(base)
+    #: Folds a run of records given as lists: the Python index's, which
+    #: only packs them for apply_run.
+    apply_frames = Index.apply_frames
 
     def apply_run(self, mm, base, seq0: int, n: int, buf) -> None:
         """Folds records ``seq0 .. seq0 + n`` as Log.frame_run left them."""
