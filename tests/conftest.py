@@ -56,3 +56,13 @@ def store(tmp_path, clock):
 def broker(store):
     """A broker on the test's store."""
     return store()
+
+
+@pytest.fixture(params=["native", "python"])
+def both_indexes(request, monkeypatch):
+    """Runs a test once with each index a standard queue can use: the
+    native one (the default) and the Python one (``WALQ_INDEX=python``, the
+    fallback, and FIFO queues' index), so that neither drifts from SQS's
+    rules unnoticed."""
+    monkeypatch.setenv("WALQ_INDEX", request.param)
+    return request.param

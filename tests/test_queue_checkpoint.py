@@ -16,6 +16,9 @@ from walq.queue import checkpoint as ckpt
 from walq.queue.index import Index
 from walq.queue.native_index import NativeIndex
 
+# Every rule holds with either index (conftest.both_indexes).
+pytestmark = pytest.mark.usefixtures("both_indexes")
+
 
 SEG = 16 * 1024
 

@@ -8,6 +8,9 @@ import pytest
 import walq
 from queue_helpers import log_ends
 
+# Every rule holds with either index (conftest.both_indexes).
+pytestmark = pytest.mark.usefixtures("both_indexes")
+
 def receive_n_times(q, clock, n, **kw):
     """Receives the single message ``n`` times, letting each lease run out."""
     got = []

@@ -14,6 +14,9 @@ import pytest
 import walq
 from queue_helpers import log_ends
 
+# Every rule holds with either index (conftest.both_indexes).
+pytestmark = pytest.mark.usefixtures("both_indexes")
+
 @pytest.fixture
 def q(broker):
     return broker.create_queue("jobs")
@@ -810,3 +813,9 @@ def test_processes_with_either_index_share_a_queue(tmp_path, monkeypatch):
         assert type(q._index).__name__ == {"python": "Index", "native": "NativeIndex"}[kind]
         q.checkpoint()
         b.close()
+
+
+def test_the_queue_uses_the_index_under_test(q, both_indexes):
+    # Guards the parametrization itself: the variable must be set before
+    # the queue fixture opens the queue.
+    assert type(q._index).__name__ == {"native": "NativeIndex", "python": "Index"}[both_indexes]
