@@ -454,7 +454,9 @@ class Queue:
                     bodies = self._log.read_many(picks)
                 except RecordGone:
                     bodies = [None] * len(picks)  # one is gone: look at each alone
-                for m, p, (count, first, _orig) in zip(picks, bodies, idx.describe(picks)):
+                # Receive counts matter here only for a redrive policy.
+                infos = idx.describe(picks) if dlq is not None else repeat((0, 0.0, 0))
+                for m, p, (count, first, _orig) in zip(picks, bodies, infos):
                     if p is None:
                         try:
                             p = self._log.read(m).payload
