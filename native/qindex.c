@@ -10,7 +10,8 @@
  *
  * Layout:
  *   live messages   open addressing, linear probing, keyed by sequence
- *                   (Fibonacci hashing spreads consecutive sequences),
+ *                   (runs of 8 consecutive sequences share a Fibonacci-
+ *                   hashed home, mapped onto any capacity; qx_slot),
  *                   deleted by backward shift, so no tombstones;
  *   visible         min-heap of original sequences, invalidated lazily
  *                   (an entry counts while its message is VISIBLE);
@@ -22,6 +23,9 @@
  *                   aliases when it goes; here chains are followed and
  *                   stale links pruned in bulk, which answers alike: a
  *                   chain that ends at a dead message resolves to itself.
+ *
+ * Not thread-safe: cffi calls these without the GIL, so the caller (the
+ * queue's _mu) serializes every call on one index.
  */
 
 #include <sys/mman.h>
