@@ -273,9 +273,13 @@ class NativeIndex:
             if len(rows) != 1:
                 raise CorruptionError(f"checkpoint table {table[0][0]} has columns of different lengths")
             c.rows[t] = rows.pop()
-            for name, _code in table:
-                buf = ffi.from_buffer(cols[name])
-                keep.append(buf)
+            for name, code in table:
+                col = cols[name]
+                if not isinstance(col, array) or col.typecode != code:
+                    # Version 1 checkpoints kept these tables as JSON rows.
+                    col = array(code, col)
+                buf = ffi.from_buffer(col)
+                keep.append((col, buf))
                 setattr(c, name, ffi.cast(ffi.typeof(getattr(c, name)), buf))
         rc = lib.walq_qx_import(idx._x, c)
         if rc == -1:
