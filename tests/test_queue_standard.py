@@ -819,3 +819,20 @@ def test_the_queue_uses_the_index_under_test(q, both_indexes):
     # Guards the parametrization itself: the variable must be set before
     # the queue fixture opens the queue.
     assert type(q._index).__name__ == {"native": "NativeIndex", "python": "Index"}[both_indexes]
+
+
+def test_an_index_poisoned_by_running_out_of_memory_is_rebuilt(q, both_indexes):
+    # The native index marks itself when a call fails for memory part way
+    # (what it applied is then unknown); the next operation rebuilds it from
+    # the checkpoint and the log instead of trusting it.
+    q.send_batch([str(i) for i in range(20)])
+    got = q.receive(5, visibility_timeout=60)
+    q.delete_batch([m.receipt for m in got[:2]])
+    q.checkpoint()
+    q.send("after")
+    before = q._index
+    before.poisoned = True  # as NativeIndex._ok leaves it after a MemoryError
+    s = q.stats()
+    assert q._index is not before and not getattr(q._index, "poisoned", False)
+    assert (s.visible, s.in_flight, s.total) == (16, 3, 19)
+    assert {m.text for m in q.receive(20)} == {str(i) for i in range(5, 20)} | {"after"}

@@ -84,6 +84,14 @@ class NativeIndex:
         self._scratch_n = 0
         self._scratch_bufs: tuple = ()
         self.applied = 0  # next log sequence to apply
+        # Set when a call ran out of memory part way: what it had applied
+        # is unknown, so the queue rebuilds the index (Queue._catch_up).
+        self.poisoned = False
+
+    def _ok(self, rc: int, what: str) -> None:
+        if rc == -2:
+            self.poisoned = True
+        _check(rc, what)
 
     def set_prune_floor(self, floor: int) -> None:
         """Prune dead redirect chains once ``floor`` (default 1,024) more
@@ -112,7 +120,7 @@ class NativeIndex:
 
     def apply(self, seq: int, type: int, payload: bytes) -> None:
         """Folds one log record into the index."""
-        _check(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), f"record {seq} (type {type})")
+        self._ok(lib.walq_qx_apply(self._x, seq, type, payload, len(payload)), f"record {seq} (type {type})")
         self.applied = seq + 1
 
     #: Folds a run of records given as lists: the Python index's, which
@@ -126,19 +134,19 @@ class NativeIndex:
             bad = seq0 - rc - 3
             self.applied = bad  # the records before it were applied (as Index.apply leaves it)
             raise CorruptionError(f"queue index: record {bad} is malformed for its type")
-        _check(rc, "apply_run")
+        self._ok(rc, "apply_run")
         self.applied = seq0 + n
 
     def add_sends(self, seqs: range, sent_at: float, visible_at: float) -> None:
         """Folds in a run of plain SENDs written just now (Index.add_sends)."""
-        _check(lib.walq_qx_add_sends(self._x, seqs.start, len(seqs), sent_at, visible_at), "add_sends")
+        self._ok(lib.walq_qx_add_sends(self._x, seqs.start, len(seqs), sent_at, visible_at), "add_sends")
         self.applied = seqs.stop
 
     # -- time ------------------------------------------------------------------
 
     def sweep(self, now: float, retention: float) -> None:
         """Leases run out, delays end, retention expires (Index.sweep)."""
-        _check(lib.walq_qx_sweep(self._x, now, retention), "sweep")
+        self._ok(lib.walq_qx_sweep(self._x, now, retention), "sweep")
 
     def next_event(self) -> float | None:
         """The earliest time at which a sweep could make a message visible."""
@@ -150,13 +158,13 @@ class NativeIndex:
         """Up to ``n`` visible messages, lowest sequence first (Index.candidates)."""
         out = self._scratch(n)[3]
         k = lib.walq_qx_candidates(self._x, n, take, out)
-        _check(k, "candidates")
+        self._ok(k, "candidates")
         return ffi.unpack(out, k)
 
     def give_back(self, seqs: list[int]) -> None:
         """Returns taken candidates that were neither leased nor removed."""
         if seqs:
-            _check(lib.walq_qx_give_back(self._x, seqs, len(seqs)), "give_back")
+            self._ok(lib.walq_qx_give_back(self._x, seqs, len(seqs)), "give_back")
 
     def remove(self, m: int) -> None:
         """Forgets a message (deleted, moved, purged or expired)."""
@@ -223,7 +231,7 @@ class NativeIndex:
         """Live sequences below ``cutoff``, ascending."""
         out = ffi.new("uint64_t[]", self._st.live + 1)
         k = lib.walq_qx_live_seqs(self._x, cutoff, out)
-        _check(k, "live_below")
+        self._ok(k, "live_below")
         return ffi.unpack(out, k)
 
     def live_seqs(self) -> list[int]:
@@ -251,7 +259,7 @@ class NativeIndex:
                 a = ffi.new(_CTYPES[code], bounds[t] + 1)
                 keep.append(a)
                 setattr(c, name, a)
-        _check(lib.walq_qx_export(self._x, c), "export")
+        self._ok(lib.walq_qx_export(self._x, c), "export")
         out = {}
         for t, table in enumerate(COLUMNS):
             rows = c.rows[t]

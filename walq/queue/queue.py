@@ -103,6 +103,12 @@ class Queue:
     def _catch_up(self) -> None:
         """Applies every record appended since this process last looked."""
         log, idx = self._log, self._index
+        if getattr(idx, "poisoned", False):
+            # A native call ran out of memory part way through: start again
+            # from the newest checkpoint rather than trust a half-applied index.
+            self._index = idx = self._load_index()
+            self._last_ckpt = idx.ops
+            self._ckpt_pos = idx.applied
         while True:
             end = log.end
             if idx.applied >= end:
