@@ -327,8 +327,9 @@ def test_a_checkpoint_whose_tables_contradict_each_other_is_reported(store):
     path = os.path.join(d, name)
     with open(path, "rb") as f:
         applied, meta, cols = ckpt._parse(f.read(), path)
-    # A lease for a message the checkpoint does not hold.
-    cols["lease_msg"], cols["lease_seq"], cols["lease_deadline"] = array("q", [10**9]), array("q", [1]), array("d", [1.0])
+    # A lease for a message the checkpoint holds as visible, not in flight.
+    visible = [m for m, st in zip(cols["state_seq"], cols["state_val"]) if st == 0]
+    cols["lease_msg"], cols["lease_seq"], cols["lease_deadline"] = array("q", visible[:1]), array("q", [1]), array("d", [1.0])
     with open(path, "wb") as f:
         f.write(ckpt._frame(applied, meta, {n: [cols[n]] for n, _c in ckpt._ARRAYS}))
     r = run(store, "verify")

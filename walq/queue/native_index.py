@@ -291,8 +291,8 @@ class NativeIndex:
                 setattr(c, name, ffi.cast(ffi.typeof(getattr(c, name)), buf))
         rc = lib.walq_qx_import(idx._x, c)
         if rc == -1:
-            raise CorruptionError("checkpoint tables contradict each other (a message in two states, "
-                                  "or a lease or receive count for no live message)")
+            raise CorruptionError("checkpoint tables contradict each other (a message twice or in an "
+                                  "unknown state, a lease for one not in flight, or a redirect backwards)")
         _check(rc, "import")
         idx.applied = applied
         return idx
