@@ -113,7 +113,11 @@ static inline uint64_t qx_slot(const struct walq_qx *x, uint64_t seq)
      * side by side: sends arrive in sequence order, and a fully random
      * slot each cost a cache and TLB miss (~3x slower inserts). */
     uint64_t h = (seq / QX_RUN) * 0x9E3779B97F4A7C15ULL;
+#ifdef __SIZEOF_INT128__
     uint64_t i = (uint64_t)(((unsigned __int128)h * x->cap) >> 64) + seq % QX_RUN;
+#else
+    uint64_t i = (h >> 32) % x->cap + seq % QX_RUN;  /* compilers without 128-bit integers */
+#endif
     return i < x->cap ? i : i - x->cap;
 }
 
