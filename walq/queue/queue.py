@@ -106,9 +106,7 @@ class Queue:
         if getattr(idx, "poisoned", False):
             # A native call ran out of memory part way through: start again
             # from the newest checkpoint rather than trust a half-applied index.
-            self._index = idx = self._load_index()
-            self._last_ckpt = idx.ops
-            self._ckpt_pos = idx.applied
+            idx = self._reload_index()
         while True:
             end = log.end
             if idx.applied >= end:
@@ -120,9 +118,7 @@ class Queue:
                 # covers what the removed segments held.  It may be saving a
                 # newer one and trimming while we load - then load again.
                 for _attempt in range(20):
-                    self._index = idx = self._load_index()
-                    self._last_ckpt = idx.ops
-                    self._ckpt_pos = idx.applied
+                    idx = self._reload_index()
                     if idx.applied >= log.first:
                         break
                 else:
@@ -133,6 +129,14 @@ class Queue:
                     ) from None
                 continue
             idx.apply_run(mm, base, idx.applied, n, self._run_buf)
+
+    def _reload_index(self) -> Index | NativeIndex:
+        """Replaces the index with the newest checkpoint's (the caller
+        catches up from there) and restarts checkpoint pacing at it."""
+        self._index = idx = self._load_index()
+        self._last_ckpt = idx.ops
+        self._ckpt_pos = idx.applied
+        return idx
 
     @contextlib.contextmanager
     def _deciding(self, retention: float, wait_durable: bool = True):
@@ -772,18 +776,16 @@ class Queue:
             live = idx.live()
             if not pinning or len(pinning) > max(1000, live // 10):
                 return  # genuinely live data: disk use already tracks it
-            pinning.sort()
             payloads, types, carry = [], [], []
             new = tx.end
-            for m in pinning:
+            for m, (count, first, orig) in zip(pinning, idx.describe(pinning)):
                 rec = R.decode_send(self._log.read(m).payload)
-                count, first = idx.receive_info(m) or (idx.prior_of(m), 0.0)
                 payloads.append(R.encode_send(rec.message_id, rec.sent_at, rec.visible_at, rec.body,
                                               rec.attributes, rec.group, rec.dedup_id, rec.source,
                                               count, rec.first_received_at or first))
                 types.append(R.SEND)
                 lease_seq, deadline = idx.lease_of(m) or (0, 0.0)
-                carry.append((new, m, lease_seq, deadline, idx.orig_of(m)))
+                carry.append((new, m, lease_seq, deadline, orig))
                 new += 1
             payloads.append(R.encode_carry(carry))
             types.append(R.CARRY)
