@@ -886,6 +886,30 @@ size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, ui
     return k;
 }
 
+int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t uid,
+                       uint64_t applied, uint64_t *out)
+{
+    uint64_t msgs[WALQ_QX_DOOMED_MAX], leases[WALQ_QX_DOOMED_MAX];
+    uint8_t status[WALQ_QX_DOOMED_MAX];
+    if (n > WALQ_QX_DOOMED_MAX)
+        return -1;
+    walq_parse_receipts(text, n, uid, msgs, leases, status);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (status[i])
+            return -1;
+        uint64_t m = msgs[i];
+        if (m < applied && !qx_find(x, qx_resolve(x, m)))
+            continue; /* already gone: a delete needs no record */
+        size_t j = 0;
+        while (j < k && out[j] != m)
+            j++;
+        if (j == k)
+            out[k++] = m;
+    }
+    return (int64_t)k;
+}
+
 uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m)
 {
     return qx_resolve(x, m);
@@ -1078,15 +1102,18 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
     const uint64_t *r = c->rows;
     if (x->st.live)
         return -1;
-    free(x->slots);
+    struct qx_msg *empty = x->slots;
     if (qx_alloc_slots(x, qx_cap_for(r[0])) < 0)
-        return -2;
+        return -2;  /* x keeps its empty table */
+    free(empty);
     for (size_t i = 0; i < r[0]; i++) {
         uint8_t st = c->state_val[i];
         uint64_t seq = (uint64_t)c->state_seq[i];
         if (st > WALQ_QX_INFLIGHT || qx_find(x, seq))
             return -1;
         struct qx_msg *s = qx_insert(x, seq);
+        if (!s)
+            return -2;
         s->state = st;
         x->st.counts[st]++;
     }
@@ -1106,15 +1133,16 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
          * means nothing, and refusing it would refuse that index's files. */
         if (!s)
             continue;
+        x->nrecv += !s->has_recv;  /* a row given twice counts once */
         s->has_recv = 1;
         s->count = (uint32_t)c->recv_count[i];
         s->first = c->recv_first[i];
-        x->nrecv++;
     }
     for (size_t i = 0; i < r[5]; i++) {
         struct qx_msg *s = qx_find(x, (uint64_t)c->prior_msg[i]);
         if (!s)
             continue;
+        x->nprior -= s->prior != 0;
         s->prior = (uint32_t)c->prior_count[i];
         x->nprior += s->prior != 0;
     }
@@ -1122,6 +1150,7 @@ int walq_qx_import(struct walq_qx *x, const struct walq_qx_columns *c)
         struct qx_msg *s = qx_find(x, (uint64_t)c->orig_seq[i]);
         if (!s)
             continue;
+        x->norig -= s->orig != s->seq;
         s->orig = (uint64_t)c->orig_orig[i];
         x->norig += s->orig != s->seq;
     }

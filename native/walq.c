@@ -506,7 +506,7 @@ int walq_fdatasync(int fd)
 static int frame_ok(const char *base, uint64_t size, uint64_t off, uint64_t salt,
                     uint64_t seq, uint32_t *len_out, uint8_t *type_out)
 {
-    if (size - off < WALQ_REC_HEADER_SIZE)
+    if (off > size || size - off < WALQ_REC_HEADER_SIZE)
         return 0;
     const char *h = base + off;
     uint32_t len = get32(h + 8);
@@ -542,7 +542,7 @@ int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
     uint64_t count = 0;
     int status = WALQ_SCAN_LIMIT;
     while (count < max) {
-        if (size - off < WALQ_REC_HEADER_SIZE) {
+        if (off > size || size - off < WALQ_REC_HEADER_SIZE) {
             status = WALQ_SCAN_EOF;
             break;
         }
@@ -641,6 +641,26 @@ uint64_t walq_frames_run(const char *base, uint64_t size, uint64_t salt,
     for (uint64_t i = 0; i < ok; i++)
         payload_offs[i] = offs[i] + WALQ_REC_HEADER_SIZE;
     return ok;
+}
+
+int64_t walq_frames_at(const char *base, uint64_t size, uint64_t salt,
+                       const uint64_t *offs, uint64_t seg_base, uint64_t count,
+                       uint64_t lo, const uint64_t *seqs, uint64_t n,
+                       uint64_t *payload_offs, uint32_t *lens)
+{
+    if (lo < seg_base)
+        lo = seg_base;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t seq = seqs[i];
+        if (seq < lo || seq - seg_base >= count)
+            return (int64_t)i;
+        uint64_t off = offs[seq - seg_base];
+        uint8_t type;
+        if (off > size || !frame_ok(base, size, off, salt, seq, &lens[i], &type))
+            return -(int64_t)i - 1;
+        payload_offs[i] = off + WALQ_REC_HEADER_SIZE;
+    }
+    return (int64_t)n;
 }
 
 int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,

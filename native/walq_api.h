@@ -189,6 +189,18 @@ uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
                         const uint64_t *offs, uint64_t seq0, uint64_t n,
                         uint32_t *lens, uint8_t *types);
 
+/* Frames of scattered records in one segment, for a reader that wants a
+ * handful at once (a receive).  offs[k] is the frame of seg_base + k, for
+ * k < count.  For seqs[0], seqs[1], ... while each lies in
+ * [max(seg_base, lo), seg_base + count): checks its frame and writes its
+ * payload offset and length.  Returns how many it resolved before the first
+ * sequence outside that range, or -(i + 1) if the frame of seqs[i] does not
+ * validate. */
+int64_t walq_frames_at(const char *base, uint64_t size, uint64_t salt,
+                       const uint64_t *offs, uint64_t seg_base, uint64_t count,
+                       uint64_t lo, const uint64_t *seqs, uint64_t n,
+                       uint64_t *payload_offs, uint32_t *lens);
+
 /* Checks one frame at `off`: (type << 32) | payload length, or -1. */
 int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,
                         uint64_t salt, uint64_t seq);
@@ -328,6 +340,16 @@ uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m);
  * 0, 0.0 and itself for a message that is not live. */
 void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
                       uint32_t *counts, double *firsts, uint64_t *origs);
+/* A standard queue's delete_batch in one call, for n <= WALQ_QX_DOOMED_MAX
+ * well-formed handles of 56 characters concatenated in `text`: parses them
+ * (walq_parse_receipts) and writes to `out` each message still live
+ * (through redirects) or not yet applied (seq >= applied), once, in the
+ * order given: the DELETE record's payload.  Returns how many, or -1 if any
+ * handle is malformed or of another queue, or n is too large (the caller
+ * then takes the slow way, which says which). */
+#define WALQ_QX_DOOMED_MAX 64
+int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t uid,
+                       uint64_t applied, uint64_t *out);
 /* Those of seqs that name a live message (through redirects) or lie at or
  * above `applied` (not yet seen), in order, into out; returns how many. */
 size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, uint64_t applied,

@@ -213,3 +213,12 @@ def test_lag_records_how_far_the_durable_point_trailed_each_record(tmp_path):
         log.sync()
         log.append(b"after sync")
     assert [f.lag for f in frames(segment_paths(str(tmp_path / "os"))[0])] == [0, 1, 2, 3, 4, 0]
+
+
+def test_a_scan_or_check_from_past_the_end_of_the_map_reads_nothing():
+    # (Reads past the buffer here showed only under AddressSanitizer.)
+    buf = ffi.new("char[]", 64)
+    res = ffi.new("walq_scan_t *")
+    assert lib.walq_scan(buf, 64, 72, 0, 0, 10, ffi.NULL, ffi.NULL, ffi.NULL, res) == lib.WALQ_SCAN_EOF
+    assert res.count == 0 and res.next_off == 72
+    assert lib.walq_frame_info(buf, 64, 72, 0, 0) == -1

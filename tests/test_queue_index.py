@@ -229,3 +229,10 @@ def test_receipts_decoded_in_bulk_agree_with_one_at_a_time():
                 assert isinstance(result, InvalidReceipt) and str(result) == str(exc)
             else:
                 assert result == expected
+
+
+def test_a_receive_s_lease_encoding_is_the_general_one_with_one_deadline():
+    seqs = [7, 8, 12, 2**40 + 3]
+    payload = R.encode_lease_all(100.25, seqs, 130.25)
+    assert payload == R.encode_lease(100.25, [(m, 130.25) for m in seqs])
+    assert R.decode_lease(payload) == (100.25, [(m, 130.25) for m in seqs])

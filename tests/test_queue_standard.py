@@ -13,6 +13,8 @@ import pytest
 
 import walq
 from queue_helpers import log_ends
+from walq.queue import receipts, records
+from walq.queue.queue import DOOMED_MAX
 
 # Every rule holds with either index (conftest.both_indexes).
 pytestmark = pytest.mark.usefixtures("both_indexes")
@@ -376,6 +378,39 @@ def test_delete_batch_reports_each_receipt(q, broker):
     assert [i for i, _ in res.failed] == [1, 3]
     assert all(isinstance(e, walq.InvalidReceipt) for _, e in res.failed)
     assert q.stats().total == 0 and other.stats().total == 1
+
+
+def test_delete_batch_writes_one_record_naming_each_live_message_once(q):
+    q.send_batch(["a", "b", "c"])
+    a, b, c = q.receive(3)
+    q.delete(a.receipt)
+    end = q._log.end
+    res = q.delete_batch([a.receipt, b.receipt, c.receipt, b.receipt])
+    assert [i for i, _ in res.successful] == [0, 1, 2, 3] and res.failed == []
+    assert q._log.end == end + 1  # one record, without the message already gone
+    seq_of = {m.text: receipts.decode(m.receipt, q._uid)[0] for m in (b, c)}
+    assert records.decode_seqs(q._log.read(end).payload) == [seq_of["b"], seq_of["c"]]
+    assert q.stats().total == 0
+
+
+def test_delete_batch_of_messages_already_gone_writes_nothing(q, broker):
+    q.send_batch(["a", "b"])
+    handles = [m.receipt for m in q.receive(2)]
+    q.delete_batch(handles)
+    before = log_ends(broker, q)
+    res = q.delete_batch(handles + handles)
+    assert [i for i, _ in res.successful] == [0, 1, 2, 3] and res.failed == []
+    assert log_ends(broker, q) == before
+
+
+def test_delete_batch_takes_more_receipts_than_one_native_call(q):
+    n = DOOMED_MAX + 36
+    q.send_batch([f"m{i}" for i in range(n)])
+    msgs = q.receive(n)
+    assert len(msgs) == n
+    res = q.delete_batch([m.receipt for m in msgs])
+    assert len(res.successful) == n and res.failed == []
+    assert q.stats().total == 0
 
 
 # -- change visibility ----------------------------------------------------------------------

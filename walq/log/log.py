@@ -666,22 +666,29 @@ class Log:
         verified: read() for a handful of scattered records at once, as a
         receive needs.  RecordGone if any of them is gone."""
         self._check_open()
+        n = len(seqs)
+        want = ffi.new("uint64_t[]", seqs)
+        poffs = ffi.new("uint64_t[]", n)
+        lens = ffi.new("uint32_t[]", n)
         out = []
         seg = self._last_read
         first = lib.walq_load(self._p_first_seq)
-        info, hdr = lib.walq_frame_info, RECORD_HEADER_SIZE
         segments = self._segments
-        for seq in seqs:
-            # _holding and Segment.frame_at, inlined: a receive reads one
-            # record per message, mostly from the segment of the one before.
+        i = 0
+        while i < n:
+            # A receive's records mostly share a segment: one native call
+            # checks every one of them that the segment holds.
+            seq = seqs[i]
             if seg is None or not (first <= seq and seg.base <= seq < seg.base + seg.count) \
                     or seg.base not in segments:
                 seg = self._holding(None, seq, first)
-            off = seg.offs[seq - seg.base]
-            got = info(seg.ptr, seg.size, off, seg.salt, seq)
+            got = lib.walq_frames_at(seg.ptr, seg.size, seg.salt, seg.offs, seg.base, seg.count, first,
+                                     want + i, n - i, poffs + i, lens + i)
             if got < 0:
-                seg.frame_at(seq)  # raises CorruptionError naming the file and offset
-            out.append(seg.mm[off + hdr : off + hdr + (got & 0xFFFFFFFF)])
+                seg.frame_at(seqs[i - got - 1])  # raises CorruptionError naming the file and offset
+            mm = seg.mm
+            out += [mm[o : o + k] for o, k in zip(ffi.unpack(poffs + i, got), ffi.unpack(lens + i, got))]
+            i += got
         return out
 
     def _holding(self, seg: Segment | None, seq: int, first: int) -> Segment:

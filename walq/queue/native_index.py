@@ -182,6 +182,17 @@ class NativeIndex:
         lib.walq_qx_describe(self._x, ms, n, counts, firsts, origs)
         return list(zip(ffi.unpack(counts, n), ffi.unpack(firsts, n), ffi.unpack(origs, n)))
 
+    def doomed(self, text: bytes, n: int, queue_uid: int) -> bytes | None:
+        """A standard queue's delete of ``n`` receipt handles (56 characters
+        each, concatenated in ``text``) in one call: the DELETE payload for
+        the messages still live or not yet applied, each once (b"" if none),
+        or None if a handle is malformed or another queue's, or there are
+        more than the native limit (the caller then decodes them one by one,
+        which says which)."""
+        out = self._scratch(n)[3]
+        k = lib.walq_qx_doomed(self._x, text, n, queue_uid, self.applied, out)
+        return None if k < 0 else ffi.buffer(out, 8 * k)[:]
+
     def select_live(self, ms: list[int]) -> list[int]:
         """Those of ``ms`` still live (through redirects) or not yet applied."""
         n = len(ms)

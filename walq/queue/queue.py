@@ -57,6 +57,10 @@ MOVE_HIDE_S = 60.0
 #: Python-level __new__ in between (send_batch builds one per message).
 _new_send_result = partial(tuple.__new__, SendResult)
 _JUST_BYTES = {bytes}
+_JUST_STR = {str}
+_JUST_RECEIPT_LEN = {56}
+#: Most receipts a delete_batch hands the index in one call.
+DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
 
 
 class Queue:
@@ -455,7 +459,7 @@ class Queue:
         # Only the decision happens under the lock; decoding bodies and
         # building the messages waits until it is released.
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
-            leased, hidden, payloads = [], [], {}
+            leased, kept, hidden = [], [], []  # kept: the payloads of the leased ones
             sent_at = R.F64.unpack_from
             expired = now - attrs.retention  # sent at or before: never delivered
             picks = idx.candidates(n, take=not attrs.fifo)
@@ -485,28 +489,26 @@ class Queue:
                         moves.append((m, rec, count))
                         continue
                     leased.append(m)
-                    payloads[m] = p
-                records, types = [], []
-                if leased:
-                    records.append(R.encode_lease(now, [(m, now + vt) for m in leased]))
-                    types.append(R.LEASE)
+                    kept.append(p)
                 if hidden:
-                    records.append(R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden]))
-                    types.append(R.HIDE)
-                if records:
+                    records, types = [R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden])], [R.HIDE]
+                    if leased:
+                        records.insert(0, R.encode_lease_all(now, leased, now + vt))
+                        types.insert(0, R.LEASE)
                     lease_seq = self._write(tx, records, types).start
-                    for m, (count, first, orig) in zip(leased, idx.describe(leased)):
-                        chosen.append((m, payloads[m], count, first, orig))
+                elif leased:
+                    lease_seq = self._write(tx, [R.encode_lease_all(now, leased, now + vt)], R.LEASE).start
+                if leased:
+                    infos = idx.describe(leased)
             except BaseException:
                 idx.give_back(picks)  # taken from the visible heap, and not leased
                 raise
         out = []
-        if chosen:
+        if leased:
             fifo = attrs.fifo
             head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
-            id_texts, handles = receipts.receive_texts(self._uid, [c[0] for c in chosen], lease_seq,
-                                                       b"".join([c[1][:16] for c in chosen]))
-            for (m, p, count, first, orig), mid, receipt in zip(chosen, id_texts, handles):
+            id_texts, handles = receipts.receive_texts(self._uid, leased, lease_seq, b"".join([p[:16] for p in kept]))
+            for p, (count, first, orig), mid, receipt in zip(kept, infos, id_texts, handles):
                 _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
                 if alen or glen or dlen or slen:
                     rec = R.decode_send(p)
@@ -583,6 +585,20 @@ class Queue:
         attrs = self._attrs()  # also the closed-broker and deleted-queue checks
         if not isinstance(receipts_, (list, tuple)) or not receipts_:
             raise BatchError("delete_batch needs a non-empty list of receipts")
+        if not attrs.fifo and len(receipts_) <= DOOMED_MAX and set(map(type, receipts_)) == _JUST_STR \
+                and set(map(len, receipts_)) == _JUST_RECEIPT_LEN:
+            # The usual batch (well-formed handles, a standard queue) in one
+            # native call; anything else, or the Python index, goes the
+            # general way below, which says what is wrong with which handle.
+            text = "".join(receipts_)
+            if text.isascii():
+                with self._mu:
+                    self._catch_up()
+                    payload = self._index.doomed(text.encode("ascii"), len(receipts_), self._uid)
+                if payload is not None:
+                    if payload:
+                        self._append_delete(payload, len(payload) >> 3)
+                    return BatchResult(successful=list(enumerate(receipts_)))
         result = BatchResult()
         parsed = []
         for i, (r, got) in enumerate(zip(receipts_, receipts.decode_many(receipts_, self._uid))):
@@ -607,10 +623,7 @@ class Queue:
                 idx = self._index
                 doomed = idx.select_live(list(dict.fromkeys(m for _i, _r, m, _lease in parsed)))
             if doomed:
-                payload = R.encode_seqs(doomed)
-                seq = self._log.append(payload, R.DELETE)
-                self._fold_in(seq, lambda idx: idx.apply(seq, R.DELETE, payload))
-                self._count_blind(len(doomed))
+                self._append_delete(R.encode_seqs(doomed), len(doomed))
             result.successful.extend((i, r) for i, r, _m, _lease in parsed)
             result.failed.sort(key=lambda e: e[0])
             return result
@@ -636,6 +649,13 @@ class Queue:
         result.successful.sort(key=lambda e: e[0])
         result.failed.sort(key=lambda e: e[0])
         return result
+
+    def _append_delete(self, payload: bytes, n: int) -> None:
+        """Writes a standard queue's DELETE of ``n`` messages without the
+        lock (see delete_batch) and folds it in."""
+        seq = self._log.append(payload, R.DELETE)
+        self._fold_in(seq, lambda idx: idx.apply(seq, R.DELETE, payload))
+        self._count_blind(n)
 
     def change_visibility(self, receipt: str, seconds) -> None:
         """Sets the message's lease to end ``seconds`` from now (0 = visible now)."""

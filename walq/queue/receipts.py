@@ -11,7 +11,6 @@ makes one per message and a delete reads one per message.
 from __future__ import annotations
 
 import struct
-from array import array
 
 from walq.errors import InvalidReceipt
 from walq.log._native import ffi, lib
@@ -38,9 +37,9 @@ def receive_texts(queue_uid: int, msg_seqs: list[int], lease_seq: int, raw_ids: 
     n = len(msg_seqs)
     ids = ffi.new("char[]", 37 * n - 1)
     handles = ffi.new("char[]", 57 * n - 1)
-    lib.walq_receive_texts(raw_ids, ffi.from_buffer("uint64_t[]", array("Q", msg_seqs)), n, queue_uid, lease_seq,
-                           ids, handles)
-    return ffi.buffer(ids)[:].decode("ascii").split(","), ffi.buffer(handles)[:].decode("ascii").split(",")
+    lib.walq_receive_texts(raw_ids, msg_seqs, n, queue_uid, lease_seq, ids, handles)
+    return ffi.unpack(ids, 37 * n - 1).decode("ascii").split(","), \
+        ffi.unpack(handles, 57 * n - 1).decode("ascii").split(",")
 
 
 def decode(receipt, queue_uid: int) -> tuple[int, int]:

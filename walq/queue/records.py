@@ -99,6 +99,14 @@ def encode_lease(now: float, entries: list[tuple[int, float]]) -> bytes:
     return _lease_struct(len(entries)).pack(*flat)
 
 
+def encode_lease_all(now: float, seqs: list[int], deadline: float) -> bytes:
+    """encode_lease of messages that share one deadline (a receive's)."""
+    flat = [deadline] * (2 * len(seqs) + 1)
+    flat[0] = now
+    flat[1::2] = seqs
+    return _lease_struct(len(seqs)).pack(*flat)
+
+
 @functools.lru_cache(maxsize=64)
 def _lease_struct(n: int) -> struct.Struct:
     return struct.Struct("<d" + "Qd" * n)
