@@ -476,7 +476,8 @@ int walq_append(struct walq_ctl *ctl, int lockfd, int fd, uint64_t seg_base,
     return rc;
 }
 
-int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int type)
+static int64_t append_one(struct walq_writer *w, const char *data, size_t len, int type,
+                          int locked)
 {
     if (w->fd < 0 || type < 1 || type > 255 || len > w->max_record)
         return -1;
@@ -484,9 +485,20 @@ int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int
         return -1;
     uint32_t len32 = (uint32_t)len;
     uint64_t seq;
-    int rc = walq_append(w->ctl, w->lockfd, w->fd, w->seg_base, 1, data, &len32, NULL,
-                         (uint8_t)type, &seq);
+    int rc = locked
+        ? walq_append_locked(w->ctl, w->fd, w->seg_base, 1, data, &len32, NULL, (uint8_t)type, &seq)
+        : walq_append(w->ctl, w->lockfd, w->fd, w->seg_base, 1, data, &len32, NULL, (uint8_t)type, &seq);
     return rc == WALQ_OK ? (int64_t)seq : -1;
+}
+
+int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int type)
+{
+    return append_one(w, data, len, type, 0);
+}
+
+int64_t walq_append_one_locked(struct walq_writer *w, const char *data, size_t len, int type)
+{
+    return append_one(w, data, len, type, 1);
 }
 
 int walq_writer_append(struct walq_writer *w, size_t n, const char *data,
@@ -570,6 +582,16 @@ int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
     out->next_seq = seq;
     out->count = count;
     out->status = status;
+    return status;
+}
+
+int walq_scan_run(const char *base, uint64_t size, uint64_t off, uint64_t salt,
+                  uint64_t seq, uint64_t max, uint64_t *offs, uint64_t *payload_offs,
+                  uint32_t *lens, uint8_t *types, walq_scan_t *out)
+{
+    int status = walq_scan(base, size, off, salt, seq, max, offs, lens, types, out);
+    for (uint64_t i = 0; i < out->count; i++)
+        payload_offs[i] = offs[i] + WALQ_REC_HEADER_SIZE;
     return status;
 }
 

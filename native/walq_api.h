@@ -106,6 +106,8 @@ struct walq_writer {
  * poisoned log, or any walq_append result but WALQ_OK.  One call with four
  * arguments, because cffi's marshalling of ten was a third of an append. */
 int64_t walq_append_one(struct walq_writer *w, const char *data, size_t len, int type);
+/* walq_append_one for a caller that holds the append lock already. */
+int64_t walq_append_one_locked(struct walq_writer *w, const char *data, size_t len, int type);
 
 /* walq_append of a batch through a writer (WALQ_ESTALE when not aimed). */
 int walq_writer_append(struct walq_writer *w, size_t n, const char *data,
@@ -161,6 +163,13 @@ int walq_zero(int fd, uint64_t off, uint64_t len);
 int walq_scan(const char *base, uint64_t size, uint64_t off, uint64_t salt,
               uint64_t seq, uint64_t max, uint64_t *offs, uint32_t *lens,
               uint8_t *types, walq_scan_t *out);
+
+/* walq_scan that also writes each frame's payload offset, length and type
+ * to payload_offs, lens and types: a reader's run of frames not yet
+ * indexed, checked once. */
+int walq_scan_run(const char *base, uint64_t size, uint64_t off, uint64_t salt,
+                  uint64_t seq, uint64_t max, uint64_t *offs, uint64_t *payload_offs,
+                  uint32_t *lens, uint8_t *types, walq_scan_t *out);
 
 /* First 8-aligned offset >= off holding a frame that validates with a
  * sequence >= min_seq, or UINT64_MAX: tells damage (valid data follows)

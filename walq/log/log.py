@@ -743,6 +743,11 @@ class Log:
             seg, seg_end = self._locate(seq)
             self._run_seg = seg
         limit = min(end, seq + buf.size, seg_end)
+        if seg.next_seq == seq:
+            # The usual catch-up: nothing of the run indexed yet.
+            n = seg.scan_run(seq, limit, buf)
+            if n:
+                return seg.mm, seg.ptr, n
         if seg.next_seq < limit:
             seg.index_to(limit)
         n = min(limit, seg.next_seq) - seq
@@ -917,7 +922,15 @@ class LockedLog:
 
     def append(self, payload: bytes, type: int = 1) -> int:
         """Appends one record under the held lock; returns its sequence."""
-        return self.append_batch([payload], type)[0]
+        log = self.log
+        try:
+            seq = lib.walq_append_one_locked(log._writer, payload, len(payload), type)
+        except (TypeError, OverflowError):
+            seq = -1
+        if seq < 0:  # anything unusual: the general path says what
+            return self.append_batch([payload], type)[0]
+        self._end = seq + 1
+        return seq
 
     def __exit__(self, exc_type, exc, tb) -> None:
         log = self.log

@@ -88,16 +88,36 @@ class Segment:
         with self._scan_lock:
             self._scan_to(limit_seq)
 
-    def _scan_to(self, limit_seq: int) -> None:
+    def scan_run(self, seq: int, limit_seq: int, buf) -> int:
+        """index_to(limit_seq) for a reader whose run starts at ``seq``, the
+        first frame not yet indexed: the frames' payload offsets, lengths
+        and types also go to ``buf`` (a RunBuffers), so they are checked
+        once, not once by the scan and again by the reader.  Returns how
+        many, or 0 if ``seq`` is not where indexing stands (another thread
+        moved it): the caller reads the indexed frames instead."""
+        with self._scan_lock:
+            start = self.count
+            if self.base + start != seq or self.sealed:
+                return 0
+            self._scan_to(limit_seq, buf)
+            return self.count - start
+
+    def _scan_to(self, limit_seq: int, buf=None) -> None:
         res = self._res
+        start = self.count
         while self.base + self.count < limit_seq and not self.sealed:
             want = min(_SCAN_CHUNK, limit_seq - self.base - self.count)
             if self.count + want > len(self.offs):
                 grown = ffi.new("uint64_t[]", max(self.count + want, 2 * len(self.offs)))
                 ffi.memmove(grown, self.offs, 8 * self.count)
                 self.offs = grown
-            lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.base + self.count, want,
-                          self.offs + self.count, ffi.NULL, ffi.NULL, res)
+            if buf is None:
+                lib.walq_scan(self.ptr, self.size, self.scan_off, self.salt, self.base + self.count, want,
+                              self.offs + self.count, ffi.NULL, ffi.NULL, res)
+            else:
+                k = self.count - start
+                lib.walq_scan_run(self.ptr, self.size, self.scan_off, self.salt, self.base + self.count, want,
+                                  self.offs + self.count, buf.poffs + k, buf.lens + k, buf.types + k, res)
             if res.count:
                 self.count += res.count  # after the offsets are written: readers check count first
                 self.scan_off = res.next_off

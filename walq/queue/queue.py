@@ -173,6 +173,16 @@ class Queue:
             idx.apply(seq, t, p)
         return seqs
 
+    def _write_one(self, tx, payload: bytes, type: int) -> int:
+        """_write of one record (a receive's lease): its sequence."""
+        seq = tx.append(payload, type)
+        idx = self._index
+        if idx.applied == seq:
+            idx.apply(seq, type, payload)
+        else:
+            self._catch_up()
+        return seq
+
     def _fold_in(self, start: int, fold) -> None:
         """After a write made without the lock (a blind send or delete)
         that landed at ``start``: if nothing came between, ``fold(index)``
@@ -497,7 +507,7 @@ class Queue:
                         types.insert(0, R.LEASE)
                     lease_seq = self._write(tx, records, types).start
                 elif leased:
-                    lease_seq = self._write(tx, [R.encode_lease_all(now, leased, now + vt)], R.LEASE).start
+                    lease_seq = self._write_one(tx, R.encode_lease_all(now, leased, now + vt), R.LEASE)
                 if leased:
                     infos = idx.describe(leased)
             except BaseException:
