@@ -743,7 +743,7 @@ class Log:
             seg, seg_end = self._locate(seq)
             self._run_seg = seg
         limit = min(end, seq + buf.size, seg_end)
-        if seg.next_seq == seq:
+        if seg.next_seq <= seq:
             # The usual catch-up: nothing of the run indexed yet.
             n = seg.scan_run(seq, limit, buf)
             if n:

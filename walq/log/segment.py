@@ -89,13 +89,17 @@ class Segment:
             self._scan_to(limit_seq)
 
     def scan_run(self, seq: int, limit_seq: int, buf) -> int:
-        """index_to(limit_seq) for a reader whose run starts at ``seq``, the
-        first frame not yet indexed: the frames' payload offsets, lengths
-        and types also go to ``buf`` (a RunBuffers), so they are checked
-        once, not once by the scan and again by the reader.  Returns how
-        many, or 0 if ``seq`` is not where indexing stands (another thread
+        """index_to(limit_seq) for a reader whose run starts at ``seq``, at
+        or past the first frame not yet indexed: the run's payload offsets,
+        lengths and types also go to ``buf`` (a RunBuffers), so they are
+        checked once, not once by the scan and again by the reader.  Returns
+        how many, or 0 if indexing already passed ``seq`` (another thread
         moved it): the caller reads the indexed frames instead."""
         with self._scan_lock:
+            if self.base + self.count < seq:
+                # Records this reader wrote and applied without reading them
+                # (a queue folds in its own appends): index them first.
+                self._scan_to(seq)
             start = self.count
             if self.base + start != seq or self.sealed:
                 return 0

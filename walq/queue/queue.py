@@ -235,8 +235,9 @@ class Queue:
         # Large messages roll segments long before CHECKPOINT_EVERY
         # operations; a roll since the last checkpoint also calls for one,
         # or disk use would outgrow "2x live data + two segments".
-        if since >= self._checkpoint_interval() or (
-            since >= CHECKPOINT_EVERY // 10 and self._log.active_base != self._ckpt_base
+        # (The first test alone settles the usual case: not due.)
+        if since >= CHECKPOINT_EVERY // 10 and (
+            since >= self._checkpoint_interval() or self._log.active_base != self._ckpt_base
         ):
             # Every process applies every record, so all of them come due at
             # about the same moment; one checkpoint serves them all (each
