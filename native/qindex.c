@@ -886,6 +886,53 @@ size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, ui
     return k;
 }
 
+int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
+{
+    if (n > WALQ_QX_RECV_MAX)
+        return -1;
+    int64_t k = walq_qx_candidates(x, n, 1, r->seqs);
+    if (k <= 0)
+        return k;
+    char ids[16 * WALQ_QX_RECV_MAX];
+    char rec[8 + 16 * WALQ_QX_RECV_MAX];
+    if (walq_frames_at(r->base, r->size, r->salt, r->offs, r->seg_base, r->count, r->first_seq,
+                       r->seqs, (uint64_t)k, r->poffs, r->lens) != k)
+        goto general;
+    memcpy(rec, &r->now, 8);
+    for (int64_t i = 0; i < k; i++) {
+        const char *p = r->base + r->poffs[i];
+        double sent;
+        if (r->lens[i] < WALQ_SEND_HEAD)
+            goto general;
+        memcpy(&sent, p + 16, 8);
+        if (sent <= r->expired)
+            goto general;  /* the general path removes it */
+        memcpy(ids + 16 * i, p, 16);
+        memcpy(rec + 8 + 16 * i, &r->seqs[i], 8);
+        memcpy(rec + 16 + 16 * i, &r->deadline, 8);
+    }
+    struct walq_writer *w = r->writer;
+    uint32_t len = (uint32_t)(8 + 16 * k);
+    uint64_t seq;
+    if (w->fd < 0 || walq_load(&w->ctl->poisoned)
+            || walq_append_locked(w->ctl, w->fd, w->seg_base, 1, rec, &len, NULL, 2, &seq) != WALQ_OK)
+        goto general;
+    /* Written: from here on the lease stands, whatever happens. */
+    r->lease_seq = seq;
+    r->folded = 0;
+    if (r->applied != seq)
+        return k;  /* the caller catches up, which applies it */
+    if (walq_qx_apply(x, seq, 2, rec, len) < 0)
+        return -2;  /* written but not applied: the caller rebuilds the index */
+    r->folded = 1;
+    uint64_t origs[WALQ_QX_RECV_MAX];
+    walq_qx_describe(x, r->seqs, (size_t)k, r->counts, r->firsts, origs);
+    walq_receive_texts(ids, r->seqs, (size_t)k, r->uid, seq, r->ids_text, r->receipts_text);
+    return k;
+general:
+    return walq_qx_give_back(x, r->seqs, (size_t)k) < 0 ? -2 : -1;
+}
+
 int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t uid,
                        uint64_t applied, uint64_t *out)
 {

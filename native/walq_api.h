@@ -349,6 +349,37 @@ uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m);
  * 0, 0.0 and itself for a message that is not live. */
 void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
                       uint32_t *counts, double *firsts, uint64_t *origs);
+/* A standard queue's receive in one call (walq_qx_receive): the caller
+ * holds the log's append lock and has caught the index up to the log's end
+ * (`applied`) and swept it.  Inputs first; the outputs hold up to
+ * WALQ_QX_RECV_MAX messages. */
+#define WALQ_QX_RECV_MAX 32
+struct walq_qx_recv {
+    struct walq_writer *writer;       /* the log's, aimed at the active segment */
+    const char *base;                 /* the segment to read the messages from */
+    uint64_t size, salt, seg_base, count, first_seq;
+    const uint64_t *offs;             /* its frame index: offs[k] for seg_base + k, k < count */
+    double now, deadline;             /* the lease runs to `deadline` */
+    double expired;                   /* sent at or before this: never delivered */
+    uint64_t uid, applied;
+    uint64_t lease_seq;               /* out: the LEASE record's sequence */
+    int32_t folded;                   /* out: 1 if it was applied to the index here */
+    uint64_t seqs[WALQ_QX_RECV_MAX];  /* out: the messages leased */
+    uint64_t poffs[WALQ_QX_RECV_MAX]; /* out: their payloads in the segment */
+    uint32_t lens[WALQ_QX_RECV_MAX];
+    uint32_t counts[WALQ_QX_RECV_MAX];/* out, if folded: receive counts, */
+    double firsts[WALQ_QX_RECV_MAX];  /* first receive times, */
+    char ids_text[37 * WALQ_QX_RECV_MAX];      /* id texts, comma-separated, */
+    char receipts_text[57 * WALQ_QX_RECV_MAX]; /* receipt handles (walq_receive_texts) */
+};
+/* Takes up to n (<= WALQ_QX_RECV_MAX) visible messages, checks their frames
+ * in the given segment, writes and applies one LEASE record for all of them
+ * and fills in the outputs.  Returns how many were leased (0: none visible);
+ * -1 when the caller must take the general path instead, with nothing
+ * changed (a message outside the segment, expired, or a frame that does not
+ * validate; an append that needs the slow path); -2 out of memory. */
+int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n);
+
 /* A standard queue's delete_batch in one call, for n <= WALQ_QX_DOOMED_MAX
  * well-formed handles of 56 characters concatenated in `text`: parses them
  * (walq_parse_receipts) and writes to `out` each message still live

@@ -320,6 +320,20 @@ def test_queue_receive_wait_attribute_is_the_default_wait(broker):
     assert [m.text for m in q.receive()] == ["late"]
 
 
+def test_a_receive_is_decided_in_one_native_call(q, both_indexes, monkeypatch):
+    from walq.queue.queue import Queue
+
+    general = []
+    lease = Queue._lease
+    monkeypatch.setattr(Queue, "_lease", lambda self, *a: general.append(1) or lease(self, *a))
+    q.send_batch([f"m{i}" for i in range(30)])
+    got = [m.text for _ in range(3) for m in q.receive(10)]
+    assert sorted(got) == sorted(f"m{i}" for i in range(30))
+    # The first receive finds the segment to read from; then the native
+    # index decides, writes and applies each lease in one call.
+    assert len(general) == (1 if both_indexes == "native" else 3)
+
+
 # -- delete ---------------------------------------------------------------------------------
 
 

@@ -682,7 +682,8 @@ class Log:
             if seg is None or not (first <= seq and seg.base <= seq < seg.base + seg.count) \
                     or seg.base not in segments:
                 seg = self._holding(None, seq, first)
-            got = lib.walq_frames_at(seg.ptr, seg.size, seg.salt, seg.offs, seg.base, seg.count, first,
+            count = seg.count  # before the offsets: a scan grows them first (Segment._scan_to)
+            got = lib.walq_frames_at(seg.ptr, seg.size, seg.salt, seg.offs, seg.base, count, first,
                                      want + i, n - i, poffs + i, lens + i)
             if got < 0:
                 seg.frame_at(seqs[i - got - 1])  # raises CorruptionError naming the file and offset
@@ -690,6 +691,23 @@ class Log:
             out += [mm[o : o + k] for o, k in zip(ffi.unpack(poffs + i, got), ffi.unpack(lens + i, got))]
             i += got
         return out
+
+    def aim_reader(self, r) -> tuple | None:
+        """Points a native reader's struct (a ``walq_qx_recv``) at the
+        segment this handle read from last, and at its writer: a receive
+        reads its messages mostly from there.  Returns ``(map, offsets)``,
+        to be held for the duration of the native call, or None if there is
+        no such segment.  The caller holds the append lock (the writer is
+        used under it)."""
+        seg = self._last_read
+        if seg is None or seg.base not in self._segments:
+            return None
+        r.count = seg.count  # before the offsets: a scan grows them first (Segment._scan_to)
+        offs = r.offs = seg.offs
+        r.base, r.size, r.salt, r.seg_base = seg.ptr, seg.size, seg.salt, seg.base
+        r.first_seq = lib.walq_load(self._p_first_seq)
+        r.writer = self._writer
+        return seg.mm, offs
 
     def _holding(self, seg: Segment | None, seq: int, first: int) -> Segment:
         """``seg`` if it is still open and already indexed up to ``seq`` (the

@@ -182,6 +182,18 @@ class NativeIndex:
         lib.walq_qx_describe(self._x, ms, n, counts, firsts, origs)
         return list(zip(ffi.unpack(counts, n), ffi.unpack(firsts, n), ffi.unpack(origs, n)))
 
+    def receive(self, r, n: int) -> int:
+        """A receive of up to ``n`` messages in one call (walq_qx_receive,
+        whose struct ``r`` the caller filled): how many were leased, or -1
+        for the general path (nothing changed)."""
+        k = lib.walq_qx_receive(self._x, r, n)
+        if k == -1:
+            return -1
+        self._ok(k, "receive")
+        if k and r.folded:
+            self.applied = r.lease_seq + 1
+        return k
+
     def doomed(self, text: bytes, n: int, queue_uid: int) -> bytes | None:
         """A standard queue's delete of ``n`` receipt handles (56 characters
         each, concatenated in ``text``) in one call: the DELETE payload for

@@ -61,6 +61,8 @@ _JUST_STR = {str}
 _JUST_RECEIPT_LEN = {56}
 #: Most receipts a delete_batch hands the index in one call.
 DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
+#: Most messages a receive leases in one native call.
+RECV_MAX = lib.WALQ_QX_RECV_MAX
 
 
 class Queue:
@@ -78,6 +80,7 @@ class Queue:
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
+        self._recv = ffi.new("struct walq_qx_recv *")  # the native receive's, used under _mu
         self._blind_ops = 0
         with self._mu:
             self._index = self._load_index()
@@ -463,63 +466,25 @@ class Queue:
                 if nxt is None or nxt > self._clock():
                     return []
         moves = []
-        chosen = []
         # A lease need not be durable before it is handed out: if a power cut
         # loses it, the message is merely visible again early (at-least-once
         # holds), and the delete that follows is durable and covers it.
         # Only the decision happens under the lock; decoding bodies and
         # building the messages waits until it is released.
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
-            leased, kept, hidden = [], [], []  # kept: the payloads of the leased ones
-            sent_at = R.F64.unpack_from
-            expired = now - attrs.retention  # sent at or before: never delivered
-            picks = idx.candidates(n, take=not attrs.fifo)
-            try:
-                try:
-                    bodies = self._log.read_many(picks)
-                except RecordGone:
-                    bodies = [None] * len(picks)  # one is gone: look at each alone
-                # Receive counts matter here only for a redrive policy.
-                infos = idx.describe(picks) if dlq is not None else repeat((0, 0.0, 0))
-                for m, p, (count, first, _orig) in zip(picks, bodies, infos):
-                    if p is None:
-                        try:
-                            p = self._log.read(m).payload
-                        except RecordGone:
-                            idx.remove(m)
-                            continue
-                    if sent_at(p, R.SENT_AT_OFFSET)[0] <= expired:
-                        idx.remove(m)  # expired: never delivered
-                        continue
-                    if dlq is not None and count + 1 > policy.max_receives:
-                        hidden.append(m)
-                        rec = R.decode_send(p)
-                        if first and not rec.first_received_at:
-                            # The record holds it only if it came from elsewhere.
-                            rec = rec._replace(first_received_at=first)
-                        moves.append((m, rec, count))
-                        continue
-                    leased.append(m)
-                    kept.append(p)
-                if hidden:
-                    records, types = [R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden])], [R.HIDE]
-                    if leased:
-                        records.insert(0, R.encode_lease_all(now, leased, now + vt))
-                        types.insert(0, R.LEASE)
-                    lease_seq = self._write(tx, records, types).start
-                elif leased:
-                    lease_seq = self._write_one(tx, R.encode_lease_all(now, leased, now + vt), R.LEASE)
-                if leased:
-                    infos = idx.describe(leased)
-            except BaseException:
-                idx.give_back(picks)  # taken from the visible heap, and not leased
-                raise
+            got = None
+            if dlq is None and not attrs.fifo and n <= RECV_MAX and type(idx) is NativeIndex:
+                got = self._lease_native(idx, n, now, vt, now - attrs.retention)
+            if got is None:
+                got = self._lease(tx, idx, n, now, vt, attrs, policy, dlq, moves) + (None,)
+        leased, kept, infos, lease_seq, texts = got
         out = []
         if leased:
             fifo = attrs.fifo
             head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
-            id_texts, handles = receipts.receive_texts(self._uid, leased, lease_seq, b"".join([p[:16] for p in kept]))
-            for p, (count, first, orig), mid, receipt in zip(kept, infos, id_texts, handles):
+            if texts is None:
+                texts = receipts.receive_texts(self._uid, leased, lease_seq, b"".join([p[:16] for p in kept]))
+            for p, (count, first, orig), mid, receipt in zip(kept, infos, *texts):
                 _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
                 if alen or glen or dlen or slen:
                     rec = R.decode_send(p)
@@ -536,6 +501,86 @@ class Queue:
         if moves:
             self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)
         return out
+
+    def _lease_native(self, idx: NativeIndex, n: int, now: float, vt: float, expired: float) -> tuple | None:
+        """A standard queue's receive without a redrive policy, decided,
+        written and applied in one native call (walq_qx_receive; lock held,
+        index caught up and swept): ``(leased, payloads, infos, lease_seq,
+        texts)`` as _receive_once uses them, or None when it must take the
+        general path (_lease): messages outside the segment read last, an
+        expired one, or an append that needs the slow path."""
+        r = self._recv
+        held = self._log.aim_reader(r)
+        if held is None:
+            return None
+        mm, _offs = held  # kept alive through the call
+        r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, expired, self._uid, idx.applied
+        k = idx.receive(r, n)
+        if k < 0:
+            return None
+        if not k:
+            return [], [], (), 0, None
+        leased = ffi.unpack(r.seqs, k)
+        kept = [mm[o : o + size] for o, size in zip(ffi.unpack(r.poffs, k), ffi.unpack(r.lens, k))]
+        if not r.folded:
+            self._catch_up()  # applies the lease: nothing else came, we hold the lock
+            return leased, kept, idx.describe(leased), r.lease_seq, None
+        texts = (ffi.unpack(r.ids_text, 37 * k - 1).decode("ascii").split(","),
+                 ffi.unpack(r.receipts_text, 57 * k - 1).decode("ascii").split(","))
+        return leased, kept, zip(ffi.unpack(r.counts, k), ffi.unpack(r.firsts, k), repeat(0)), r.lease_seq, texts
+
+    def _lease(self, tx, idx, n: int, now: float, vt: float, attrs: QueueAttributes, policy, dlq,
+               moves: list) -> tuple:
+        """A receive's decision, in general (FIFO, a redrive policy, the
+        Python index, messages across segments): ``(leased, payloads, infos,
+        lease_seq)``; messages to move to the dead-letter queue are hidden
+        and added to ``moves``."""
+        leased, kept, hidden = [], [], []  # kept: the payloads of the leased ones
+        sent_at = R.F64.unpack_from
+        expired = now - attrs.retention  # sent at or before: never delivered
+        picks = idx.candidates(n, take=not attrs.fifo)
+        infos, lease_seq = (), 0
+        try:
+            try:
+                bodies = self._log.read_many(picks)
+            except RecordGone:
+                bodies = [None] * len(picks)  # one is gone: look at each alone
+            # Receive counts matter here only for a redrive policy.
+            infos = idx.describe(picks) if dlq is not None else repeat((0, 0.0, 0))
+            for m, p, (count, first, _orig) in zip(picks, bodies, infos):
+                if p is None:
+                    try:
+                        p = self._log.read(m).payload
+                    except RecordGone:
+                        idx.remove(m)
+                        continue
+                if sent_at(p, R.SENT_AT_OFFSET)[0] <= expired:
+                    idx.remove(m)  # expired: never delivered
+                    continue
+                if dlq is not None and count + 1 > policy.max_receives:
+                    hidden.append(m)
+                    rec = R.decode_send(p)
+                    if first and not rec.first_received_at:
+                        # The record holds it only if it came from elsewhere.
+                        rec = rec._replace(first_received_at=first)
+                    moves.append((m, rec, count))
+                    continue
+                leased.append(m)
+                kept.append(p)
+            if hidden:
+                records, types = [R.encode_hide([(m, now + MOVE_HIDE_S) for m in hidden])], [R.HIDE]
+                if leased:
+                    records.insert(0, R.encode_lease_all(now, leased, now + vt))
+                    types.insert(0, R.LEASE)
+                lease_seq = self._write(tx, records, types).start
+            elif leased:
+                lease_seq = self._write_one(tx, R.encode_lease_all(now, leased, now + vt), R.LEASE)
+            if leased:
+                infos = idx.describe(leased)
+        except BaseException:
+            idx.give_back(picks)  # taken from the visible heap, and not leased
+            raise
+        return leased, kept, infos, lease_seq
 
     def _move_out(self, moves, target: "Queue", *, reset_time: bool, fresh_count: bool,
                   source_name: str | None) -> int:
