@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <limits.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +216,25 @@ void walq_store_max(uint64_t *p, uint64_t v)
     uint64_t cur = __atomic_load_n(p, __ATOMIC_ACQUIRE);
     while (cur < v && !__atomic_compare_exchange_n(p, &cur, v, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         ;
+}
+
+uint64_t walq_sync_target(struct walq_ctl *ctl, int yields)
+{
+    uint64_t target = walq_load(&ctl->end_seq);
+    for (int i = 0; i < yields; i++) {
+        sched_yield();
+        uint64_t moved = walq_load(&ctl->end_seq);
+        if (moved == target)
+            break;
+        target = moved;
+    }
+    return target;
+}
+
+int walq_runway_low(struct walq_ctl *ctl, uint64_t half)
+{
+    uint64_t alloc = walq_load(&ctl->alloc_off);
+    return alloc - walq_load(&ctl->end_off) < half && alloc < walq_load(&ctl->seg_cap);
 }
 
 int walq_cas(uint64_t *p, uint64_t expect, uint64_t v)

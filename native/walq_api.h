@@ -222,6 +222,12 @@ uint64_t walq_load(const uint64_t *p);
 void walq_store(uint64_t *p, uint64_t v);
 /* Raise *p to v if it is lower (for durable_seq). */
 void walq_store_max(uint64_t *p, uint64_t v);
+/* The end a syncer syncs to: end_seq, read again after each sched_yield
+ * (at most `yields`) while other appenders keep moving it. */
+uint64_t walq_sync_target(struct walq_ctl *ctl, int yields);
+/* 1 if less than `half` preallocated bytes are left past end_off and the
+ * segment can take more: time to zero ahead. */
+int walq_runway_low(struct walq_ctl *ctl, uint64_t half);
 /* Stores v if *p still holds `expect`; 1 if it did. */
 int walq_cas(uint64_t *p, uint64_t expect, uint64_t v);
 uint32_t walq_notify_word(struct walq_ctl *ctl);

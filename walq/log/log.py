@@ -434,10 +434,6 @@ class Log:
             if self._load("seg_base") == base:
                 lib.walq_cas(self._fields["alloc_off"], alloc, stop)
 
-    def _runway_low(self) -> bool:
-        alloc = self._load("alloc_off")
-        return alloc - self._load("end_off") < self.options.preallocate // 2 and alloc < self._load("seg_cap")
-
     def _grow(self, seg: Segment, size: int) -> None:
         """Enlarges the empty active segment in place (append lock held).
 
@@ -544,7 +540,7 @@ class Log:
     def _sync_locked(self, upto: int) -> int:
         """fdatasyncs everything written so far (``lock.sync`` held); returns
         the new durable point, or 0 if ``upto`` was durable already."""
-        durable = self._fields["durable_seq"]
+        durable = self._p_durable
         if lib.walq_load(self._p_poisoned):
             # The holder before us failed: a second fdatasync can report
             # success without the lost pages ever reaching the disk.
@@ -555,20 +551,17 @@ class Log:
             return 0
         # Sync everything written so far: later waiters ride along.  Every
         # record below `target` was written before the fdatasyncs below start.
-        target = self._load("end_seq")
-        for _ in range(self._YIELDS):
-            os.sched_yield()
-            moved = self._load("end_seq")
-            if moved == target:
-                break
-            target = moved
-        active = self._load("seg_base")
-        if not self._bases or self._bases[-1] != active:
-            self._refresh_bases()
-        bases = self._bases  # one snapshot (see _locate)
-        i = max(0, bisect.bisect_right(bases, done) - 1)
+        target = lib.walq_sync_target(self.ctl, self._YIELDS)
+        active = lib.walq_load(self._p_seg_base)
+        if done >= active:
+            bases = (active,)  # the usual case: all of it in the active segment
+        else:
+            if not self._bases or self._bases[-1] != active:
+                self._refresh_bases()
+            bases = self._bases  # one snapshot (see _locate)
+            bases = bases[max(0, bisect.bisect_right(bases, done) - 1):]
         try:
-            for base in bases[i:]:
+            for base in bases:
                 seg = self._segment(base)
                 self.io.fdatasync(seg.fd, seg.path)
             if active > self._load("dir_synced_base"):
@@ -581,7 +574,7 @@ class Log:
                 raise
             raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
         lib.walq_store_max(durable, target)
-        if self._runway_low():
+        if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
             self._kick_zeroer()
         return target
 

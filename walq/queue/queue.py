@@ -648,8 +648,10 @@ class Queue:
             # general way below, which says what is wrong with which handle.
             text = "".join(receipts_)
             if text.isascii():
+                # No catch-up first: what the index says is gone stays gone,
+                # and what it has not seen yet is deleted regardless.  The
+                # receive that usually follows catches up anyway.
                 with self._mu:
-                    self._catch_up()
                     payload = self._index.doomed(text.encode("ascii"), len(receipts_), self._uid)
                 if payload is not None:
                     if payload:
