@@ -693,7 +693,7 @@ class Log:
         no such segment.  The caller holds the append lock (the writer is
         used under it)."""
         seg = self._last_read
-        if seg is None or seg.base not in self._segments:
+        if seg is None or self._segments.get(seg.base) is not seg:
             return None
         r.count = seg.count  # before the offsets: a scan grows them first (Segment._scan_to)
         offs = r.offs = seg.offs
