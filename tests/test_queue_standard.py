@@ -334,6 +334,30 @@ def test_a_receive_is_decided_in_one_native_call(q, both_indexes, monkeypatch):
     assert len(general) == (1 if both_indexes == "native" else 3)
 
 
+def test_a_failure_while_deciding_releases_the_locks(q, monkeypatch):
+    from walq.queue.queue import Queue
+
+    q.send("m")
+    catch_up = Queue._catch_up
+    calls = []
+
+    def fail_under_the_lock(self):
+        calls.append(1)
+        if len(calls) == 2:  # the first is the receive's check before the lock
+            raise walq.CorruptionError("injected", "x", 0)
+        catch_up(self)
+
+    monkeypatch.setattr(Queue, "_catch_up", fail_under_the_lock)
+    with pytest.raises(walq.CorruptionError):
+        q.receive()
+    monkeypatch.setattr(Queue, "_catch_up", catch_up)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(q.receive()))  # another thread: a held lock would hang it
+    worker.start()
+    worker.join(10)
+    assert [m.text for m in done[0]] == ["m"]
+
+
 # -- delete ---------------------------------------------------------------------------------
 
 

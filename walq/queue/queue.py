@@ -8,7 +8,6 @@ Writes that decide nothing (standard sends) skip the lock's catch-up.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -63,6 +62,37 @@ _JUST_RECEIPT_LEN = {56}
 DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
 #: Most messages a receive leases in one native call.
 RECV_MAX = lib.WALQ_QX_RECV_MAX
+
+
+class _Deciding:
+    """Queue._deciding's context: the append lock, then the queue's lock,
+    the catch-up and the sweep; released in the reverse order.  A class,
+    not a generator: a receive enters one per call."""
+
+    __slots__ = ("_q", "_retention", "_tx")
+
+    def __init__(self, q: "Queue", retention: float, wait_durable: bool):
+        self._q = q
+        self._retention = retention
+        self._tx = q._log.locked(wait_durable)
+
+    def __enter__(self) -> tuple:
+        q = self._q
+        tx = self._tx.__enter__()
+        q._mu.acquire()
+        try:
+            q._catch_up()
+            now = q._clock()
+            q._index.sweep(now, self._retention)
+        except BaseException as exc:
+            q._mu.release()
+            self._tx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return tx, q._index, now
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._q._mu.release()
+        self._tx.__exit__(exc_type, exc, tb)
 
 
 class Queue:
@@ -145,20 +175,15 @@ class Queue:
         self._ckpt_pos = idx.applied
         return idx
 
-    @contextlib.contextmanager
-    def _deciding(self, retention: float, wait_durable: bool = True):
+    def _deciding(self, retention: float, wait_durable: bool = True) -> "_Deciding":
         """The append lock held, the index caught up and swept to now:
-        yields ``(tx, index, now)``.  Every decision is taken inside one.
+        enters as ``(tx, index, now)``.  Every decision is taken inside one.
 
         Invariant (Index.sweep): the index is swept only here, under the
         lock, so a lapsed lease is never forgotten ahead of a record another
         process appended before the deadline.
         """
-        with self._log.locked(wait_durable) as tx, self._mu:
-            self._catch_up()
-            now = self._clock()
-            self._index.sweep(now, retention)
-            yield tx, self._index, now
+        return _Deciding(self, retention, wait_durable)
 
     def _write(self, tx, payloads: list[bytes], types) -> range:
         """Appends under the held lock and folds the records in directly.
@@ -712,7 +737,10 @@ class Queue:
         """Writes a standard queue's DELETE of ``n`` messages without the
         lock (see delete_batch) and folds it in."""
         seq = self._log.append(payload, R.DELETE)
-        self._fold_in(seq, lambda idx: idx.apply(seq, R.DELETE, payload))
+        with self._mu:
+            idx = self._index
+            if idx.applied == seq:  # nothing came between: _fold_in, without a closure
+                idx.apply(seq, R.DELETE, payload)
         self._count_blind(n)
 
     def change_visibility(self, receipt: str, seconds) -> None:
