@@ -110,7 +110,6 @@ class Queue:
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
-        self._recv = ffi.new("struct walq_qx_recv *")  # the native receive's, used under _mu
         self._blind_ops = 0
         with self._mu:
             self._index = self._load_index()
@@ -497,11 +496,13 @@ class Queue:
         # Only the decision happens under the lock; decoding bodies and
         # building the messages waits until it is released.
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, now):
-            got = None
+            native = None
             if dlq is None and not attrs.fifo and n <= RECV_MAX and type(idx) is NativeIndex:
-                got = self._lease_native(idx, n, now, vt, now - attrs.retention)
-            if got is None:
+                native = self._lease_native(idx, n, now, vt, now - attrs.retention)
+            if native is None:
                 got = self._lease(tx, idx, n, now, vt, attrs, policy, dlq, moves) + (None,)
+        if native is not None:
+            got = self._native_results(*native)  # read out after the locks are released
         leased, kept, infos, lease_seq, texts = got
         out = []
         if leased:
@@ -530,11 +531,11 @@ class Queue:
     def _lease_native(self, idx: NativeIndex, n: int, now: float, vt: float, expired: float) -> tuple | None:
         """A standard queue's receive without a redrive policy, decided,
         written and applied in one native call (walq_qx_receive; lock held,
-        index caught up and swept): ``(leased, payloads, infos, lease_seq,
-        texts)`` as _receive_once uses them, or None when it must take the
+        index caught up and swept).  Returns what _native_results reads out
+        once the locks are released, or None when the receive must take the
         general path (_lease): messages outside the segment read last, an
         expired one, or an append that needs the slow path."""
-        r = self._recv
+        r = ffi.new("struct walq_qx_recv *")  # its own: read after the locks are released
         held = self._log.aim_reader(r)
         if held is None:
             return None
@@ -543,13 +544,22 @@ class Queue:
         k = idx.receive(r, n)
         if k < 0:
             return None
+        infos = None
+        if k and not r.folded:
+            self._catch_up()  # applies the lease: nothing else came, we hold the lock
+            infos = idx.describe(ffi.unpack(r.seqs, k))
+        return k, r, mm, infos
+
+    @staticmethod
+    def _native_results(k: int, r, mm, infos) -> tuple:
+        """``(leased, payloads, infos, lease_seq, texts)`` of a native
+        receive, as _receive_once uses them."""
         if not k:
             return [], [], (), 0, None
         leased = ffi.unpack(r.seqs, k)
         kept = [mm[o : o + size] for o, size in zip(ffi.unpack(r.poffs, k), ffi.unpack(r.lens, k))]
-        if not r.folded:
-            self._catch_up()  # applies the lease: nothing else came, we hold the lock
-            return leased, kept, idx.describe(leased), r.lease_seq, None
+        if infos is not None:  # the lease was applied by a catch-up: no texts yet
+            return leased, kept, infos, r.lease_seq, None
         texts = (ffi.unpack(r.ids_text, 37 * k - 1).decode("ascii").split(","),
                  ffi.unpack(r.receipts_text, 57 * k - 1).decode("ascii").split(","))
         return leased, kept, zip(ffi.unpack(r.counts, k), ffi.unpack(r.firsts, k), repeat(0)), r.lease_seq, texts
