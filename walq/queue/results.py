@@ -41,7 +41,7 @@ class QueueStats:
     disk_bytes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a receive builds one per message
 class Message:
     """A received message, leased to this receiver until its visibility timeout."""
 
