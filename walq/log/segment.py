@@ -11,6 +11,9 @@ from walq.log._native import ffi, lib
 from walq.log.format import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, decode_segment_header
 
 _SCAN_CHUNK = 8192
+#: walq_scan's stop reasons, looked up once (a catch-up scans every few records).
+_SCAN_LIMIT, _SCAN_BAD = lib.WALQ_SCAN_LIMIT, lib.WALQ_SCAN_BAD
+_SCAN_EOF, _SCAN_END = lib.WALQ_SCAN_EOF, lib.WALQ_SCAN_END
 #: Scanned pages are dropped from this process's map in chunks of this
 #: size (at most a quarter of the segment), keeping the most recent quarter
 #: of a chunk: the records just scanned are usually read next (a catch-up
@@ -122,21 +125,24 @@ class Segment:
                 k = self.count - start
                 lib.walq_scan_run(self.ptr, self.size, self.scan_off, self.salt, self.base + self.count, want,
                                   self.offs + self.count, buf.poffs + k, buf.lens + k, buf.types + k, res)
-            if res.count:
-                self.count += res.count  # after the offsets are written: readers check count first
+            got, status = res.count, res.status
+            if got:
+                self.count += got  # after the offsets are written: readers check count first
                 self.scan_off = res.next_off
                 chunk = min(_RELEASE_CHUNK, self.size >> 2)
                 if self.scan_off - self.released >= chunk:
                     self.released = self._release(self.released, self.scan_off - (chunk >> 2))
-            if res.status in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_EOF) and self._remap_if_grown():
+            if status == _SCAN_LIMIT:
+                continue  # the usual case: all that was asked for
+            if status in (_SCAN_BAD, _SCAN_EOF) and self._remap_if_grown():
                 continue
-            if res.status == lib.WALQ_SCAN_BAD:
+            if status == _SCAN_BAD:
                 raise CorruptionError(
                     f"record {res.next_seq} in {self.path} at offset {res.next_off} does not validate",
                     self.path,
                     res.next_off,
                 )
-            if res.status in (lib.WALQ_SCAN_END, lib.WALQ_SCAN_EOF):
+            if status in (_SCAN_END, _SCAN_EOF):
                 self.sealed = True
 
     def _remap_if_grown(self) -> bool:
