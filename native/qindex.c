@@ -35,6 +35,7 @@
 #define QX_LOAD_DEN 10
 #define QX_RET_SLACK 1.0       /* Index.RET_SLACK_S */
 #define QX_RUN 8               /* consecutive sequences placed together (qx_slot) */
+#define QX_LEASE 2             /* the LEASE record type (records.py) */
 
 struct qx_msg {
     uint64_t seq;
@@ -717,7 +718,7 @@ int walq_qx_apply(struct walq_qx *x, uint64_t seq, int type, const char *p, size
         rc = qx_add(x, seq, sent, vis, prior);
         break;
     }
-    case 2: rc = qx_apply_lease(x, seq, p, len); break;
+    case QX_LEASE: rc = qx_apply_lease(x, seq, p, len); break;
     case 3: rc = qx_apply_hide(x, seq, p, len); break;
     case 4: case 7: rc = qx_apply_gone(x, p, len); break;
     case 5: rc = qx_apply_chvis(x, p, len); break;
@@ -915,14 +916,14 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     uint32_t len = (uint32_t)(8 + 16 * k);
     uint64_t seq;
     if (w->fd < 0 || walq_load(&w->ctl->poisoned)
-            || walq_append_locked(w->ctl, w->fd, w->seg_base, 1, rec, &len, NULL, 2, &seq) != WALQ_OK)
+            || walq_append_locked(w->ctl, w->fd, w->seg_base, 1, rec, &len, NULL, QX_LEASE, &seq) != WALQ_OK)
         goto general;
     /* Written: from here on the lease stands, whatever happens. */
     r->lease_seq = seq;
     r->folded = 0;
     if (r->applied != seq)
         return k;  /* the caller catches up, which applies it */
-    if (walq_qx_apply(x, seq, 2, rec, len) < 0)
+    if (walq_qx_apply(x, seq, QX_LEASE, rec, len) < 0)
         return -2;  /* written but not applied: the caller rebuilds the index */
     r->folded = 1;
     uint64_t origs[WALQ_QX_RECV_MAX];

@@ -637,7 +637,7 @@ int64_t walq_check(const char *base, uint64_t size, uint64_t off,
                    uint64_t salt, uint64_t seq, uint8_t *type)
 {
     uint32_t len;
-    if (off > size || !frame_ok(base, size, off, salt, seq, &len, type))
+    if (!frame_ok(base, size, off, salt, seq, &len, type))
         return -1;
     return (int64_t)len;
 }
@@ -669,7 +669,7 @@ uint64_t walq_check_run(const char *base, uint64_t size, uint64_t salt,
                         uint32_t *lens, uint8_t *types)
 {
     for (uint64_t i = 0; i < n; i++) {
-        if (offs[i] > size || !frame_ok(base, size, offs[i], salt, seq0 + i, &lens[i], &types[i]))
+        if (!frame_ok(base, size, offs[i], salt, seq0 + i, &lens[i], &types[i]))
             return i;
     }
     return n;
@@ -698,7 +698,7 @@ int64_t walq_frames_at(const char *base, uint64_t size, uint64_t salt,
             return (int64_t)i;
         uint64_t off = offs[seq - seg_base];
         uint8_t type;
-        if (off > size || !frame_ok(base, size, off, salt, seq, &lens[i], &type))
+        if (!frame_ok(base, size, off, salt, seq, &lens[i], &type))
             return -(int64_t)i - 1;
         payload_offs[i] = off + WALQ_REC_HEADER_SIZE;
     }
@@ -710,7 +710,7 @@ int64_t walq_frame_info(const char *base, uint64_t size, uint64_t off,
 {
     uint32_t len;
     uint8_t type;
-    if (off > size || !frame_ok(base, size, off, salt, seq, &len, &type))
+    if (!frame_ok(base, size, off, salt, seq, &len, &type))
         return -1;
     return (int64_t)type << 32 | len;
 }

@@ -32,7 +32,6 @@ from walq.log.fileio import OsIO
 from walq.log.format import (
     CTL_FILE_SIZE,
     CTL_MAGIC,
-    RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
     encode_segment_header,
     parse_segment_name,

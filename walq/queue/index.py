@@ -537,11 +537,6 @@ class Index:
             out.append((count, first, self.orig.get(m, m)))
         return out
 
-    def doomed(self, text: bytes, n: int, queue_uid: int) -> None:
-        """NativeIndex.doomed's one-call delete; the Python index has none,
-        and its caller takes the general path."""
-        return None
-
     def select_live(self, ms: list[int]) -> list[int]:
         """Those of ``ms`` still live (through redirects) or not yet applied."""
         state, applied = self.state, self.applied

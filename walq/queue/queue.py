@@ -678,8 +678,8 @@ class Queue:
             raise BatchError("delete_batch needs a non-empty list of receipts")
         if not attrs.fifo and len(receipts_) <= DOOMED_MAX and set(map(type, receipts_)) == _JUST_STR \
                 and set(map(len, receipts_)) == _JUST_RECEIPT_LEN:
-            # The usual batch (well-formed handles, a standard queue) in one
-            # native call; anything else, or the Python index, goes the
+            # The usual batch (well-formed handles, a standard queue, the
+            # native index) in one native call; anything else goes the
             # general way below, which says what is wrong with which handle.
             text = "".join(receipts_)
             if text.isascii():
@@ -687,7 +687,9 @@ class Queue:
                 # and what it has not seen yet is deleted regardless.  The
                 # receive that usually follows catches up anyway.
                 with self._mu:
-                    payload = self._index.doomed(text.encode("ascii"), len(receipts_), self._uid)
+                    idx = self._index
+                    payload = idx.doomed(text.encode("ascii"), len(receipts_), self._uid) \
+                        if type(idx) is NativeIndex else None
                 if payload is not None:
                     if payload:
                         self._append_delete(payload, len(payload) >> 3)
