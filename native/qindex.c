@@ -1031,13 +1031,58 @@ static int qx_sort_u64(uint64_t *keys, size_t n)
     return 0;
 }
 
-int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t *out)
+/* Sorts keys that are all different (sequences) ascending.  When they lie
+ * close together, as live sequences do, a bitmap of their range is set and
+ * read back in order: two passes, and the bitmap (a bit per possible key)
+ * stays in cache, where the radix sort's four passes over the keys took
+ * most of a checkpoint's export.  Keys spread too thin take the radix
+ * sort; so do repeated ones, which the bitmap would merge. */
+static int qx_sort_distinct(uint64_t *keys, size_t n)
+{
+    if (n < 2)
+        return 0;
+    uint64_t lo = keys[0], hi = keys[0];
+    for (size_t i = 1; i < n; i++) {
+        if (keys[i] < lo)
+            lo = keys[i];
+        if (keys[i] > hi)
+            hi = keys[i];
+    }
+    uint64_t span = hi - lo;
+    if (span / 64 > n)
+        return qx_sort_u64(keys, n);
+    size_t words = (size_t)(span / 64) + 1;
+    uint64_t *bits = calloc(words, sizeof *bits);
+    if (!bits)
+        return -2;
+    uint64_t repeated = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t d = keys[i] - lo, bit = (uint64_t)1 << (d % 64);
+        repeated |= bits[d / 64] & bit;
+        bits[d / 64] |= bit;
+    }
+    if (repeated) {
+        free(bits);
+        return qx_sort_u64(keys, n);
+    }
+    size_t k = 0;
+    for (size_t w = 0; w < words; w++)
+        for (uint64_t b = bits[w]; b; b &= b - 1)
+            keys[k++] = lo + (uint64_t)w * 64 + (uint64_t)__builtin_ctzll(b);
+    free(bits);
+    return 0;
+}
+
+int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t max, uint64_t *out)
 {
     size_t k = 0;
     for (uint64_t i = 0; i < x->cap; i++)
-        if (x->slots[i].state != QX_EMPTY && x->slots[i].seq < below)
+        if (x->slots[i].state != QX_EMPTY && x->slots[i].seq < below) {
+            if (k == max)
+                return (int64_t)max + 1;
             out[k++] = x->slots[i].seq;
-    if (qx_sort_u64(out, k) < 0)
+        }
+    if (qx_sort_distinct(out, k) < 0)
         return -2;
     return (int64_t)k;
 }
@@ -1087,7 +1132,7 @@ int walq_qx_export(struct walq_qx *x, struct walq_qx_columns *c)
             c->orig_orig[no++] = (int64_t)s->orig;
         }
     }
-    if (qx_sort_u64(packed, n) < 0)
+    if (qx_sort_distinct(packed, n) < 0)
         return -2;
     for (size_t i = 0; i < n; i++) {
         c->state_val[i] = (uint8_t)(packed[i] & 3);

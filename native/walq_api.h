@@ -404,9 +404,11 @@ size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, ui
 int walq_qx_get(struct walq_qx *x, uint64_t m, struct walq_qx_view *out);
 int walq_qx_min_live(struct walq_qx *x, uint64_t *out);
 int walq_qx_oldest_sent(struct walq_qx *x, double *out);
-/* The live sequences below `below`, ascending, into out (room for
- * stats->live); returns how many. */
-int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t *out);
+/* The live sequences below `below`, ascending, into out (room for max);
+ * returns how many, or max + 1 as soon as there are more than max (then
+ * out holds nothing useful): a compaction that rewrites only a few pinning
+ * messages need not list a million. */
+int64_t walq_qx_live_seqs(struct walq_qx *x, uint64_t below, uint64_t max, uint64_t *out);
 /* Upper bounds of each table's rows (for the caller's arrays). */
 void walq_qx_bounds(struct walq_qx *x, uint64_t out[9]);
 int walq_qx_export(struct walq_qx *x, struct walq_qx_columns *c);

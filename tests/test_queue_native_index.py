@@ -674,3 +674,27 @@ def test_a_native_receive_whose_lease_the_index_has_not_reached_catches_up(broke
     assert q.stats().in_flight == 2 and q.receive(2) == []
     assert not q.delete_batch([m.receipt for m in got]).failed
     assert q.stats().total == 0
+
+
+@pytest.mark.parametrize("layout", ["dense", "sparse"])
+def test_live_sequences_and_checkpoint_columns_come_out_in_order(make, layout):
+    """The native index orders live sequences with a bitmap of their range
+    when they lie close together, and with a radix sort when they do not."""
+    idx = make()
+    rng = random.Random(7)
+    seqs = list(range(0, 20_000, 1 if layout == "dense" else 997))
+    if layout == "sparse":
+        seqs.append(2**40)  # far beyond the others: the bitmap would be too big
+    for s in seqs:
+        idx.apply(s, R.SEND, send_record(s, 100.0, 100.0))
+    gone = sorted(rng.sample(seqs[:-1], len(seqs) // 3))
+    idx.apply(2**41, R.DELETE, R.encode_seqs(gone))
+    idx.apply(2**41 + 1, R.LEASE, R.encode_lease(100.0, [(s, 130.0) for s in seqs[1:-1:5] if s not in set(gone)]))
+    live = sorted(set(seqs) - set(gone))
+    assert idx.live_seqs() == live
+    assert idx.live_below(live[len(live) // 2]) == live[: len(live) // 2]
+    assert idx.live_below(2**42, limit=len(live) - 1) is None and idx.live_below(2**42, limit=len(live)) == live
+    if hasattr(idx, "columns"):
+        assert list(idx.columns()["state_seq"]) == live  # the checkpoint's column, as written
+    back = checkpoint.decode(checkpoint.encode(idx), "ordered")
+    assert back.live_seqs() == live and sorted(back.state.items()) == [(s, idx.state_of(s)) for s in live]

@@ -94,8 +94,11 @@ def encode(idx: Index | NativeIndex) -> bytes:
     """Serializes an index (format ``WALQCKP2``, see the module docstring)."""
     if isinstance(idx, NativeIndex):
         meta = {"fifo": False, "dedup_scope": idx.dedup_scope, "group_of": [], "dedup": []}
-        cols = idx.columns()
-        return _frame(idx.applied, meta, {name: [_as_array(code, cols[name])] for name, code in _ARRAYS})
+        if _SWAP:
+            cols = idx.columns()
+            return _frame(idx.applied, meta, {name: [_as_array(code, cols[name])] for name, code in _ARRAYS})
+        bufs = idx.column_buffers()
+        return _frame(idx.applied, meta, {name: [bufs[name]] for name, _code in _ARRAYS})
     state = idx.state
     keys = list(state)
     ordered = sorted(keys)

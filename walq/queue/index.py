@@ -566,9 +566,11 @@ class Index:
         """The original sequence of a message compaction copied forward (``m`` itself if none)."""
         return self.orig.get(m, m)
 
-    def live_below(self, cutoff: int) -> list[int]:
-        """The live sequences below ``cutoff``, ascending (what pins old segments)."""
-        return sorted(m for m in self.state if m < cutoff)
+    def live_below(self, cutoff: int, limit: int | None = None) -> list[int] | None:
+        """The live sequences below ``cutoff``, ascending (what pins old
+        segments); None if there are more than ``limit``."""
+        below = sorted(m for m in self.state if m < cutoff)
+        return None if limit is not None and len(below) > limit else below
 
     def live_seqs(self) -> list[int]:
         """Every live sequence, ascending."""

@@ -35,6 +35,11 @@ COLUMNS = (
 #: The largest batch whose output arrays an index keeps for reuse (a
 #: receive takes at most 1,000).
 _SCRATCH_MAX = 1024
+#: Scratch arrays the C code fills before they are read need no zeroing
+#: (a checkpoint's columns are megabytes).
+_raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
+_CODES = {name: code for table in COLUMNS for name, code in table}
+_ITEMSIZE = {"q": 8, "d": 8, "b": 1}
 _CTYPES = {"q": "int64_t[]", "d": "double[]", "b": "uint8_t[]"}
 
 
@@ -251,12 +256,14 @@ class NativeIndex:
         """The sequence whose place in line the message keeps."""
         return self._view.orig if lib.walq_qx_get(self._x, m, self._view) else m
 
-    def live_below(self, cutoff: int) -> list[int]:
-        """Live sequences below ``cutoff``, ascending."""
-        out = ffi.new("uint64_t[]", self._st.live + 1)
-        k = lib.walq_qx_live_seqs(self._x, cutoff, out)
+    def live_below(self, cutoff: int, limit: int | None = None) -> list[int] | None:
+        """Live sequences below ``cutoff``, ascending; None if there are
+        more than ``limit`` (the search stops there)."""
+        room = self._st.live if limit is None else min(limit, self._st.live)
+        out = _raw_alloc("uint64_t[]", room + 1)
+        k = lib.walq_qx_live_seqs(self._x, cutoff, room, out)
         self._ok(k, "live_below")
-        return ffi.unpack(out, k)
+        return None if k > room else ffi.unpack(out, k)
 
     def live_seqs(self) -> list[int]:
         """Every live sequence, ascending."""
@@ -274,23 +281,30 @@ class NativeIndex:
 
     def columns(self) -> dict[str, array]:
         """The checkpoint's tables (walq.queue.checkpoint) as arrays."""
+        out = {}
+        for name, buf in self.column_buffers().items():
+            a = out[name] = array(_CODES[name])
+            a.frombytes(buf)
+        return out
+
+    def column_buffers(self) -> dict:
+        """columns() as buffers over the exported C arrays, in native byte
+        order, without copying them: what a checkpoint writes (a million
+        live messages make megabytes of columns)."""
         bounds = ffi.new("uint64_t[9]")
         lib.walq_qx_bounds(self._x, bounds)
         c = ffi.new("struct walq_qx_columns *")
-        keep = []
+        arrays = {}
         for t, table in enumerate(COLUMNS):
             for name, code in table:
-                a = ffi.new(_CTYPES[code], bounds[t] + 1)
-                keep.append(a)
+                a = arrays[name] = _raw_alloc(_CTYPES[code], bounds[t] + 1)
                 setattr(c, name, a)
         self._ok(lib.walq_qx_export(self._x, c), "export")
         out = {}
         for t, table in enumerate(COLUMNS):
             rows = c.rows[t]
             for name, code in table:
-                a = array(code)
-                a.frombytes(ffi.buffer(getattr(c, name), rows * a.itemsize))
-                out[name] = a
+                out[name] = ffi.buffer(arrays[name], rows * _ITEMSIZE[code])
         return out
 
     @classmethod

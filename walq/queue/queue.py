@@ -887,13 +887,15 @@ class Queue:
         with self._log.locked() as tx, self._mu:
             self._catch_up()
             idx = self._index
-            pinning = idx.live_below(cutoff)
+            # More than this many pinning messages is genuinely live data:
+            # disk use already tracks it, and there is nothing to rewrite.
+            limit = max(1000, idx.live() // 10)
+            pinning = idx.live_below(cutoff, limit)
             if attrs.fifo and pinning:
                 groups = {idx.group_of[m] for m in pinning}
                 pinning = [m for m in idx.live_seqs() if idx.group_of[m] in groups]
-            live = idx.live()
-            if not pinning or len(pinning) > max(1000, live // 10):
-                return  # genuinely live data: disk use already tracks it
+            if not pinning or len(pinning) > limit:
+                return
             payloads, types, carry = [], [], []
             new = tx.end
             for m, (count, first, orig) in zip(pinning, idx.describe(pinning)):
