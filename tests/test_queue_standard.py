@@ -202,6 +202,20 @@ def test_send_batch_allows_more_than_ten_entries(q):
     assert q.stats().visible == 250
 
 
+def test_a_plain_batch_result_is_the_same_list_of_send_results_when_read(q):
+    res = q.send_batch([b"a", b"b", b"c"])
+    assert repr(res).startswith("BatchResult(successful=[(0, SendResult(message_id=")
+    ok = res.successful
+    assert type(ok) is list and res.successful is ok and res.failed == []
+    assert [i for i, _ in ok] == [0, 1, 2]
+    assert all(type(r) is walq.SendResult and r.sequence is None and not r.duplicate for _, r in ok)
+    ids = [r.message_id for _, r in ok]
+    assert sorted(m.message_id for m in q.receive(10)) == sorted(ids) and len(set(ids)) == 3
+    assert res == walq.BatchResult(successful=list(ok)) and res != walq.BatchResult()
+    res.successful = []
+    assert res.successful == [] and res == walq.BatchResult()
+
+
 def test_message_fields_are_filled_on_receive(q, clock):
     r = q.send("hello", attributes={"s": "str", "n": 42, "f": 2.5, "b": b"\x01"})
     clock.advance(3)

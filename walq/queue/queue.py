@@ -55,6 +55,13 @@ MOVE_HIDE_S = 60.0
 #: SendResult from a (message_id, sequence, duplicate) tuple, with no
 #: Python-level __new__ in between (send_batch builds one per message).
 _new_send_result = partial(tuple.__new__, SendResult)
+
+
+def _send_results(ids: bytes) -> list:
+    """A plain send_batch's ``successful``, from its ids joined by commas."""
+    # Iterators all the way down: no Python frame per message.
+    results = map(_new_send_result, zip(ids.decode("ascii").split(","), repeat(None), repeat(False)))
+    return list(enumerate(results))
 _JUST_BYTES = {bytes}
 _JUST_STR = {str}
 _JUST_RECEIPT_LEN = {56}
@@ -356,10 +363,7 @@ class Queue:
         seqs = self._log.append_packed(n, out, out_lens, R.SEND)
         self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))
         self._count_blind(n)
-        ids = ffi.buffer(text)[:].decode("ascii").split(",")
-        # Iterators all the way down: no Python frame per message.
-        results = map(_new_send_result, zip(ids, repeat(None), repeat(False)))
-        return BatchResult(successful=list(enumerate(results)))
+        return BatchResult._all_ok(partial(_send_results, ffi.buffer(text)[:]))
 
     def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
         if isinstance(body, str):
