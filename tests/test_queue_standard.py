@@ -437,8 +437,10 @@ def test_delete_batch_writes_one_record_naming_each_live_message_once(q):
     a, b, c = q.receive(3)
     q.delete(a.receipt)
     end = q._log.end
-    res = q.delete_batch([a.receipt, b.receipt, c.receipt, b.receipt])
-    assert [i for i, _ in res.successful] == [0, 1, 2, 3] and res.failed == []
+    handles = [a.receipt, b.receipt, c.receipt, b.receipt]
+    res = q.delete_batch(handles)
+    handles.clear()  # the caller's list is theirs: the result does not follow it
+    assert res.successful == [(0, a.receipt), (1, b.receipt), (2, c.receipt), (3, b.receipt)] and res.failed == []
     assert q._log.end == end + 1  # one record, without the message already gone
     seq_of = {m.text: receipts.decode(m.receipt, q._uid)[0] for m in (b, c)}
     assert records.decode_seqs(q._log.read(end).payload) == [seq_of["b"], seq_of["c"]]

@@ -57,6 +57,11 @@ MOVE_HIDE_S = 60.0
 _new_send_result = partial(tuple.__new__, SendResult)
 
 
+def _enumerated(entries: tuple) -> list:
+    """A batch's ``successful`` when every entry succeeded as it is."""
+    return list(enumerate(entries))
+
+
 def _send_results(ids: bytes) -> list:
     """A plain send_batch's ``successful``, from its ids joined by commas."""
     # Iterators all the way down: no Python frame per message.
@@ -697,7 +702,7 @@ class Queue:
                 if payload is not None:
                     if payload:
                         self._append_delete(payload, len(payload) >> 3)
-                    return BatchResult(successful=list(enumerate(receipts_)))
+                    return BatchResult._all_ok(partial(_enumerated, tuple(receipts_)))
         result = BatchResult()
         parsed = []
         for i, (r, got) in enumerate(zip(receipts_, receipts.decode_many(receipts_, self._uid))):
