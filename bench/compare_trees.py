@@ -2,6 +2,7 @@
 
     python bench/compare_trees.py e2e [--rounds 4] [--durability always] TREE [TREE ...]
     python bench/compare_trees.py cycle [--rounds 3] [--durability always] [--pause S] TREE [TREE ...]
+    python bench/compare_trees.py batch [--rounds 3] [--durability always] TREE [TREE ...]
 
 A TREE is a directory holding a built walq: a source tree after ``pip install -e .``, or a
 snapshot of any commit::
@@ -20,6 +21,9 @@ minutes (bench/RESULTS-queue.md).
 - ``cycle``: one process, a queue of 60,000 messages, 5,000 x (``receive(10)`` +
   ``delete_batch``): wall time per cycle and main-thread CPU per call.  ``--pause S`` sleeps
   S seconds before each call (not counted): what a call costs on a CPU that has just idled.
+- ``batch``: one process, 3,000 x ``send_batch(100)`` of plain bodies, the checkpoints they
+  come due for included (the queue grows to 305,000): wall and CPU per call; then the best of
+  three ``checkpoint()`` calls at that size.
 """
 
 from __future__ import annotations
@@ -73,6 +77,33 @@ print(json.dumps({"wall_us": wall / 5000 * 1e6, "receive_cpu_us": recv_cpu / 500
 """
 
 
+BATCH = """
+import json, shutil, sys, tempfile, time
+import walq
+durability = sys.argv[2]
+d = tempfile.mkdtemp()
+b = walq.open(d, durability=durability)
+q = b.create_queue("q")
+bodies = [b"x" * 100] * 100
+clock, cpu_clock = time.perf_counter, time.thread_time
+for _ in range(50):
+    q.send_batch(bodies)
+t, c = clock(), cpu_clock()
+for _ in range(3000):  # the queue grows to 305,000, checkpointing as it goes
+    q.send_batch(bodies)
+wall, cpu = (clock() - t) / 3000, (cpu_clock() - c) / 3000
+q.stats()
+best = None
+for _ in range(3):
+    t = clock()
+    q.checkpoint()
+    best = min(best or 1e9, clock() - t)
+b.close()
+shutil.rmtree(d)
+print(json.dumps({"send_batch_wall_us": wall * 1e6, "send_batch_cpu_us": cpu * 1e6, "checkpoint_ms": best * 1e3}))
+"""
+
+
 def run(tree: str, script: str, *args: str) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run([sys.executable, "-c", script, tree, *args], env=env, check=True,
@@ -82,7 +113,7 @@ def run(tree: str, script: str, *args: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("e2e", "cycle"))
+    ap.add_argument("what", choices=("e2e", "cycle", "batch"))
     ap.add_argument("trees", nargs="+", help="directories holding a built walq")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (e2e 4, cycle 3)")
     ap.add_argument("--durability", default="always", choices=("always", "batch", "os"))
@@ -94,6 +125,8 @@ def main(argv=None) -> int:
         for tree in args.trees:
             if args.what == "e2e":
                 got = run(tree, E2E, args.durability)
+            elif args.what == "batch":
+                got = run(tree, BATCH, args.durability)
             else:
                 got = run(tree, CYCLE, args.durability, str(args.pause))
             results[tree].append(got)
