@@ -928,6 +928,22 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     r->folded = 1;
     uint64_t origs[WALQ_QX_RECV_MAX];
     walq_qx_describe(x, r->seqs, (size_t)k, r->counts, r->firsts, origs);
+    for (int64_t i = 0; i < k; i++) {
+        /* The SEND head (records.SEND_HEAD): what a Message takes from it. */
+        const char *p = r->base + r->poffs[i];
+        double first;
+        uint32_t alen;
+        uint16_t glen, dlen, slen;
+        memcpy(&r->sents[i], p + 16, 8);
+        memcpy(&first, p + 32, 8);
+        memcpy(&alen, p + 44, 4);
+        memcpy(&glen, p + 48, 2);
+        memcpy(&dlen, p + 50, 2);
+        memcpy(&slen, p + 52, 2);
+        if (first != 0.0)
+            r->firsts[i] = first;
+        r->plain[i] = !(alen || glen || dlen || slen);
+    }
     walq_receive_texts(ids, r->seqs, (size_t)k, r->uid, seq, r->ids_text, r->receipts_text);
     return k;
 general:

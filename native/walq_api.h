@@ -374,7 +374,10 @@ struct walq_qx_recv {
     uint64_t poffs[WALQ_QX_RECV_MAX]; /* out: their payloads in the segment */
     uint32_t lens[WALQ_QX_RECV_MAX];
     uint32_t counts[WALQ_QX_RECV_MAX];/* out, if folded: receive counts, */
-    double firsts[WALQ_QX_RECV_MAX];  /* first receive times, */
+    double firsts[WALQ_QX_RECV_MAX];  /* first receive times (the SEND's own, */
+                                      /* carried from another queue, if it has one), */
+    double sents[WALQ_QX_RECV_MAX];   /* send times, */
+    uint8_t plain[WALQ_QX_RECV_MAX];  /* 1 if the body is all that follows the head, */
     char ids_text[37 * WALQ_QX_RECV_MAX];      /* id texts, comma-separated, */
     char receipts_text[57 * WALQ_QX_RECV_MAX]; /* receipt handles (walq_receive_texts) */
 };

@@ -95,6 +95,32 @@ def test_a_moved_message_keeps_its_first_receive_time(broker, clock):
     assert m.first_received_at == first and m.receive_count == 3
 
 
+def test_a_moved_message_keeps_its_first_receive_time_through_the_native_receive(broker, clock, monkeypatch):
+    """The one-call receive reads the first receive time a move carried
+    from the SEND record itself (the general path above reads it too)."""
+    dlq = broker.create_queue("dlq")
+    q = broker.create_queue("q", dead_letter=walq.RedrivePolicy("dlq", 1))
+    dlq.send("warm-up")
+    [warm] = dlq.receive()  # a handle's first receive takes the general path
+    warm.ack()
+    q.send(b"plain")
+    q.send("with attributes", attributes={"k": "v"})
+    clock.advance(5)
+    first = clock.now
+    assert len(q.receive(10)) == 2
+    clock.advance(q.attributes.visibility_timeout)
+    assert q.receive(10) == []  # both moved
+    clock.advance(7)
+    native = []
+    real = type(dlq)._native_messages
+    monkeypatch.setattr(type(dlq), "_native_messages", lambda self, *a: native.append(self.name) or real(self, *a))
+    got = sorted(dlq.receive(10), key=lambda m: m.body)
+    assert native == (["dlq"] if type(dlq._index).__name__ == "NativeIndex" else [])
+    assert [(m.body, m.attributes, m.first_received_at, m.receive_count) for m in got] == [
+        (b"plain", {}, first, 2), (b"with attributes", {"k": "v"}, first, 2)]
+    assert got[0].sent_at == got[1].sent_at == first - 5
+
+
 def test_fifo_dlq_resets_the_send_time_on_move(broker, clock):
     dlq = broker.create_queue("dlq.fifo", retention=600)
     q = broker.create_queue("q.fifo", content_based_dedup=True, dead_letter=walq.RedrivePolicy("dlq.fifo", 1))

@@ -122,6 +122,7 @@ class Queue:
         self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
+        self._recv_local = threading.local()  # each thread's native receive results
         self._blind_ops = 0
         with self._mu:
             self._index = self._load_index()
@@ -511,7 +512,13 @@ class Queue:
             if native is None:
                 got = self._lease(tx, idx, n, now, vt, attrs, policy, dlq, moves) + (None,)
         if native is not None:
-            got = self._native_results(*native)  # read out after the locks are released
+            # Read out after the locks are released.
+            k, r, mm, infos = native
+            if k and infos is None:
+                out = self._native_messages(k, r, mm)
+                self._maintain()
+                return out
+            got = self._native_results(*native)
         leased, kept, infos, lease_seq, texts = got
         out = []
         if leased:
@@ -544,7 +551,11 @@ class Queue:
         once the locks are released, or None when the receive must take the
         general path (_lease): messages outside the segment read last, an
         expired one, or an append that needs the slow path."""
-        r = ffi.new("struct walq_qx_recv *")  # its own: read after the locks are released
+        # The thread's own: read after the locks are released, and only
+        # until this thread's next receive.
+        r = getattr(self._recv_local, "r", None)
+        if r is None:
+            r = self._recv_local.r = ffi.new("struct walq_qx_recv *")
         held = self._log.aim_reader(r)
         if held is None:
             return None
@@ -559,19 +570,35 @@ class Queue:
             infos = idx.describe(ffi.unpack(r.seqs, k))
         return k, r, mm, infos
 
+    def _native_messages(self, k: int, r, mm) -> list[Message]:
+        """The messages of a native receive that applied its own lease:
+        walq_qx_receive filled in every field but the bodies."""
+        ids = ffi.unpack(r.ids_text, 37 * k - 1).decode("ascii").split(",")
+        handles = ffi.unpack(r.receipts_text, 57 * k - 1).decode("ascii").split(",")
+        hsize = R.SEND_HEAD.size
+        out = []
+        for mid, receipt, count, sent, first, off, size, plain in zip(
+                ids, handles, ffi.unpack(r.counts, k), ffi.unpack(r.sents, k), ffi.unpack(r.firsts, k),
+                ffi.unpack(r.poffs, k), ffi.unpack(r.lens, k), ffi.unpack(r.plain, k)):
+            # Positional, as in _receive_once.
+            if plain:
+                out.append(Message(mid, mm[off + hsize : off + size], {}, receipt, count, sent, first,
+                                   None, None, None, self))
+            else:
+                rec = R.decode_send(mm[off : off + size])
+                out.append(Message(mid, rec.body, mattrs.decode(rec.attributes) if rec.attributes else {},
+                                   receipt, count, sent, first, rec.group, rec.dedup_id, None, self))
+        return out
+
     @staticmethod
     def _native_results(k: int, r, mm, infos) -> tuple:
         """``(leased, payloads, infos, lease_seq, texts)`` of a native
-        receive, as _receive_once uses them."""
+        receive that leased nothing, or whose lease a catch-up applied, as
+        _receive_once uses them."""
         if not k:
             return [], [], (), 0, None
-        leased = ffi.unpack(r.seqs, k)
         kept = [mm[o : o + size] for o, size in zip(ffi.unpack(r.poffs, k), ffi.unpack(r.lens, k))]
-        if infos is not None:  # the lease was applied by a catch-up: no texts yet
-            return leased, kept, infos, r.lease_seq, None
-        texts = (ffi.unpack(r.ids_text, 37 * k - 1).decode("ascii").split(","),
-                 ffi.unpack(r.receipts_text, 57 * k - 1).decode("ascii").split(","))
-        return leased, kept, zip(ffi.unpack(r.counts, k), ffi.unpack(r.firsts, k), repeat(0)), r.lease_seq, texts
+        return ffi.unpack(r.seqs, k), kept, infos, r.lease_seq, None
 
     def _lease(self, tx, idx, n: int, now: float, vt: float, attrs: QueueAttributes, policy, dlq,
                moves: list) -> tuple:
