@@ -401,3 +401,16 @@ def test_a_follower_reports_a_failed_sync_instead_of_syncing_over_it(tmp_path):
     assert other_io.syncs == syncs, "the follower fdatasynced after the failure"
     failing.close()
     other.close()
+
+
+def test_an_append_left_unsettled_is_durable_only_once_settled(tmp_path):
+    io = CountingIO()
+    log = Log.open(tmp_path, ALWAYS, io=io)
+    log.append(b"first")
+    syncs = io.syncs
+    seq = log.append(b"second", settle=False)
+    seqs = log.append_packed(2, b"ab", ffi.new("uint32_t[]", [1, 1]), 1, settle=False)
+    assert durable_seq(log) == seq and io.syncs == syncs
+    log.settle(seqs.stop)
+    assert durable_seq(log) == log.end == seqs.stop and io.syncs == syncs + 1
+    log.close()

@@ -224,10 +224,13 @@ class Log:
             self._poisoned = True
             raise LogPoisoned(0, "an fsync failed; close every handle and reopen the log", self.path)
 
-    def append(self, payload: bytes, type: int = 1) -> int:
+    def append(self, payload: bytes, type: int = 1, settle: bool = True) -> int:
         """Appends one record; returns its sequence number.
 
-        Returns once the record is as durable as ``options.durability`` says.
+        Returns once the record is as durable as ``options.durability`` says;
+        with ``settle=False`` at once, and the caller calls ``settle(seq + 1)``
+        before it reports the record written (work that does not depend on
+        durability can run first, while the CPU is still warm).
         """
         # One native call does the checks and the write; anything unusual
         # (closed, poisoned, bad arguments, a full or changed segment) comes
@@ -239,7 +242,7 @@ class Log:
             seq = -1
         if seq < 0:
             seq = self._append_one_slow(payload, type)
-        if self._always:
+        if self._always and settle:
             self._make_durable(seq + 1)
         return seq
 
@@ -267,24 +270,25 @@ class Log:
         data, lens, types, t = self._pack(payloads, type)
         return self._append_packed(len(payloads), data, lens, types, t)
 
-    def append_packed(self, n: int, data, lens, type: int) -> range:
+    def append_packed(self, n: int, data, lens, type: int, settle: bool = True) -> range:
         """append_batch of ``n`` payloads already concatenated in ``data``
         (bytes or a cffi ``char[]``) with their lengths in ``lens`` (a cffi
         ``uint32_t[]``): for encoders that build a batch natively.  The
         caller vouches for the lengths (each at most MAX_RECORD, summing to
-        the data's size)."""
+        the data's size).  ``settle`` as in append()."""
         self._check_open()
         if not 1 <= type <= 255:
             raise InvalidParameter(f"record type must be 1-255; got {type}")
-        return self._append_packed(n, data, lens, ffi.NULL, type)
+        return self._append_packed(n, data, lens, ffi.NULL, type, settle)
 
-    def _append_packed(self, n: int, data, lens, types, t) -> range:
+    def _append_packed(self, n: int, data, lens, types, t, settle: bool = True) -> range:
         with self._tlock:
             rc = lib.walq_writer_append(self._writer, n, data, lens, types, t, self._seq_out)
             if rc != lib.WALQ_OK:
                 self._append_slow(n, data, lens, types, t)
             seq = self._seq_out[0]
-        self._after_write(seq + n)
+        if settle:
+            self.settle(seq + n)
         return range(seq, seq + n)
 
     @staticmethod
@@ -469,7 +473,9 @@ class Log:
         self._store("busy", 0)
         self._refresh_bases()
 
-    def _after_write(self, end: int) -> None:
+    def settle(self, end: int) -> None:
+        """Returns once every record below ``end`` is as durable as
+        ``options.durability`` says (after an append with ``settle=False``)."""
         if self._always:
             self._make_durable(end)
 
@@ -947,4 +953,4 @@ class LockedLog:
         lib.walq_unlock(log._append_fd)
         log._tlock.release()
         if self._end and self._wait and exc_type is None:
-            log._after_write(self._end)
+            log.settle(self._end)

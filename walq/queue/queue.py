@@ -366,8 +366,9 @@ class Queue:
         text = ffi.new("char[]", 37 * n - 1)
         lib.walq_encode_sends(data, ffi.from_buffer("uint32_t[]", lens), n, self._ids.batch_prefix,
                               self._ids.reserve(n), now, now + delay, out, out_lens, text)
-        seqs = self._log.append_packed(n, out, out_lens, R.SEND)
-        self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))
+        seqs = self._log.append_packed(n, out, out_lens, R.SEND, settle=False)
+        self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))  # as _append_delete
+        self._log.settle(seqs.stop)
         self._count_blind(n)
         return BatchResult._all_ok(partial(_send_results, ffi.buffer(text)[:]))
 
@@ -784,11 +785,15 @@ class Queue:
     def _append_delete(self, payload: bytes, n: int) -> None:
         """Writes a standard queue's DELETE of ``n`` messages without the
         lock (see delete_batch) and folds it in."""
-        seq = self._log.append(payload, R.DELETE)
+        log = self._log
+        seq = log.append(payload, R.DELETE, settle=False)
+        # Folded in before the durability wait: the index follows the log,
+        # not the disk, and after the wait's sleep this ran 60-80% slower.
         with self._mu:
             idx = self._index
             if idx.applied == seq:  # nothing came between: _fold_in, without a closure
                 idx.apply(seq, R.DELETE, payload)
+        log.settle(seq + 1)
         self._count_blind(n)
 
     def change_visibility(self, receipt: str, seconds) -> None:
