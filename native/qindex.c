@@ -894,6 +894,11 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     int64_t k = walq_qx_candidates(x, n, 1, r->seqs);
     if (k <= 0)
         return k;
+    for (int64_t i = 0; i < k; i++)
+        if (r->seqs[i] >= r->seg_base + r->count) {
+            int rc = walq_qx_give_back(x, r->seqs, (size_t)k);
+            return rc < 0 ? -2 : WALQ_QX_RECV_UNINDEXED;
+        }
     char ids[16 * WALQ_QX_RECV_MAX];
     char rec[8 + 16 * WALQ_QX_RECV_MAX];
     if (walq_frames_at(r->base, r->size, r->salt, r->offs, r->seg_base, r->count, r->first_seq,

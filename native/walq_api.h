@@ -386,7 +386,11 @@ struct walq_qx_recv {
  * and fills in the outputs.  Returns how many were leased (0: none visible);
  * -1 when the caller must take the general path instead, with nothing
  * changed (a message outside the segment, expired, or a frame that does not
- * validate; an append that needs the slow path); -2 out of memory. */
+ * validate; an append that needs the slow path); WALQ_QX_RECV_UNINDEXED,
+ * with nothing changed, when a message lies past the frames the segment's
+ * index holds (the caller's own appends, folded in without being read:
+ * index them and call again); -2 out of memory. */
+#define WALQ_QX_RECV_UNINDEXED -3
 int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n);
 
 /* A standard queue's delete_batch in one call, for n <= WALQ_QX_DOOMED_MAX

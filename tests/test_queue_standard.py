@@ -216,6 +216,26 @@ def test_a_plain_batch_result_is_the_same_list_of_send_results_when_read(q):
     assert res.successful == [] and res == walq.BatchResult()
 
 
+@pytest.mark.parametrize("sender", ["this handle", "another handle"])
+def test_plain_messages_of_one_receive_are_separate_objects(q, store, clock, monkeypatch, sender):
+    q.send("warm-up")
+    q.receive()[0].ack()  # a handle's first receive takes the general path
+    # Its own sends it folds in without reading them; another's it reads
+    # when it catches up.  Either way the receive is one native call.
+    (q if sender == "this handle" else store().get_queue("jobs")).send_batch([b"a", b"b", b"c"])
+    clock.advance(2)
+    native = []
+    real = type(q)._native_messages
+    monkeypatch.setattr(type(q), "_native_messages", lambda self, *a: native.append(1) or real(self, *a))
+    got = sorted(q.receive(10), key=lambda m: m.body)
+    assert native == ([1] if type(q._index).__name__ == "NativeIndex" else [])
+    assert [(m.body, m.attributes, m.receive_count, m.sent_at, m.first_received_at) for m in got] == [
+        (b, {}, 1, clock.now - 2, clock.now) for b in (b"a", b"b", b"c")]
+    got[0].attributes["mine"] = "x"  # each has its own dict
+    assert got[1].attributes == {} and got[2].attributes == {}
+    assert len({m.receipt for m in got}) == 3 and all(m.group is None and m.sequence is None for m in got)
+
+
 def test_message_fields_are_filled_on_receive(q, clock):
     r = q.send("hello", attributes={"s": "str", "n": 42, "f": 2.5, "b": b"\x01"})
     clock.advance(3)

@@ -707,6 +707,18 @@ class Log:
         r.writer = self._writer
         return seg.mm, offs
 
+    def index_read_segment(self) -> bool:
+        """Indexes the segment aim_reader aims at up to the log's end, if it
+        is the active one: the records this handle appended and its reader
+        folded in without reading them (a queue's own sends).  True if that
+        indexed anything."""
+        seg = self._last_read
+        end = lib.walq_load(self._p_end_seq)
+        if seg is None or seg.next_seq >= end or seg.base != lib.walq_load(self._p_seg_base):
+            return False
+        seg.index_to(end)
+        return True
+
     def _holding(self, seg: Segment | None, seq: int, first: int) -> Segment:
         """``seg`` if it is still open and already indexed up to ``seq`` (the
         fast path of consecutive reads), else the segment located afresh."""

@@ -35,6 +35,7 @@ COLUMNS = (
 #: The largest batch whose output arrays an index keeps for reuse (a
 #: receive takes at most 1,000).
 _SCRATCH_MAX = 1024
+_UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
 #: Scratch arrays the C code fills before they are read need no zeroing
 #: (a checkpoint's columns are megabytes).
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -190,11 +191,12 @@ class NativeIndex:
 
     def receive(self, r, n: int) -> int:
         """A receive of up to ``n`` messages in one call (walq_qx_receive,
-        whose struct ``r`` the caller filled): how many were leased, or -1
-        for the general path (nothing changed)."""
+        whose struct ``r`` the caller filled): how many were leased, -1 for
+        the general path, or WALQ_QX_RECV_UNINDEXED when the segment's
+        frame index must be extended first (nothing changed either way)."""
         k = lib.walq_qx_receive(self._x, r, n)
-        if k == -1:
-            return -1
+        if k == -1 or k == _UNINDEXED:
+            return k
         self._ok(k, "receive")
         if k and r.folded:
             self.applied = r.lease_seq + 1

@@ -72,6 +72,7 @@ _JUST_STR = {str}
 _JUST_RECEIPT_LEN = {56}
 #: Most receipts a delete_batch hands the index in one call.
 DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
+_UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
 #: Most messages a receive leases in one native call.
 RECV_MAX = lib.WALQ_QX_RECV_MAX
 
@@ -560,11 +561,14 @@ class Queue:
         held = self._log.aim_reader(r)
         if held is None:
             return None
-        mm, _offs = held  # kept alive through the call
         r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, expired, self._uid, idx.applied
         k = idx.receive(r, n)
+        if k == _UNINDEXED and self._log.index_read_segment():
+            held = self._log.aim_reader(r)  # the index grew (and may have moved)
+            k = idx.receive(r, n) if held is not None else -1
         if k < 0:
             return None
+        mm, _offs = held  # kept alive through the call
         infos = None
         if k and not r.folded:
             self._catch_up()  # applies the lease: nothing else came, we hold the lock
