@@ -55,6 +55,15 @@ MOVE_HIDE_S = 60.0
 #: SendResult from a (message_id, sequence, duplicate) tuple, with no
 #: Python-level __new__ in between (send_batch builds one per message).
 _new_send_result = partial(tuple.__new__, SendResult)
+_JUST_BYTES = {bytes}
+_JUST_STR = {str}
+_JUST_RECEIPT_LEN = {56}
+#: Most receipts a delete_batch hands the index in one call.
+DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
+#: walq_qx_receive: messages past the segment's frame index (index, retry).
+_UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
+#: Most messages a receive leases in one native call.
+RECV_MAX = lib.WALQ_QX_RECV_MAX
 
 
 def _enumerated(entries: tuple) -> list:
@@ -67,14 +76,6 @@ def _send_results(ids: bytes) -> list:
     # Iterators all the way down: no Python frame per message.
     results = map(_new_send_result, zip(ids.decode("ascii").split(","), repeat(None), repeat(False)))
     return list(enumerate(results))
-_JUST_BYTES = {bytes}
-_JUST_STR = {str}
-_JUST_RECEIPT_LEN = {56}
-#: Most receipts a delete_batch hands the index in one call.
-DOOMED_MAX = lib.WALQ_QX_DOOMED_MAX
-_UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
-#: Most messages a receive leases in one native call.
-RECV_MAX = lib.WALQ_QX_RECV_MAX
 
 
 class _Deciding:
