@@ -89,6 +89,7 @@ def observe(idx, seqs: list[int], cutoffs: list[int]) -> dict:
         "min_live": idx.min_live(),
         "live_below": {c: idx.live_below(c) for c in cutoffs},
         "live_seqs": idx.live_seqs(),
+        "visible_count": (idx.visible_count(), idx.counts[VISIBLE]),
     }
 
 

@@ -542,6 +542,10 @@ class Index:
         state, applied = self.state, self.applied
         return [m for m in ms if m >= applied or self.resolve(m) in state]
 
+    def visible_count(self) -> int:
+        """How many messages are visible (``counts[VISIBLE]``)."""
+        return self.counts[VISIBLE]
+
     def live(self) -> int:
         """How many messages are live (visible, delayed or in flight)."""
         return len(self.state)

@@ -118,6 +118,10 @@ class NativeIndex:
         c = self._st.counts
         return [c[0], c[1], c[2]]
 
+    def visible_count(self) -> int:
+        """Visible messages (counts[VISIBLE], without building the list)."""
+        return self._st.counts[0]
+
     def live(self) -> int:
         """Live messages."""
         return self._st.live

@@ -474,6 +474,8 @@ class Queue:
             if isinstance(visibility_timeout, bool) or not isinstance(visibility_timeout, (int, float)) \
                     or not lo <= visibility_timeout <= hi:
                 raise InvalidParameter(f"visibility_timeout must be {lo}-{hi} seconds; got {visibility_timeout!r}")
+        if wait <= 0:
+            return self._receive_once(max_messages, visibility_timeout, attrs)  # nothing to wait for
         deadline = time.monotonic() + wait
         while True:
             token = self._log.change_token()
@@ -498,7 +500,7 @@ class Queue:
             # due, nothing to do.  It must not sweep (see Index.sweep).
             self._catch_up()
             idx = self._index
-            if not idx.counts[VISIBLE]:
+            if not idx.visible_count():
                 nxt = idx.next_event()
                 if nxt is None or nxt > self._clock():
                     return []
