@@ -712,9 +712,9 @@ int walq_qx_apply(struct walq_qx *x, uint64_t seq, int type, const char *p, size
             return -1;
         double sent, vis;
         uint32_t prior;
-        memcpy(&sent, p + 16, 8);
-        memcpy(&vis, p + 24, 8);
-        memcpy(&prior, p + 40, 4);
+        memcpy(&sent, p + WALQ_SEND_SENT, 8);
+        memcpy(&vis, p + WALQ_SEND_VISIBLE, 8);
+        memcpy(&prior, p + WALQ_SEND_PRIOR, 4);
         rc = qx_add(x, seq, sent, vis, prior);
         break;
     }
@@ -907,11 +907,10 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     memcpy(rec, &r->now, 8);
     for (int64_t i = 0; i < k; i++) {
         const char *p = r->base + r->poffs[i];
-        double sent;
         if (r->lens[i] < WALQ_SEND_HEAD)
             goto general;
-        memcpy(&sent, p + 16, 8);
-        if (sent <= r->expired)
+        memcpy(&r->sents[i], p + WALQ_SEND_SENT, 8);
+        if (r->sents[i] <= r->expired)
             goto general;  /* the general path removes it */
         memcpy(ids + 16 * i, p, 16);
         memcpy(rec + 8 + 16 * i, &r->seqs[i], 8);
@@ -934,20 +933,13 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     uint64_t origs[WALQ_QX_RECV_MAX];
     walq_qx_describe(x, r->seqs, (size_t)k, r->counts, r->firsts, origs);
     for (int64_t i = 0; i < k; i++) {
-        /* The SEND head (records.SEND_HEAD): what a Message takes from it. */
+        /* The rest a Message takes from the SEND head (sents came above). */
         const char *p = r->base + r->poffs[i];
         double first;
-        uint32_t alen;
-        uint16_t glen, dlen, slen;
-        memcpy(&r->sents[i], p + 16, 8);
-        memcpy(&first, p + 32, 8);
-        memcpy(&alen, p + 44, 4);
-        memcpy(&glen, p + 48, 2);
-        memcpy(&dlen, p + 50, 2);
-        memcpy(&slen, p + 52, 2);
+        memcpy(&first, p + WALQ_SEND_FIRST, 8);
         if (first != 0.0)
             r->firsts[i] = first;
-        r->plain[i] = !(alen || glen || dlen || slen);
+        r->plain[i] = (uint8_t)is_zero(p + WALQ_SEND_LENS, WALQ_SEND_LENS_SIZE);
     }
     walq_receive_texts(ids, r->seqs, (size_t)k, r->uid, seq, r->ids_text, r->receipts_text);
     return k;

@@ -9,6 +9,13 @@
  * limit, and every process replays every send. */
 
 #define WALQ_SEND_HEAD 56      /* id:16 sent:f64 visible:f64 first:f64 u32 u32 u16 u16 u16 pad:u16 */
+/* Field offsets in that head. */
+#define WALQ_SEND_SENT 16
+#define WALQ_SEND_VISIBLE 24
+#define WALQ_SEND_FIRST 32     /* first received at, carried from another queue (0: none) */
+#define WALQ_SEND_PRIOR 40
+#define WALQ_SEND_LENS 44      /* u32 attributes, u16 group, dedup id, source: all 0 for a plain body */
+#define WALQ_SEND_LENS_SIZE 10
 #define WALQ_ID_MIX 0x9E3779B97F4A7C15ULL
 
 static const char HEXDIGITS[] = "0123456789abcdef";
@@ -51,8 +58,8 @@ uint64_t walq_encode_sends(const char *bodies, const uint32_t *lens, size_t n,
             id[8 + b] = (uint8_t)(mixed >> (56 - 8 * b));  /* big-endian */
         memset(p, 0, WALQ_SEND_HEAD);
         memcpy(p, id, 16);
-        memcpy(p + 16, &sent_at, 8);
-        memcpy(p + 24, &visible_at, 8);
+        memcpy(p + WALQ_SEND_SENT, &sent_at, 8);
+        memcpy(p + WALQ_SEND_VISIBLE, &visible_at, 8);
         memcpy(p + WALQ_SEND_HEAD, bodies, lens[i]);
         bodies += lens[i];
         out_lens[i] = WALQ_SEND_HEAD + lens[i];
@@ -75,9 +82,9 @@ size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_
         uint32_t prior;
         if (types[i] != 1 || lens[i] < WALQ_SEND_HEAD)
             break;
-        memcpy(&s, p + 16, 8);
-        memcpy(&v, p + 24, 8);
-        memcpy(&prior, p + 40, 4);
+        memcpy(&s, p + WALQ_SEND_SENT, 8);
+        memcpy(&v, p + WALQ_SEND_VISIBLE, 8);
+        memcpy(&prior, p + WALQ_SEND_PRIOR, 4);
         /* Written as negations so that a NaN time stops the run, as the
          * Python comparisons it replaces would. */
         if (!(v <= s) || prior != 0 || (has_last && !(s >= last - slack)))

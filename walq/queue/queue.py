@@ -78,6 +78,13 @@ def _send_results(ids: bytes) -> list:
     return list(enumerate(results))
 
 
+def _message_parts(p: bytes) -> tuple:
+    """``(body, attributes, group, dedup_id)`` of a SEND payload that is not
+    a plain body (a receive takes plain ones straight after the head)."""
+    rec = R.decode_send(p)
+    return rec.body, mattrs.decode(rec.attributes) if rec.attributes else {}, rec.group, rec.dedup_id
+
+
 class _Deciding:
     """Queue._deciding's context: the append lock, then the queue's lock,
     the catch-up and the sweep; released in the reverse order.  A class,
@@ -534,9 +541,7 @@ class Queue:
             for p, (count, first, orig), mid, receipt in zip(kept, infos, *texts):
                 _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
                 if alen or glen or dlen or slen:
-                    rec = R.decode_send(p)
-                    body, attributes, group, dedup = (rec.body, mattrs.decode(rec.attributes) if alen else {},
-                                                      rec.group, rec.dedup_id)
+                    body, attributes, group, dedup = _message_parts(p)
                 else:  # a plain message: the body follows the head
                     body, attributes, group, dedup = p[hsize:], {}, None, None
                 # Positional: a dataclass takes keywords at twice the cost,
@@ -593,9 +598,8 @@ class Queue:
                 out.append(Message(mid, mm[off + hsize : off + size], {}, receipt, count, sent, first,
                                    None, None, None, self))
             else:
-                rec = R.decode_send(mm[off : off + size])
-                out.append(Message(mid, rec.body, mattrs.decode(rec.attributes) if rec.attributes else {},
-                                   receipt, count, sent, first, rec.group, rec.dedup_id, None, self))
+                body, attributes, group, dedup = _message_parts(mm[off : off + size])
+                out.append(Message(mid, body, attributes, receipt, count, sent, first, group, dedup, None, self))
         return out
 
     @staticmethod
