@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     table(["appenders", "processes", "records/s", "vs 1 process", "p50 µs", "p99 µs", "p99 / fdatasync p50",
            "records/fdatasync"], rows)
     f8, w8 = got["floor-8"], got["walq-8"]
-    print(f"\nissue 2 targets: 8 processes >= 5x one, p99 <= 4 fdatasync p50s")
+    print("\nissue 2 targets: 8 processes >= 5x one, p99 <= 4 fdatasync p50s")
     print(f"  C floor: {f8.records_per_s / got['floor-1'].records_per_s:.2f}x, p99 {f8.pct(99) / sync_p50:.1f}")
     print(f"  walq   : {w8.records_per_s / got['walq-1'].records_per_s:.2f}x, p99 {w8.pct(99) / sync_p50:.1f}")
     if args.json:
