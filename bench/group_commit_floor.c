@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 enum { RECORD = 128, MAX_RECORDS = 4000000 };
-static const size_t CAPACITY = (size_t)256 << 20; /* written over and over: allocated, written blocks */
+static const size_t CAPACITY = (size_t)64 << 20; /* a segment's size, written over and over */
 
 struct shared {
     uint64_t end;     /* bytes appended (mod CAPACITY on disk) */
