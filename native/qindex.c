@@ -909,8 +909,8 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
         const char *p = r->base + r->poffs[i];
         if (r->lens[i] < WALQ_SEND_HEAD)
             goto general;
-        memcpy(&r->sents[i], p + WALQ_SEND_SENT, 8);
-        if (r->sents[i] <= r->expired)
+        memcpy(&r->got[i].sent, p + WALQ_SEND_SENT, 8);
+        if (r->got[i].sent <= r->expired)
             goto general;  /* the general path removes it */
         memcpy(ids + 16 * i, p, 16);
         memcpy(rec + 8 + 16 * i, &r->seqs[i], 8);
@@ -930,16 +930,21 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     if (walq_qx_apply(x, seq, QX_LEASE, rec, len) < 0)
         return -2;  /* written but not applied: the caller rebuilds the index */
     r->folded = 1;
+    uint32_t counts[WALQ_QX_RECV_MAX];
+    double firsts[WALQ_QX_RECV_MAX];
     uint64_t origs[WALQ_QX_RECV_MAX];
-    walq_qx_describe(x, r->seqs, (size_t)k, r->counts, r->firsts, origs);
+    walq_qx_describe(x, r->seqs, (size_t)k, counts, firsts, origs);
     for (int64_t i = 0; i < k; i++) {
-        /* The rest a Message takes from the SEND head (sents came above). */
+        /* The rest a Message takes from the SEND head (the send time came above). */
+        struct walq_qx_got *g = &r->got[i];
         const char *p = r->base + r->poffs[i];
         double first;
         memcpy(&first, p + WALQ_SEND_FIRST, 8);
-        if (first != 0.0)
-            r->firsts[i] = first;
-        r->plain[i] = (uint8_t)is_zero(p + WALQ_SEND_LENS, WALQ_SEND_LENS_SIZE);
+        g->first = first != 0.0 ? first : firsts[i];
+        g->count = counts[i];
+        g->plain = is_zero(p + WALQ_SEND_LENS, WALQ_SEND_LENS_SIZE);
+        g->off = g->plain ? r->poffs[i] + WALQ_SEND_HEAD : r->poffs[i];
+        g->size = g->plain ? r->lens[i] - WALQ_SEND_HEAD : r->lens[i];
     }
     walq_receive_texts(ids, r->seqs, (size_t)k, r->uid, seq, r->ids_text, r->receipts_text);
     return k;

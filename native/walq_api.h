@@ -360,6 +360,17 @@ void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
  * (`applied`) and swept it.  Inputs first; the outputs hold up to
  * WALQ_QX_RECV_MAX messages. */
 #define WALQ_QX_RECV_MAX 32
+/* One message a native receive leased and applied, in the layout Python's
+ * struct module reads in one pass (walq/queue/queue.py, _GOT: "<ddQIII4x"). */
+struct walq_qx_got {
+    double sent;      /* send time */
+    double first;     /* first receive time (the SEND's own, carried from another queue, if it has one) */
+    uint64_t off;     /* plain: the body's offset in the segment; else the SEND payload's */
+    uint32_t size;    /* and its length */
+    uint32_t count;   /* receive count */
+    uint32_t plain;   /* 1 if the body is all that follows the head */
+};
+
 struct walq_qx_recv {
     struct walq_writer *writer;       /* the log's, aimed at the active segment */
     const char *base;                 /* the segment to read the messages from */
@@ -373,11 +384,7 @@ struct walq_qx_recv {
     uint64_t seqs[WALQ_QX_RECV_MAX];  /* out: the messages leased */
     uint64_t poffs[WALQ_QX_RECV_MAX]; /* out: their payloads in the segment */
     uint32_t lens[WALQ_QX_RECV_MAX];
-    uint32_t counts[WALQ_QX_RECV_MAX];/* out, if folded: receive counts, */
-    double firsts[WALQ_QX_RECV_MAX];  /* first receive times (the SEND's own, */
-                                      /* carried from another queue, if it has one), */
-    double sents[WALQ_QX_RECV_MAX];   /* send times, */
-    uint8_t plain[WALQ_QX_RECV_MAX];  /* 1 if the body is all that follows the head, */
+    struct walq_qx_got got[WALQ_QX_RECV_MAX]; /* out, if folded: what a Message takes, */
     char ids_text[37 * WALQ_QX_RECV_MAX];      /* id texts, comma-separated, */
     char receipts_text[57 * WALQ_QX_RECV_MAX]; /* receipt handles (walq_receive_texts) */
 };
