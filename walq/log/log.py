@@ -129,6 +129,7 @@ class Log:
         self._writer.lockfd = self._append_fd
         self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
         self._p_durable = self._fields["durable_seq"]
+        self._p_dir_synced = self._fields["dir_synced_base"]
 
     def _release_files(self) -> None:
         self._writer.fd = -1  # the native append now always takes the slow path
@@ -537,6 +538,8 @@ class Log:
                     target = self._sync_locked(upto)
                 finally:
                     lib.walq_sync_done(syncer, target)
+                if target >= upto:
+                    return  # our own sync covered it: no need to look again
                 continue
             if rc in (lib.WALQ_POISONED, lib.WALQ_CLOSED):
                 self._check_open()  # raises LogPoisoned or BrokerClosed
@@ -569,7 +572,7 @@ class Log:
             for base in bases:
                 seg = self._segment(base)
                 self.io.fdatasync(seg.fd, seg.path)
-            if active > self._load("dir_synced_base"):
+            if active > lib.walq_load(self._p_dir_synced):
                 self.io.fsync_dir(self.path)
                 self._store("dir_synced_base", active)
         except (LogPoisoned, OSError) as exc:
