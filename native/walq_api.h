@@ -361,7 +361,7 @@ void walq_qx_describe(struct walq_qx *x, const uint64_t *seqs, size_t n,
  * WALQ_QX_RECV_MAX messages. */
 #define WALQ_QX_RECV_MAX 32
 /* One message a native receive leased and applied, in the layout Python's
- * struct module reads in one pass (walq/queue/queue.py, _GOT: "<ddQIII4x"). */
+ * struct module reads in one pass (walq/queue/queue.py, _GOT: "=ddQIII4x"). */
 struct walq_qx_got {
     double sent;      /* send time */
     double first;     /* first receive time (the SEND's own, carried from another queue, if it has one) */

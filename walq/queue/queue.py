@@ -66,7 +66,7 @@ _UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
 #: Most messages a receive leases in one native call.
 RECV_MAX = lib.WALQ_QX_RECV_MAX
 #: struct walq_qx_got, read for all of a receive's messages in one pass.
-_GOT = struct.Struct("<ddQIII4x")
+_GOT = struct.Struct("=ddQIII4x")  # native byte order, as C wrote it
 if _GOT.size != ffi.sizeof("struct walq_qx_got"):
     raise ImportError("walq's native extension does not match this walq/queue/queue.py: reinstall walq")
 
