@@ -399,6 +399,16 @@ struct walq_qx_recv {
  * index them and call again); -2 out of memory. */
 #define WALQ_QX_RECV_UNINDEXED -3
 int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n);
+/* walq_qx_receive with everything around it, for a caller that holds only
+ * its own process's locks: returns 0 at once if nothing is visible and
+ * nothing falls due by r->now; else takes the append lock (r->writer's
+ * lockfd), sweeps to r->now with `retention`, receives and unlocks.
+ * Returns WALQ_QX_RECV_STALE, with nothing changed, if the log holds
+ * records past r->applied (the index must catch up first: the caller takes
+ * the general path) or the lock cannot be taken; else as walq_qx_receive
+ * (the sweep stands either way). */
+#define WALQ_QX_RECV_STALE -4
+int64_t walq_qx_receive_now(struct walq_qx *x, struct walq_qx_recv *r, size_t n, double retention);
 
 /* A standard queue's delete_batch in one call, for n <= WALQ_QX_DOOMED_MAX
  * well-formed handles of 56 characters concatenated in `text`: parses them

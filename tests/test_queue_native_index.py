@@ -27,6 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from walq.queue import checkpoint
 from walq.queue import records as R
 from walq.queue.index import DELAYED, INFLIGHT, RET_SLACK_S, VISIBLE, Index
+from walq.queue.queue import Queue
 
 native_index = pytest.importorskip("walq.queue.native_index", reason="NativeIndex is not written yet")
 
@@ -670,6 +671,7 @@ def test_a_native_receive_whose_lease_the_index_has_not_reached_catches_up(broke
         return receive(self, r, n)
 
     monkeypatch.setattr(native_index.NativeIndex, "receive", behind)
+    monkeypatch.setattr(Queue, "_receive_now", lambda *a: None)  # the general path's native lease
     got = q.receive(2)
     assert sorted(m.text for m in got) == ["b", "c"] and [m.receive_count for m in got] == [1, 1]
     assert q.stats().in_flight == 2 and q.receive(2) == []
@@ -699,3 +701,52 @@ def test_live_sequences_and_checkpoint_columns_come_out_in_order(make, layout):
         assert list(idx.columns()["state_seq"]) == live  # the checkpoint's column, as written
     back = checkpoint.decode(checkpoint.encode(idx), "ordered")
     assert back.live_seqs() == live and sorted(back.state.items()) == [(s, idx.state_of(s)) for s in live]
+
+
+def test_a_receive_on_a_caught_up_queue_is_one_native_call(broker, monkeypatch):
+    """The usual receive decides, locks, sweeps and leases in
+    walq_qx_receive_now, without the general path's _deciding."""
+    q = broker.create_queue("q")
+    q.send_batch(["a", "b", "c"])
+    q.delete(q.receive(1)[0].receipt)  # indexes the segment the messages are in
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(Queue, "_deciding", general)
+    got = q.receive(5)
+    assert sorted(m.text for m in got) == ["b", "c"] and [m.receive_count for m in got] == [1, 1]
+    assert q.receive(5) == []  # nothing visible: returns before any lock
+    monkeypatch.undo()
+    assert q.stats().in_flight == 2
+
+
+def test_a_receive_behind_another_handles_appends_catches_up_first(store, clock, monkeypatch):
+    """Records another handle appended make the native call decline
+    (WALQ_QX_RECV_STALE) without changing anything; the general path then
+    catches up and leases what they sent, and the next receive, caught up,
+    is native again."""
+    a, b = store(), store()
+    qa = a.create_queue("q", visibility_timeout=30)
+    qa.send("first")
+    qa.delete(qa.receive(1)[0].receipt)
+    qb = b.get_queue("q")
+    qb.send_batch(["x", "y"])
+    calls = []
+    receive_now = Queue._receive_now
+
+    def spy(self, *args):
+        out = receive_now(self, *args)
+        calls.append(out is None)
+        return out
+
+    monkeypatch.setattr(Queue, "_receive_now", spy)
+    got = qa.receive(1)
+    assert [m.text for m in got] == ["x"] and calls == [True]
+    assert [m.text for m in qa.receive(5)] == ["y"] and calls == [True, False]
+    clock.advance(31)  # both leases lapse: the native call's sweep makes them visible
+    again = qa.receive(5)
+    assert sorted(m.text for m in again) == ["x", "y"] and [m.receive_count for m in again] == [2, 2]
+    assert calls == [True, False, False]
+    assert not qb.delete_batch([m.receipt for m in again]).failed
+    assert qa.receive(5) == [] and qa.stats().total == 0

@@ -36,6 +36,7 @@ COLUMNS = (
 #: receive takes at most 1,000).
 _SCRATCH_MAX = 1024
 _UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
+_STALE = lib.WALQ_QX_RECV_STALE
 #: Scratch arrays the C code fills before they are read need no zeroing
 #: (a checkpoint's columns are megabytes).
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -200,6 +201,20 @@ class NativeIndex:
         frame index must be extended first (nothing changed either way)."""
         k = lib.walq_qx_receive(self._x, r, n)
         if k == -1 or k == _UNINDEXED:
+            return k
+        self._ok(k, "receive")
+        if k and r.folded:
+            self.applied = r.lease_seq + 1
+        return k
+
+    def receive_now(self, r, n: int, retention: float) -> int:
+        """``receive`` with the pre-check, the append lock and the sweep in
+        the same native call (walq_qx_receive_now; the caller holds only its
+        process's locks): how many were leased, or a negative code for the
+        general path (-1, WALQ_QX_RECV_UNINDEXED, or WALQ_QX_RECV_STALE when
+        the index must catch up first)."""
+        k = lib.walq_qx_receive_now(self._x, r, n, retention)
+        if k in (-1, _UNINDEXED, _STALE):
             return k
         self._ok(k, "receive")
         if k and r.folded:

@@ -506,6 +506,10 @@ class Queue:
 
     def _receive_once(self, n: int, vt: float, attrs: QueueAttributes) -> list[Message]:
         policy = attrs.dead_letter
+        if policy is None and not attrs.fifo and n <= RECV_MAX:
+            out = self._receive_now(n, vt, attrs.retention)
+            if out is not None:
+                return out
         dlq = self._broker._dead_letter_target(policy) if policy else None
         with self._mu:
             # Cheap pre-check without the lock: nothing visible and nothing
@@ -536,27 +540,75 @@ class Queue:
                 self._maintain()
                 return out
             got = self._native_results(*native)
-        leased, kept, infos, lease_seq, texts = got
-        out = []
-        if leased:
-            fifo = attrs.fifo
-            head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
-            if texts is None:
-                texts = receipts.receive_texts(self._uid, leased, lease_seq, b"".join([p[:16] for p in kept]))
-            for p, (count, first, orig), mid, receipt in zip(kept, infos, *texts):
-                _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
-                if alen or glen or dlen or slen:
-                    body, attributes, group, dedup = _message_parts(p)
-                else:  # a plain message: the body follows the head
-                    body, attributes, group, dedup = p[hsize:], {}, None, None
-                # Positional: a dataclass takes keywords at twice the cost,
-                # and a receive builds one per message.  (Field order:
-                # results.Message.)
-                out.append(Message(mid, body, attributes, receipt, count, sent, first_rec or first,
-                                   group, dedup, orig if fifo else None, self))
+        out = self._messages(*got, fifo=attrs.fifo)
         self._maintain()
         if moves:
             self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)
+        return out
+
+    def _receive_now(self, n: int, vt: float, retention: float) -> list[Message] | None:
+        """The usual receive (a standard queue without a redrive policy,
+        its index caught up): the pre-check, the append lock, the sweep and
+        the lease in one native call, under this process's own locks only
+        (walq_qx_receive_now).  None when the general path must run: the
+        index is behind the log, or walq_qx_receive said so.  It repeats
+        nothing that was done here: a sweep stands, and nothing else changed.
+
+        This saves the Python around _deciding and _lease_native: ~8 of a
+        receive(10)'s ~39 us of CPU (bench/RESULTS-queue.md, session 13).
+        """
+        log = self._log
+        r = getattr(self._recv_local, "r", None)
+        if r is None:
+            r = self._recv_local.r = ffi.new("struct walq_qx_recv *")
+        # The order of _deciding: the log's thread lock, then the queue's.
+        with log._tlock:
+            if log._closed:
+                return None  # the general path says so
+            with self._mu:
+                idx = self._index
+                if type(idx) is not NativeIndex or idx.poisoned:
+                    return None
+                held = log.aim_reader(r)
+                if held is None:
+                    return None
+                now = self._clock()
+                r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, now - retention, self._uid, idx.applied
+                k = idx.receive_now(r, n, retention)
+                if k <= 0:
+                    return [] if k == 0 else None
+                if not r.folded:  # (unreachable: caught up under the lock, the lease lands at `applied`)
+                    self._catch_up()
+                    native = self._native_results(k, r, held[0], self._index.describe(ffi.unpack(r.seqs, k)))
+        if r.folded:
+            out = self._native_messages(k, r, held[0])
+        else:
+            out = self._messages(*native, fifo=False)
+        self._maintain()
+        return out
+
+    def _messages(self, leased, kept, infos, lease_seq, texts, *, fifo: bool) -> list[Message]:
+        """The Messages of a lease decided in Python (or natively, then
+        read back): the leased sequences, their SEND payloads, each one's
+        ``(receive count, first received, original seq)``, the LEASE's
+        sequence, and the id and receipt texts if already made."""
+        out = []
+        if not leased:
+            return out
+        head, hsize = R.SEND_HEAD.unpack_from, R.SEND_HEAD.size
+        if texts is None:
+            texts = receipts.receive_texts(self._uid, leased, lease_seq, b"".join([p[:16] for p in kept]))
+        for p, (count, first, orig), mid, receipt in zip(kept, infos, *texts):
+            _mid, sent, _vis, first_rec, _prior, alen, glen, dlen, slen = head(p)
+            if alen or glen or dlen or slen:
+                body, attributes, group, dedup = _message_parts(p)
+            else:  # a plain message: the body follows the head
+                body, attributes, group, dedup = p[hsize:], {}, None, None
+            # Positional: a dataclass takes keywords at twice the cost,
+            # and a receive builds one per message.  (Field order:
+            # results.Message.)
+            out.append(Message(mid, body, attributes, receipt, count, sent, first_rec or first,
+                               group, dedup, orig if fifo else None, self))
         return out
 
     def _lease_native(self, idx: NativeIndex, n: int, now: float, vt: float, expired: float) -> tuple | None:
