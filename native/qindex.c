@@ -36,6 +36,7 @@
 #define QX_RET_SLACK 1.0       /* Index.RET_SLACK_S */
 #define QX_RUN 8               /* consecutive sequences placed together (qx_slot) */
 #define QX_LEASE 2             /* the LEASE record type (records.py) */
+#define QX_DELETE 4            /* the DELETE record type */
 
 struct qx_msg {
     uint64_t seq;
@@ -720,7 +721,7 @@ int walq_qx_apply(struct walq_qx *x, uint64_t seq, int type, const char *p, size
     }
     case QX_LEASE: rc = qx_apply_lease(x, seq, p, len); break;
     case 3: rc = qx_apply_hide(x, seq, p, len); break;
-    case 4: case 7: rc = qx_apply_gone(x, p, len); break;
+    case QX_DELETE: case 7: rc = qx_apply_gone(x, p, len); break;
     case 5: rc = qx_apply_chvis(x, p, len); break;
     case 6: rc = qx_apply_purge(x, p, len); break;
     case 8: rc = qx_apply_carry(x, p, len); break;
@@ -1002,6 +1003,22 @@ int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t u
             out[k++] = m;
     }
     return (int64_t)k;
+}
+
+int64_t walq_qx_delete_now(struct walq_qx *x, struct walq_writer *w, const char *text, size_t n,
+                           uint64_t uid, uint64_t applied, uint64_t *seq)
+{
+    uint64_t doomed[WALQ_QX_DOOMED_MAX];
+    int64_t k = walq_qx_doomed(x, text, n, uid, applied, doomed);
+    if (k <= 0)
+        return k;
+    int64_t at = walq_append_one(w, (const char *)doomed, 8 * (size_t)k, QX_DELETE);
+    if (at < 0)
+        return WALQ_QX_DELETE_SLOW;  /* nothing written */
+    *seq = (uint64_t)at;
+    if ((uint64_t)at == applied && walq_qx_apply(x, (uint64_t)at, QX_DELETE, (const char *)doomed, 8 * (size_t)k) < 0)
+        return -2;  /* written but not applied: the caller rebuilds the index */
+    return k;
 }
 
 uint64_t walq_qx_resolve(struct walq_qx *x, uint64_t m)

@@ -420,6 +420,16 @@ int64_t walq_qx_receive_now(struct walq_qx *x, struct walq_qx_recv *r, size_t n,
 #define WALQ_QX_DOOMED_MAX 64
 int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t uid,
                        uint64_t applied, uint64_t *out);
+/* walq_qx_doomed, then the DELETE record written (walq_append_one: it
+ * takes the append lock) and, if it landed at `applied`, applied: the
+ * caller holds its own process's locks and applied = the index's position.
+ * Returns how many messages the record names (0: none, nothing written)
+ * and its sequence in *seq; -1 as walq_qx_doomed; WALQ_QX_DELETE_SLOW
+ * with nothing written when the append needs the slow path; -2 out of
+ * memory after the write. */
+#define WALQ_QX_DELETE_SLOW -5
+int64_t walq_qx_delete_now(struct walq_qx *x, struct walq_writer *w, const char *text, size_t n,
+                           uint64_t uid, uint64_t applied, uint64_t *seq);
 /* Those of seqs that name a live message (through redirects) or lie at or
  * above `applied` (not yet seen), in order, into out; returns how many. */
 size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, uint64_t applied,

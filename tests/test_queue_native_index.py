@@ -750,3 +750,61 @@ def test_a_receive_behind_another_handles_appends_catches_up_first(store, clock,
     assert calls == [True, False, False]
     assert not qb.delete_batch([m.receipt for m in again]).failed
     assert qa.receive(5) == [] and qa.stats().total == 0
+
+
+def test_a_delete_batch_is_one_native_call(broker, monkeypatch):
+    """Decided, written and applied in walq_qx_delete_now: nothing of the
+    general path (_append_delete) runs, and the index has it at once."""
+    q = broker.create_queue("q")
+    q.send_batch(["a", "b", "c"])
+    got = q.receive(3)
+
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(Queue, "_append_delete", general)
+    end = q._log.end
+    assert not q.delete_batch([m.receipt for m in got[:2]]).failed
+    assert q._log.end == end + 1 and q._index.applied == end + 1  # one record, folded in
+    assert q.stats().in_flight == 1 and q.stats().total == 1
+    assert not q.delete_batch([got[0].receipt]).failed  # already gone: nothing written
+    assert q._log.end == end + 1
+
+
+def test_a_delete_from_a_handle_that_never_wrote_takes_the_general_path(store, monkeypatch):
+    """A handle's first write aims its native writer: until then the native
+    delete declines (WALQ_QX_DELETE_SLOW) with nothing written."""
+    a = store()
+    qa = a.create_queue("q")
+    qa.send_batch(["a", "b"])
+    got = qa.receive(2)
+    qb = store().get_queue("q")  # a receipt is good on any handle
+    calls = []
+    delete_now = Queue._delete_now
+
+    def spy(self, *args):
+        calls.append(delete_now(self, *args))
+        return calls[-1]
+
+    monkeypatch.setattr(Queue, "_delete_now", spy)
+    assert not qb.delete_batch([got[0].receipt]).failed
+    assert not qb.delete_batch([got[1].receipt]).failed
+    assert calls == [False, True]
+    assert qa.stats().total == 0 and qb.stats().total == 0
+
+
+def test_a_delete_after_another_handles_appends_is_applied_by_the_catch_up(store, clock):
+    """The DELETE lands past records this index has not read: it is not
+    applied out of order, and the next catch-up applies both."""
+    a, b = store(), store()
+    qa = a.create_queue("q", visibility_timeout=30)
+    qa.send_batch(["a", "b"])
+    got = qa.receive(2)
+    qb = b.get_queue("q")
+    qb.send("c")  # qa's index is now behind the log
+    applied = qa._index.applied
+    assert not qa.delete_batch([m.receipt for m in got]).failed
+    assert qa._index.applied == applied  # left to the catch-up
+    clock.advance(31)  # had the delete been lost, both would be visible again
+    assert [m.text for m in qa.receive(5)] == ["c"]
+    assert qa.stats().total == 1 and qb.stats().total == 1

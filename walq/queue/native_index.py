@@ -37,6 +37,7 @@ COLUMNS = (
 _SCRATCH_MAX = 1024
 _UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
 _STALE = lib.WALQ_QX_RECV_STALE
+_DELETE_SLOW = lib.WALQ_QX_DELETE_SLOW
 #: Scratch arrays the C code fills before they are read need no zeroing
 #: (a checkpoint's columns are megabytes).
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -231,6 +232,21 @@ class NativeIndex:
         out = self._scratch(n)[3]
         k = lib.walq_qx_doomed(self._x, text, n, queue_uid, self.applied, out)
         return None if k < 0 else ffi.buffer(out, 8 * k)[:]
+
+    def delete_now(self, writer, text: bytes, n: int, queue_uid: int, seq_out) -> int:
+        """``doomed``, with the DELETE record written through the log's
+        ``writer`` and, if nothing came before it, applied, in one call
+        (walq_qx_delete_now; the caller holds its process's locks): how
+        many messages it names (0: nothing to write), its sequence in
+        ``seq_out[0]``; or -1 (as ``doomed``) or WALQ_QX_DELETE_SLOW, with
+        nothing written, for the general path."""
+        k = lib.walq_qx_delete_now(self._x, writer, text, n, queue_uid, self.applied, seq_out)
+        if k == -1 or k == _DELETE_SLOW:
+            return k
+        self._ok(k, "delete")
+        if k and seq_out[0] == self.applied:
+            self.applied += 1
+        return k
 
     def select_live(self, ms: list[int]) -> list[int]:
         """Those of ``ms`` still live (through redirects) or not yet applied."""

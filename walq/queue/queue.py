@@ -786,18 +786,8 @@ class Queue:
             # native index) in one native call; anything else goes the
             # general way below, which says what is wrong with which handle.
             text = "".join(receipts_)
-            if text.isascii():
-                # No catch-up first: what the index says is gone stays gone,
-                # and what it has not seen yet is deleted regardless.  The
-                # receive that usually follows catches up anyway.
-                with self._mu:
-                    idx = self._index
-                    payload = idx.doomed(text.encode("ascii"), len(receipts_), self._uid) \
-                        if type(idx) is NativeIndex else None
-                if payload is not None:
-                    if payload:
-                        self._append_delete(payload, len(payload) >> 3)
-                    return BatchResult._all_ok(partial(_enumerated, tuple(receipts_)))
+            if text.isascii() and self._delete_now(text.encode("ascii"), len(receipts_)):
+                return BatchResult._all_ok(partial(_enumerated, tuple(receipts_)))
         result = BatchResult()
         parsed = []
         for i, (r, got) in enumerate(zip(receipts_, receipts.decode_many(receipts_, self._uid))):
@@ -848,6 +838,35 @@ class Queue:
         result.successful.sort(key=lambda e: e[0])
         result.failed.sort(key=lambda e: e[0])
         return result
+
+    def _delete_now(self, text: bytes, n: int) -> bool:
+        """A standard queue's delete of ``n`` well-formed handles, concatenated
+        in ``text``, decided, written and applied in one native call
+        (walq_qx_delete_now) under this process's own locks; then made
+        durable.  False, with nothing written, when the general path must
+        run (a handle of another queue, the Python index, an append that
+        needs the slow path).
+
+        No catch-up first: what the index says is gone stays gone, and
+        what it has not seen yet is deleted regardless.  The receive that
+        usually follows catches up anyway.
+        """
+        log = self._log
+        # The order of _deciding: the log's thread lock, then the queue's.
+        with log._tlock:
+            if log._closed:
+                return False  # the general path says so
+            with self._mu:
+                idx = self._index
+                if type(idx) is not NativeIndex:
+                    return False
+                k = idx.delete_now(log._writer, text, n, self._uid, log._seq_out)
+                seq = log._seq_out[0]
+        if k <= 0:
+            return k == 0
+        log.settle(seq + 1)
+        self._count_blind(k)
+        return True
 
     def _append_delete(self, payload: bytes, n: int) -> None:
         """Writes a standard queue's DELETE of ``n`` messages without the
