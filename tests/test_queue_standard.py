@@ -632,6 +632,29 @@ def test_set_attributes_is_seen_by_another_broker(store):
     assert q2.attributes.visibility_timeout == 7
 
 
+def test_a_handle_in_use_follows_another_brokers_attribute_changes(store, clock):
+    """Calls reuse a handle's attributes until the catalog moves: a change
+    made elsewhere applies to the very next call."""
+    b1, b2 = store(), store()
+    b1.create_queue("q", visibility_timeout=30)
+    q2 = b2.get_queue("q")
+    q2.send("m")
+    assert [m.receive_count for m in q2.receive(1)] == [1]  # under a 30 s lease
+    clock.advance(30)
+    b1.get_queue("q").set_attributes(visibility_timeout=7)
+    [m] = q2.receive(1)
+    assert m.receive_count == 2
+    clock.advance(7)
+    assert [m.receive_count for m in q2.receive(1)] == [3]
+    b1.get_queue("q").set_attributes(delay=5)
+    q2.send("later")
+    assert q2.stats().delayed == 1
+    b1.close()
+    b2.close()
+    with pytest.raises(walq.BrokerClosed):
+        q2.receive(1)
+
+
 def test_set_attributes_with_unchanged_values_writes_nothing(broker, q):
     before = log_ends(broker, q)
     q.set_attributes(visibility_timeout=30)

@@ -138,6 +138,12 @@ class Queue:
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._recv_local = threading.local()  # each thread's native receive results
         self._blind_ops = 0
+        # _attrs' cache: the attributes as of the catalog log's end.  The
+        # reference to the control block's buffer keeps it mapped even after
+        # the broker closes the catalog, so the load below is always safe.
+        cat_log = broker._catalog.log
+        self._cat_ctl, self._cat_end = cat_log._ctl_buf, cat_log._p_end_seq
+        self._attrs_memo = (-1, None)  # one attribute: threads read it whole
         with self._mu:
             self._index = self._load_index()
             self._last_ckpt = self._index.ops
@@ -150,10 +156,23 @@ class Queue:
     @property
     def attributes(self) -> QueueAttributes:
         """The queue's current attributes (a frozen dataclass)."""
-        return self._broker._attributes_of(self)
+        return self._attrs()
 
     def _attrs(self) -> QueueAttributes:
-        return self._broker._attributes_of(self)
+        """The queue's attributes; BrokerClosed or QueueDoesNotExist.
+
+        Every call checks them, so while the catalog log has not moved (one
+        shared-memory load) the last answer stands: every change to a queue
+        (attributes, deletion) is a catalog record.
+        """
+        at, attrs = self._attrs_memo
+        if lib.walq_load(self._cat_end) == at and not self._broker._closed:
+            return attrs
+        # The end first: a record appended meanwhile only makes the next call look again.
+        at = lib.walq_load(self._cat_end)
+        attrs = self._broker._attributes_of(self)
+        self._attrs_memo = (at, attrs)
+        return attrs
 
     def _load_index(self) -> Index | NativeIndex:
         idx = checkpoint.load_newest(self._dir)
