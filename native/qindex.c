@@ -957,27 +957,35 @@ int64_t walq_qx_receive_now(struct walq_qx *x, struct walq_qx_recv *r, size_t n,
 {
     struct walq_writer *w = r->writer;
     struct walq_ctl *ctl = w->ctl;
-    /* Read without the lock, as Python's pre-check does: records appended
-     * meanwhile are caught up below or by the general path. */
-    if (walq_load(&ctl->end_seq) != r->applied)
+    if (!r->locked) {
+        /* Read without the lock, as Python's pre-check does. */
+        if (walq_load(&ctl->end_seq) != r->applied)
+            return WALQ_QX_RECV_STALE;
+        if (walq_qx_stats(x)->counts[WALQ_QX_VISIBLE] == 0) {
+            double due;
+            if (!walq_qx_next_event(x, &due) || due > r->now)
+                return 0; /* nothing to do: no lock taken, and no sweep (Index.sweep) */
+        }
+        if (walq_lock(w->lockfd) < 0)
+            return WALQ_QX_RECV_STALE; /* the general path takes it again and says why */
+        if (walq_load(&ctl->end_seq) != r->applied) {
+            r->locked = 1; /* someone appended while we waited: the caller catches up */
+            return WALQ_QX_RECV_STALE;
+        }
+    } else if (walq_load(&ctl->end_seq) != r->applied) {
+        walq_unlock(w->lockfd);
+        r->locked = 0;
         return WALQ_QX_RECV_STALE;
-    if (walq_qx_stats(x)->counts[WALQ_QX_VISIBLE] == 0) {
-        double due;
-        if (!walq_qx_next_event(x, &due) || due > r->now)
-            return 0; /* nothing to do: no lock taken, and no sweep (Index.sweep) */
     }
-    if (walq_lock(w->lockfd) < 0)
-        return WALQ_QX_RECV_STALE; /* the general path takes it again and says why */
     int64_t k;
-    if (walq_load(&ctl->end_seq) != r->applied) {
-        k = WALQ_QX_RECV_STALE; /* someone appended while we waited */
-    } else if (walq_qx_sweep(x, r->now, retention) < 0) {
+    if (walq_qx_sweep(x, r->now, retention) < 0) {
         k = -2;
     } else {
         r->first_seq = walq_load(&ctl->first_seq);
         k = walq_qx_receive(x, r, n);
     }
     walq_unlock(w->lockfd);
+    r->locked = 0;
     return k;
 }
 

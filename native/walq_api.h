@@ -381,6 +381,7 @@ struct walq_qx_recv {
     uint64_t uid, applied;
     uint64_t lease_seq;               /* out: the LEASE record's sequence */
     int32_t folded;                   /* out: 1 if it was applied to the index here */
+    int32_t locked;                   /* in/out: walq_qx_receive_now holds the append lock */
     uint64_t seqs[WALQ_QX_RECV_MAX];  /* out: the messages leased */
     uint64_t poffs[WALQ_QX_RECV_MAX]; /* out: their payloads in the segment */
     uint32_t lens[WALQ_QX_RECV_MAX];
@@ -404,9 +405,12 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n);
  * nothing falls due by r->now; else takes the append lock (r->writer's
  * lockfd), sweeps to r->now with `retention`, receives and unlocks.
  * Returns WALQ_QX_RECV_STALE, with nothing changed, if the log holds
- * records past r->applied (the index must catch up first: the caller takes
- * the general path) or the lock cannot be taken; else as walq_qx_receive
- * (the sweep stands either way). */
+ * records past r->applied: with r->locked = 0 if found before the lock was
+ * taken (or it could not be taken), else with the lock held and
+ * r->locked = 1, for the caller to catch up and call again (then only the
+ * sweep and the receive remain; still stale, it unlocks and says STALE
+ * again).  Otherwise as walq_qx_receive, unlocked (the sweep stands either
+ * way). */
 #define WALQ_QX_RECV_STALE -4
 int64_t walq_qx_receive_now(struct walq_qx *x, struct walq_qx_recv *r, size_t n, double retention);
 

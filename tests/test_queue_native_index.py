@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -722,34 +724,64 @@ def test_a_receive_on_a_caught_up_queue_is_one_native_call(broker, monkeypatch):
 
 
 def test_a_receive_behind_another_handles_appends_catches_up_first(store, clock, monkeypatch):
-    """Records another handle appended make the native call decline
-    (WALQ_QX_RECV_STALE) without changing anything; the general path then
-    catches up and leases what they sent, and the next receive, caught up,
-    is native again."""
+    """Records another handle appended are caught up before the native
+    call (as the general path's pre-check would), which then leases what
+    they sent; lapsed leases come back through its sweep."""
     a, b = store(), store()
     qa = a.create_queue("q", visibility_timeout=30)
     qa.send("first")
     qa.delete(qa.receive(1)[0].receipt)
     qb = b.get_queue("q")
     qb.send_batch(["x", "y"])
-    calls = []
-    receive_now = Queue._receive_now
 
-    def spy(self, *args):
-        out = receive_now(self, *args)
-        calls.append(out is None)
-        return out
+    def general(*args, **kwargs):
+        raise AssertionError("the general path ran")
 
-    monkeypatch.setattr(Queue, "_receive_now", spy)
-    got = qa.receive(1)
-    assert [m.text for m in got] == ["x"] and calls == [True]
-    assert [m.text for m in qa.receive(5)] == ["y"] and calls == [True, False]
+    monkeypatch.setattr(Queue, "_deciding", general)
+    assert [m.text for m in qa.receive(1)] == ["x"]
+    assert [m.text for m in qa.receive(5)] == ["y"]
     clock.advance(31)  # both leases lapse: the native call's sweep makes them visible
     again = qa.receive(5)
     assert sorted(m.text for m in again) == ["x", "y"] and [m.receive_count for m in again] == [2, 2]
-    assert calls == [True, False, False]
+    monkeypatch.undo()
     assert not qb.delete_batch([m.receipt for m in again]).failed
     assert qa.receive(5) == [] and qa.stats().total == 0
+
+
+def test_records_appended_while_a_receive_waits_for_the_lock_are_caught_up_under_it(store, clock, monkeypatch):
+    """walq_qx_receive_now finds the log moved once it has the lock: it
+    returns holding it, the catch-up runs under it, and the second call
+    leases what arrived, then lets go."""
+    a, b = store(), store()
+    qa = a.create_queue("q")
+    qa.send("first")
+    qa.delete(qa.receive(1)[0].receipt)  # caught up, nothing visible but what comes next
+    qa.send("mine")
+    qb = b.get_queue("q")
+    holding, seen = threading.Event(), []
+    receive_now = native_index.NativeIndex.receive_now
+
+    def spy(self, r, n, retention):
+        k = receive_now(self, r, n, retention)
+        seen.append((k, r.locked))
+        return k
+
+    monkeypatch.setattr(native_index.NativeIndex, "receive_now", spy)
+
+    def append_under_the_lock():
+        with qb._log.locked() as tx:
+            holding.set()
+            time.sleep(0.3)  # qa's receive is blocked on the lock by now
+            tx.append(R.encode_send(bytes(16), clock(), clock(), b"theirs"), R.SEND)
+
+    t = threading.Thread(target=append_under_the_lock)
+    t.start()
+    holding.wait()
+    got = qa.receive(5)
+    t.join()
+    assert sorted(m.text for m in got) == ["mine", "theirs"]
+    assert seen == [(native_index._STALE, 1), (2, 0)]
+    assert qb.receive(5) == [] and qb.stats().in_flight == 2  # the lock was let go, the lease written
 
 
 def test_a_delete_batch_is_one_native_call(broker, monkeypatch):

@@ -566,20 +566,29 @@ class Queue:
         return out
 
     def _receive_now(self, n: int, vt: float, retention: float) -> list[Message] | None:
-        """The usual receive (a standard queue without a redrive policy,
-        its index caught up): the pre-check, the append lock, the sweep and
-        the lease in one native call, under this process's own locks only
-        (walq_qx_receive_now).  None when the general path must run: the
-        index is behind the log, or walq_qx_receive said so.  It repeats
-        nothing that was done here: a sweep stands, and nothing else changed.
+        """The usual receive (a standard queue without a redrive policy):
+        the pre-check, the append lock, the sweep and the lease in one
+        native call (walq_qx_receive_now), under this process's own locks
+        only.  None when the general path must run (walq_qx_receive said
+        so, or the log is closed); nothing done here needs undoing: a sweep
+        stands, and nothing else changed.
 
-        This saves the Python around _deciding and _lease_native: ~8 of a
-        receive(10)'s ~39 us of CPU (bench/RESULTS-queue.md, session 13).
+        An index behind the log catches up first, without the append lock,
+        as the general path's pre-check does; if records arrive while the
+        native call waits for the lock, it returns holding it, and the
+        catch-up runs under it, as in _deciding.
+
+        This saves the Python around _deciding and _lease_native: a
+        receive(10)'s CPU went from ~39 to ~32 us (bench/RESULTS-queue.md,
+        session 13).
         """
         log = self._log
         r = getattr(self._recv_local, "r", None)
         if r is None:
             r = self._recv_local.r = ffi.new("struct walq_qx_recv *")
+        if lib.walq_load(log._p_end_seq) != self._index.applied:
+            with self._mu:
+                self._catch_up()
         # The order of _deciding: the log's thread lock, then the queue's.
         with log._tlock:
             if log._closed:
@@ -593,7 +602,20 @@ class Queue:
                     return None
                 now = self._clock()
                 r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, now - retention, self._uid, idx.applied
-                k = idx.receive_now(r, n, retention)
+                try:
+                    k = idx.receive_now(r, n, retention)
+                    if r.locked:  # stale under the lock: catch up under it, then finish
+                        self._catch_up()
+                        idx = self._index
+                        held = log.aim_reader(r) if type(idx) is NativeIndex and not idx.poisoned else None
+                        if held is None:
+                            return None  # (unlocked below)
+                        r.applied = idx.applied
+                        k = idx.receive_now(r, n, retention)
+                finally:
+                    if r.locked:  # an error, or the general path: let go
+                        r.locked = 0
+                        lib.walq_unlock(log._append_fd)
                 if k <= 0:
                     return [] if k == 0 else None
                 if not r.folded:  # (unreachable: caught up under the lock, the lease lands at `applied`)
