@@ -37,6 +37,7 @@
 #define QX_RUN 8               /* consecutive sequences placed together (qx_slot) */
 #define QX_LEASE 2             /* the LEASE record type (records.py) */
 #define QX_DELETE 4            /* the DELETE record type */
+#define QX_SEND 1              /* the SEND record type */
 
 struct qx_msg {
     uint64_t seq;
@@ -708,7 +709,7 @@ int walq_qx_apply(struct walq_qx *x, uint64_t seq, int type, const char *p, size
 {
     int rc = 0;
     switch (type) {
-    case 1: {  /* SEND */
+    case QX_SEND: {
         if (len < WALQ_SEND_HEAD)
             return -1;
         double sent, vis;
@@ -1011,6 +1012,17 @@ int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t u
             out[k++] = m;
     }
     return (int64_t)k;
+}
+
+int walq_qx_append_sends(struct walq_qx *x, struct walq_writer *w, size_t n, const char *data,
+                         const uint32_t *lens, uint64_t applied, double sent_at, double visible_at,
+                         uint64_t *seq)
+{
+    if (walq_writer_append(w, n, data, lens, NULL, QX_SEND, seq) != WALQ_OK)
+        return WALQ_QX_APPEND_SLOW;
+    if (*seq != applied)
+        return 0;  /* records came between: the next catch-up reads these too */
+    return walq_qx_add_sends(x, *seq, n, sent_at, visible_at) < 0 ? -2 : 1;
 }
 
 int64_t walq_qx_delete_now(struct walq_qx *x, struct walq_writer *w, const char *text, size_t n,

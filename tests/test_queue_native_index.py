@@ -840,3 +840,32 @@ def test_a_delete_after_another_handles_appends_is_applied_by_the_catch_up(store
     clock.advance(31)  # had the delete been lost, both would be visible again
     assert [m.text for m in qa.receive(5)] == ["c"]
     assert qa.stats().total == 1 and qb.stats().total == 1
+
+
+def test_a_plain_send_batch_is_written_and_indexed_in_one_native_call(store, clock, monkeypatch):
+    """walq_qx_append_sends: a handle's first batch goes the general way
+    (its writer is not aimed yet); then one call writes and indexes; after
+    another handle's appends the batch is written and left to the catch-up."""
+    a, b = store(), store()
+    qa = a.create_queue("q")
+    calls = []
+    append_sends = native_index.NativeIndex.append_sends
+
+    def spy(self, *args):
+        calls.append(append_sends(self, *args))
+        return calls[-1]
+
+    monkeypatch.setattr(native_index.NativeIndex, "append_sends", spy)
+    qa.send_batch([b"a", b"b"])
+    assert calls == [False]  # the slow path aims the writer
+    qa.send_batch([b"c", b"d"])
+    assert calls == [False, True] and qa._index.applied == qa._log.end  # indexed at once
+    b.get_queue("q").send_batch([b"e"])  # (that handle's first: the general way)
+    applied = qa._index.applied
+    qa.send_batch([b"f", b"g"])
+    assert calls == [False, True, False, True] and qa._index.applied == applied  # left to the catch-up
+    got = []
+    while len(got) < 7:
+        got += qa.receive(10)
+    assert sorted(m.body for m in got) == [b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
+    assert qa.stats().in_flight == 7

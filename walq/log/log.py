@@ -69,7 +69,11 @@ class Log:
         self._segments: dict[int, Segment] = {}
         self._last_read: Segment | None = None
         self._bases: list[int] = []
-        self._tlock = threading.Lock()  # orders this process's appenders
+        # _tlock orders this process's appenders.  The queue's native fast
+        # paths (walq.queue.queue: _receive_now, _delete_now, _send_plain)
+        # hold it and use _writer, _seq_out and _append_fd directly, after
+        # checking _closed under it, as LockedLog and append() do here.
+        self._tlock = threading.Lock()
         self._alloc_tlock = threading.Lock()  # see _alloc_locked
         self._zeroer: threading.Thread | None = None
         self._zero_kick = threading.Event()

@@ -38,6 +38,7 @@ _SCRATCH_MAX = 1024
 _UNINDEXED = lib.WALQ_QX_RECV_UNINDEXED
 _STALE = lib.WALQ_QX_RECV_STALE
 _DELETE_SLOW = lib.WALQ_QX_DELETE_SLOW
+_APPEND_SLOW = lib.WALQ_QX_APPEND_SLOW
 #: Scratch arrays the C code fills before they are read need no zeroing
 #: (a checkpoint's columns are megabytes).
 _raw_alloc = ffi.new_allocator(should_clear_after_alloc=False)
@@ -247,6 +248,19 @@ class NativeIndex:
         if k and seq_out[0] == self.applied:
             self.applied += 1
         return k
+
+    def append_sends(self, writer, n: int, data, lens, sent_at: float, visible_at: float, seq_out) -> bool:
+        """Writes ``n`` encoded plain SENDs through the log's ``writer`` and,
+        if nothing came before them, adds them (walq_qx_append_sends; the
+        caller holds its process's locks).  True if written (first sequence
+        in ``seq_out[0]``), False if the append needs the slow path."""
+        rc = lib.walq_qx_append_sends(self._x, writer, n, data, lens, self.applied, sent_at, visible_at, seq_out)
+        if rc == _APPEND_SLOW:
+            return False
+        self._ok(rc, "add_sends")
+        if rc:
+            self.applied = seq_out[0] + n
+        return True
 
     def select_live(self, ms: list[int]) -> list[int]:
         """Those of ``ms`` still live (through redirects) or not yet applied."""

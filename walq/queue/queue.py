@@ -399,9 +399,22 @@ class Queue:
         text = ffi.new("char[]", 37 * n - 1)
         lib.walq_encode_sends(data, ffi.from_buffer("uint32_t[]", lens), n, self._ids.batch_prefix,
                               self._ids.reserve(n), now, now + delay, out, out_lens, text)
-        seqs = self._log.append_packed(n, out, out_lens, R.SEND, settle=False)
-        self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))  # as _append_delete
-        self._log.settle(seqs.stop)
+        log = self._log
+        # Written and added to the index in one native call, under this
+        # process's locks in _deciding's order; the general way otherwise.
+        written = False
+        with log._tlock:
+            if not log._closed:
+                with self._mu:
+                    idx = self._index
+                    if type(idx) is NativeIndex:
+                        written = idx.append_sends(log._writer, n, out, out_lens, now, now + delay, log._seq_out)
+                        start = log._seq_out[0]
+        if not written:
+            seqs = log.append_packed(n, out, out_lens, R.SEND, settle=False)
+            self._fold_in(seqs.start, lambda idx: idx.add_sends(seqs, now, now + delay))  # as _append_delete
+            start = seqs.start
+        log.settle(start + n)
         self._count_blind(n)
         return BatchResult._all_ok(partial(_send_results, ffi.buffer(text)[:]))
 
