@@ -143,6 +143,7 @@ class Queue:
         # the broker closes the catalog, so the load below is always safe.
         cat_log = broker._catalog.log
         self._cat_ctl, self._cat_end = cat_log._ctl_buf, cat_log._p_end_seq
+        self._log_ctl = self._log._ctl_buf  # the same for _receive_now's load of the log's end
         self._attrs_memo = (-1, None)  # one attribute: threads read it whole
         with self._mu:
             self._index = self._load_index()
