@@ -784,6 +784,27 @@ def test_records_appended_while_a_receive_waits_for_the_lock_are_caught_up_under
     assert qb.receive(5) == [] and qb.stats().in_flight == 2  # the lock was let go, the lease written
 
 
+def test_a_native_receive_that_did_not_describe_its_messages_builds_them_from_the_payloads(broker, monkeypatch):
+    """Should walq_qx_receive_now ever hand back a lease it did not fold in
+    (it folds every lease it writes, being caught up under the lock), the
+    messages are read back from their SEND payloads instead."""
+    q = broker.create_queue("q")
+    q.send_batch([b"a", b"b", b"c"])
+    q.delete(q.receive(1)[0].receipt)
+    receive_now = native_index.NativeIndex.receive_now
+
+    def unfolded(self, r, n, retention):
+        k = receive_now(self, r, n, retention)
+        r.folded = 0
+        return k
+
+    monkeypatch.setattr(native_index.NativeIndex, "receive_now", unfolded)
+    got = q.receive(5)
+    assert sorted(m.body for m in got) == [b"b", b"c"] and [m.receive_count for m in got] == [1, 1]
+    monkeypatch.undo()
+    assert not q.delete_batch([m.receipt for m in got]).failed and q.stats().total == 0
+
+
 def test_a_delete_batch_is_one_native_call(broker, monkeypatch):
     """Decided, written and applied in walq_qx_delete_now: nothing of the
     general path (_append_delete) runs, and the index has it at once."""

@@ -223,24 +223,17 @@ class NativeIndex:
             self.applied = r.lease_seq + 1
         return k
 
-    def doomed(self, text: bytes, n: int, queue_uid: int) -> bytes | None:
-        """A standard queue's delete of ``n`` receipt handles (56 characters
-        each, concatenated in ``text``) in one call: the DELETE payload for
-        the messages still live or not yet applied, each once (b"" if none),
-        or None if a handle is malformed or another queue's, or there are
-        more than the native limit (the caller then decodes them one by one,
-        which says which)."""
-        out = self._scratch(n)[3]
-        k = lib.walq_qx_doomed(self._x, text, n, queue_uid, self.applied, out)
-        return None if k < 0 else ffi.buffer(out, 8 * k)[:]
-
     def delete_now(self, writer, text: bytes, n: int, queue_uid: int, seq_out) -> int:
-        """``doomed``, with the DELETE record written through the log's
-        ``writer`` and, if nothing came before it, applied, in one call
-        (walq_qx_delete_now; the caller holds its process's locks): how
-        many messages it names (0: nothing to write), its sequence in
-        ``seq_out[0]``; or -1 (as ``doomed``) or WALQ_QX_DELETE_SLOW, with
-        nothing written, for the general path."""
+        """A standard queue's delete of ``n`` receipt handles (56 characters
+        each, concatenated in ``text``) in one call (walq_qx_delete_now; the
+        caller holds its process's locks): the messages still live or not
+        yet applied, each once, in a DELETE record written through the log's
+        ``writer`` and, if nothing came before it, applied.  Returns how
+        many it names (0: none, nothing written), its sequence in
+        ``seq_out[0]``; or, with nothing written, -1 if a handle is
+        malformed or another queue's or there are too many (the caller then
+        decodes them one by one, which says which), WALQ_QX_DELETE_SLOW if
+        the append needs the slow path."""
         k = lib.walq_qx_delete_now(self._x, writer, text, n, queue_uid, self.applied, seq_out)
         if k == -1 or k == _DELETE_SLOW:
             return k

@@ -632,7 +632,7 @@ class Queue:
                         lib.walq_unlock(log._append_fd)
                 if k <= 0:
                     return [] if k == 0 else None
-                if not r.folded:  # (unreachable: caught up under the lock, the lease lands at `applied`)
+                if not r.folded:  # not expected (caught up under the lock, a lease lands at `applied`)
                     self._catch_up()
                     native = self._native_results(k, r, held[0], self._index.describe(ffi.unpack(r.seqs, k)))
         if r.folded:
