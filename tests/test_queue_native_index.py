@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+import walq
 from walq.queue import checkpoint
 from walq.queue import records as R
 from walq.queue.index import DELAYED, INFLIGHT, RET_SLACK_S, VISIBLE, Index
@@ -890,3 +891,55 @@ def test_a_plain_send_batch_is_written_and_indexed_in_one_native_call(store, clo
         got += qa.receive(10)
     assert sorted(m.body for m in got) == [b"a", b"b", b"c", b"d", b"e", b"f", b"g"]
     assert qa.stats().in_flight == 7
+
+
+def test_threads_on_two_handles_send_receive_and_delete_through_the_native_paths(tmp_path):
+    """The one-call paths under concurrency: threads of two handles (two logs
+    in one process, so each sees the other's appends as a stale index and
+    waits on the other's flock) send plain batches, receive, delete and
+    checkpoint at once.  Every message is delivered once and deleted, and
+    nothing deadlocks (lock order: _tlock, _mu, then the flock)."""
+    d = str(tmp_path / "d")
+    a, b = walq.open(d, durability="os"), walq.open(d, durability="os")
+    qa = a.create_queue("q", visibility_timeout=60)
+    qb = b.get_queue("q")
+    total, got, lock, done = 6000, [], threading.Lock(), threading.Event()
+
+    def producer(q, k):
+        for i in range(k, total, 40):
+            q.send_batch([str(j).encode() for j in range(i, min(i + 10, total))])
+
+    def consumer(q):
+        while not done.is_set():
+            msgs = q.receive(10, wait=0.05)
+            with lock:
+                got.extend(m.body for m in msgs)
+            if msgs:
+                assert not q.delete_batch([m.receipt for m in msgs]).failed
+
+    def meddler(q):
+        while not done.is_set():
+            q.checkpoint()
+            time.sleep(0.01)
+
+    producers = [threading.Thread(target=producer, args=(q, k)) for q, k in ((qa, 0), (qb, 10), (qa, 20), (qb, 30))]
+    others = [threading.Thread(target=consumer, args=(q,)) for q in (qa, qb, qa, qb)]
+    others += [threading.Thread(target=meddler, args=(q,)) for q in (qa, qb)]
+    for t in producers + others:
+        t.start()
+    for t in producers:
+        t.join(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with lock:
+            if len(got) >= total:
+                break
+        time.sleep(0.01)
+    done.set()
+    for t in others:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in producers + others)
+    assert sorted(got, key=int) == [str(i).encode() for i in range(total)]
+    assert qa.stats().total == 0 and qb.stats().total == 0
+    a.close()
+    b.close()
