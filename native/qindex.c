@@ -903,6 +903,17 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
         }
     char ids[16 * WALQ_QX_RECV_MAX];
     char rec[8 + 16 * WALQ_QX_RECV_MAX];
+    uint32_t counts[WALQ_QX_RECV_MAX];
+    double firsts[WALQ_QX_RECV_MAX];
+    uint64_t origs[WALQ_QX_RECV_MAX];
+    if (r->max_receives) {
+        /* This receive would move a message past the limit to the dead-letter
+         * queue: that is the general path's (Queue._lease, _move_out). */
+        walq_qx_describe(x, r->seqs, (size_t)k, counts, firsts, origs);
+        for (int64_t i = 0; i < k; i++)
+            if (counts[i] >= r->max_receives)
+                goto general;
+    }
     if (walq_frames_at(r->base, r->size, r->salt, r->offs, r->seg_base, r->count, r->first_seq,
                        r->seqs, (uint64_t)k, r->poffs, r->lens) != k)
         goto general;
@@ -932,9 +943,6 @@ int64_t walq_qx_receive(struct walq_qx *x, struct walq_qx_recv *r, size_t n)
     if (walq_qx_apply(x, seq, QX_LEASE, rec, len) < 0)
         return -2;  /* written but not applied: the caller rebuilds the index */
     r->folded = 1;
-    uint32_t counts[WALQ_QX_RECV_MAX];
-    double firsts[WALQ_QX_RECV_MAX];
-    uint64_t origs[WALQ_QX_RECV_MAX];
     walq_qx_describe(x, r->seqs, (size_t)k, counts, firsts, origs);
     for (int64_t i = 0; i < k; i++) {
         /* The rest a Message takes from the SEND head (the send time came above). */

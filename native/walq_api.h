@@ -379,6 +379,7 @@ struct walq_qx_recv {
     double now, deadline;             /* the lease runs to `deadline` */
     double expired;                   /* sent at or before this: never delivered */
     uint64_t uid, applied;
+    uint32_t max_receives;            /* a redrive policy's: a message past it takes the general path (0: none) */
     uint64_t lease_seq;               /* out: the LEASE record's sequence */
     int32_t folded;                   /* out: 1 if it was applied to the index here */
     int32_t locked;                   /* in/out: walq_qx_receive_now holds the append lock */
@@ -393,8 +394,9 @@ struct walq_qx_recv {
  * in the given segment, writes and applies one LEASE record for all of them
  * and fills in the outputs.  Returns how many were leased (0: none visible);
  * -1 when the caller must take the general path instead, with nothing
- * changed (a message outside the segment, expired, or a frame that does not
- * validate; an append that needs the slow path); WALQ_QX_RECV_UNINDEXED,
+ * changed (a message outside the segment, expired, due for the dead-letter
+ * queue, or a frame that does not validate; an append that needs the slow
+ * path); WALQ_QX_RECV_UNINDEXED,
  * with nothing changed, when a message lies past the frames the segment's
  * index holds (the caller's own appends, folded in without being read:
  * index them and call again); -2 out of memory. */

@@ -943,3 +943,31 @@ def test_threads_on_two_handles_send_receive_and_delete_through_the_native_paths
     assert qa.stats().total == 0 and qb.stats().total == 0
     a.close()
     b.close()
+
+
+def test_a_queue_with_a_redrive_policy_receives_natively_until_a_message_must_move(broker, clock, monkeypatch):
+    """Receives within max_receives take walq_qx_receive_now; the one that
+    would exceed it comes back to the general path, which moves the
+    message to the dead-letter queue."""
+    dlq = broker.create_queue("dlq")
+    q = broker.create_queue("q", visibility_timeout=30, dead_letter=walq.RedrivePolicy("dlq", 2))
+    q.send_batch([b"poison", b"warm"])
+    first = q.receive(2)
+    assert [m.body for m in first] == [b"poison", b"warm"]
+    q.delete(first[1].receipt)
+    clock.advance(30)
+    general = Queue._deciding
+    calls = []
+
+    def spy(self, *args, **kwargs):
+        calls.append(self.name)
+        return general(self, *args, **kwargs)
+
+    monkeypatch.setattr(Queue, "_deciding", spy)
+    [m] = q.receive(5)
+    assert (m.body, m.receive_count, calls) == (b"poison", 2, [])  # native: within the limit
+    clock.advance(30)
+    assert q.receive(5) == []  # the third receive would exceed 2: moved, by the general path
+    assert calls and set(calls) == {"q"}
+    [moved] = dlq.receive(1)
+    assert (moved.body, moved.receive_count) == (b"poison", 3)  # its count came along

@@ -539,11 +539,13 @@ class Queue:
 
     def _receive_once(self, n: int, vt: float, attrs: QueueAttributes) -> list[Message]:
         policy = attrs.dead_letter
-        if policy is None and not attrs.fifo and n <= RECV_MAX:
-            out = self._receive_now(n, vt, attrs.retention)
+        dlq = self._broker._dead_letter_target(policy) if policy else None
+        if not attrs.fifo and n <= RECV_MAX:
+            # With a redrive policy, a receive that would move a message
+            # comes back (-1) for the general path to move it.
+            out = self._receive_now(n, vt, attrs.retention, policy.max_receives if dlq is not None else 0)
             if out is not None:
                 return out
-        dlq = self._broker._dead_letter_target(policy) if policy else None
         with self._mu:
             # Cheap pre-check without the lock: nothing visible and nothing
             # due, nothing to do.  It must not sweep (see Index.sweep).
@@ -579,13 +581,15 @@ class Queue:
             self._move_out(moves, dlq, reset_time=attrs.fifo, fresh_count=False, source_name=self.name)
         return out
 
-    def _receive_now(self, n: int, vt: float, retention: float) -> list[Message] | None:
-        """The usual receive (a standard queue without a redrive policy):
-        the pre-check, the append lock, the sweep and the lease in one
-        native call (walq_qx_receive_now), under this process's own locks
-        only.  None when the general path must run (walq_qx_receive said
-        so, or the log is closed); nothing done here needs undoing: a sweep
-        stands, and nothing else changed.
+    def _receive_now(self, n: int, vt: float, retention: float, max_receives: int) -> list[Message] | None:
+        """The usual receive on a standard queue: the pre-check, the append
+        lock, the sweep and the lease in one native call
+        (walq_qx_receive_now), under this process's own locks only.  None
+        when the general path must run (walq_qx_receive said so, or the log
+        is closed); nothing done here needs undoing: a sweep stands, and
+        nothing else changed.  ``max_receives`` is the redrive policy's
+        limit (0: none): a receive that would move a message to the
+        dead-letter queue is left to the general path, which moves it.
 
         An index behind the log catches up first, without the append lock,
         as the general path's pre-check does; if records arrive while the
@@ -616,6 +620,7 @@ class Queue:
                     return None
                 now = self._clock()
                 r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, now - retention, self._uid, idx.applied
+                r.max_receives = max_receives
                 try:
                     k = idx.receive_now(r, n, retention)
                     if r.locked:  # stale under the lock: catch up under it, then finish
@@ -682,6 +687,7 @@ class Queue:
         if held is None:
             return None
         r.now, r.deadline, r.expired, r.uid, r.applied = now, now + vt, expired, self._uid, idx.applied
+        r.max_receives = 0  # only without a redrive policy
         k = idx.receive(r, n)
         if k == _UNINDEXED and self._log.index_read_segment():
             held = self._log.aim_reader(r)  # the index grew (and may have moved)
