@@ -434,6 +434,8 @@ int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t u
  * with nothing written when the append needs the slow path; -2 out of
  * memory after the write. */
 #define WALQ_QX_DELETE_SLOW -5
+int64_t walq_qx_delete_now(struct walq_qx *x, struct walq_writer *w, const char *text, size_t n,
+                           uint64_t uid, uint64_t applied, uint64_t *seq);
 
 /* `n` plain SENDs, encoded by walq_encode_sends, written through the log's
  * writer (walq_writer_append: it takes the append lock) and, if they landed
@@ -446,8 +448,7 @@ int64_t walq_qx_doomed(struct walq_qx *x, const char *text, size_t n, uint64_t u
 int walq_qx_append_sends(struct walq_qx *x, struct walq_writer *w, size_t n, const char *data,
                          const uint32_t *lens, uint64_t applied, double sent_at, double visible_at,
                          uint64_t *seq);
-int64_t walq_qx_delete_now(struct walq_qx *x, struct walq_writer *w, const char *text, size_t n,
-                           uint64_t uid, uint64_t applied, uint64_t *seq);
+
 /* Those of seqs that name a live message (through redirects) or lie at or
  * above `applied` (not yet seen), in order, into out; returns how many. */
 size_t walq_qx_select_live(struct walq_qx *x, const uint64_t *seqs, size_t n, uint64_t applied,
