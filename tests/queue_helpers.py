@@ -35,6 +35,28 @@ class FakeClock:
         return self.now
 
 
+def run_until_received(producers, others, got, lock, total, done, timeout: float = 60.0) -> list:
+    """Starts every thread; once the producers are done, waits (up to
+    ``timeout``) for ``total`` items in ``got``, which the consumers extend
+    under ``lock``; then sets ``done`` and joins the others.  Returns the
+    threads still alive (a deadlock, if any)."""
+    threads = producers + others
+    for t in threads:
+        t.start()
+    for t in producers:
+        t.join(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with lock:
+            if len(got) >= total:
+                break
+        time.sleep(0.01)
+    done.set()
+    for t in others:
+        t.join(timeout=timeout)
+    return [t for t in threads if t.is_alive()]
+
+
 def log_ends(broker, *queues) -> tuple:
     """Where the catalog log and each queue's log end: equal before and after a
     call means the call wrote nothing."""

@@ -31,6 +31,7 @@ from walq.queue import checkpoint
 from walq.queue import records as R
 from walq.queue.index import DELAYED, INFLIGHT, RET_SLACK_S, VISIBLE, Index
 from walq.queue.queue import Queue
+from queue_helpers import run_until_received
 
 native_index = pytest.importorskip("walq.queue.native_index", reason="NativeIndex is not written yet")
 
@@ -925,20 +926,7 @@ def test_threads_on_two_handles_send_receive_and_delete_through_the_native_paths
     producers = [threading.Thread(target=producer, args=(q, k)) for q, k in ((qa, 0), (qb, 10), (qa, 20), (qb, 30))]
     others = [threading.Thread(target=consumer, args=(q,)) for q in (qa, qb, qa, qb)]
     others += [threading.Thread(target=meddler, args=(q,)) for q in (qa, qb)]
-    for t in producers + others:
-        t.start()
-    for t in producers:
-        t.join(timeout=60)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if len(got) >= total:
-                break
-        time.sleep(0.01)
-    done.set()
-    for t in others:
-        t.join(timeout=60)
-    assert not any(t.is_alive() for t in producers + others)
+    assert run_until_received(producers, others, got, lock, total, done) == []
     assert sorted(got, key=int) == [str(i).encode() for i in range(total)]
     assert qa.stats().total == 0 and qb.stats().total == 0
     a.close()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import walq
-from queue_helpers import log_ends
+from queue_helpers import log_ends, run_until_received
 from walq.queue import receipts, records
 from walq.queue.queue import DOOMED_MAX
 
@@ -900,19 +900,7 @@ def test_threads_long_polling_sending_and_checkpointing_one_queue_agree(tmp_path
 
     workers = [threading.Thread(target=producer, args=(k,)) for k in range(3)]
     others = [threading.Thread(target=consumer) for _ in range(3)] + [threading.Thread(target=meddler)]
-    for t in workers + others:
-        t.start()
-    for t in workers:
-        t.join()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with lock:
-            if len(got) >= total:
-                break
-        time.sleep(0.01)
-    done.set()
-    for t in others:
-        t.join()
+    assert run_until_received(workers, others, got, lock, total, done) == []
     assert sorted(got, key=int) == [str(i) for i in range(total)]
     assert q.stats().total == 0
     b.close()
