@@ -720,7 +720,7 @@ def test_a_receive_on_a_caught_up_queue_is_one_native_call(broker, monkeypatch):
     monkeypatch.setattr(Queue, "_deciding", general)
     got = q.receive(5)
     assert sorted(m.text for m in got) == ["b", "c"] and [m.receive_count for m in got] == [1, 1]
-    assert q.receive(5) == []  # nothing visible: returns before any lock
+    assert q.receive(5) == []  # nothing visible: the native pre-check, still no general path
     monkeypatch.undo()
     assert q.stats().in_flight == 2
 

@@ -72,7 +72,9 @@ class Log:
         # _tlock orders this process's appenders.  The queue's native fast
         # paths (walq.queue.queue: _receive_now, _delete_now, _send_plain)
         # hold it and use _writer, _seq_out and _append_fd directly, after
-        # checking _closed under it, as LockedLog and append() do here.
+        # checking _closed under it, as LockedLog and append() do here;
+        # _receive_now also loads _p_end_seq without it (the queue keeps
+        # _ctl_buf referenced, so the block stays mapped).
         self._tlock = threading.Lock()
         self._alloc_tlock = threading.Lock()  # see _alloc_locked
         self._zeroer: threading.Thread | None = None
