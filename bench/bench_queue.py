@@ -15,7 +15,10 @@ Sections:
    time), consumers ``receive(10)`` (walq long-polls; the SQLite peers poll
    every 1 ms) and delete what they got.  Messages/s = messages consumed /
    (last consume - start).  Every consumed body is checked: none lost, none
-   delivered twice.
+   delivered twice.  walq ``"always"`` and SQLite FULL, the 4+4 target and its
+   reference, run three times (``--e2e-rounds``), alternating, each round
+   beside the disk's raw fdatasync rate; the target is judged on walq's
+   median round, and every round is printed.
 3. Long-poll wake-up: a receiver in another process blocked in
    ``q.receive(wait=5)``; the sender stamps CLOCK_MONOTONIC into the body just
    before ``send``; latency = receive return - that stamp.  walq only: the
@@ -402,6 +405,43 @@ def end_to_end(base: str, kind: str, dur: str, per_producer: int, seconds: float
     }
 
 
+def end_to_end_rounds(base: str, configs, n_rounds: int, per_producer: int, seconds: float) -> tuple[list, list]:
+    """Every config once; walq "always" and SQLite FULL (the 4+4 target and
+    its reference) ``n_rounds`` times, alternating, each round beside the
+    disk's raw fdatasync rate: the disk's speed swings from minute to minute
+    here, and one run says more about that than about the queue.
+
+    Returns the table's rows (a config run in rounds: its median round) and
+    the rounds as ``(walq run, SQLite run, raw fdatasync/s)``.
+    """
+    paired = [("walq", "always"), ("sqlite", "FULL")]
+    runs: dict = {}
+    rounds_out = []
+    for i in range(n_rounds):
+        raw = raw_fdatasync(base, "overwrite", 0.5).ops_per_s
+        pair = [end_to_end(base, kind, dur, per_producer, seconds) for kind, dur in (paired if i % 2 == 0 else paired[::-1])]
+        w, q = sorted(pair, key=lambda r: r["kind"] != "walq")
+        rounds_out.append((w, q, raw))
+        for r in pair:
+            runs.setdefault((r["kind"], r["durability"]), []).append(r)
+            _print_e2e(r, f"round {i + 1}/{n_rounds} ")
+    out = []
+    for kind, dur in configs:
+        if (kind, dur) in runs:
+            got = sorted(runs[(kind, dur)], key=lambda r: r["msgs_per_s"])
+            out.append(got[len(got) // 2])
+            continue
+        r = end_to_end(base, kind, dur, per_producer, seconds)
+        _print_e2e(r, "")
+        out.append(r)
+    return out, rounds_out
+
+
+def _print_e2e(r: dict, prefix: str) -> None:
+    print(f"  {prefix}{r['kind']:<14} {r['durability']:<15} {fmt_rate(r['msgs_per_s']):>10} msgs/s end to end  "
+          f"sent {r['sent']:,} consumed {r['consumed']:,} lost {fmt_lost(r)} twice {r['duplicates']:,}", flush=True)
+
+
 # -- long-poll wake-up ----------------------------------------------------------------------
 
 
@@ -502,6 +542,7 @@ def main(argv=None) -> int:
     ap.add_argument("--depth", type=int, help="messages pre-filled for receive+delete (default 50,000; quick 10,000)")
     ap.add_argument("--rounds", type=int, help="interleaved rounds of section 1 (default 5; quick 1)")
     ap.add_argument("--seconds", type=float, help="seconds per measurement in section 1 (default 0.6; quick 0.2)")
+    ap.add_argument("--e2e-rounds", type=int, help="rounds of 4+4 walq 'always' and SQLite FULL (default 3; quick 1)")
     args = ap.parse_args(argv)
 
     missing = [k for k in peers.KINDS if not peers.available(k)]
@@ -511,18 +552,19 @@ def main(argv=None) -> int:
     configs = CONFIGS
     if args.quick:
         n_rounds, seconds, depth = 1, 0.2, args.depth or 10_000
-        e2e_per_producer, e2e_seconds = 5_000, 1.5
+        e2e_per_producer, e2e_seconds, e2e_n_rounds = 5_000, 1.5, 1
         e2e_configs = [("walq", "always"), ("walq", "os"), ("sqlite", "FULL"), ("sqlite", "NORMAL")]
         trials = 50
     else:
         n_rounds, seconds, depth = 5, 0.6, args.depth or 50_000
-        e2e_per_producer, e2e_seconds = 25_000, 6.0
+        e2e_per_producer, e2e_seconds, e2e_n_rounds = 25_000, 6.0, 3
         e2e_configs = [("walq", "always"), ("walq", "batch"), ("walq", "os"), ("sqlite", "FULL"),
                        ("sqlite", "FULL-LAZY-LEASE"), ("sqlite", "NORMAL"), ("persist-queue", "FULL"),
                        ("litequeue", "FULL")]
         trials = 200
 
     n_rounds = args.rounds or n_rounds
+    e2e_n_rounds = args.e2e_rounds or e2e_n_rounds
     seconds = args.seconds or seconds
     os.makedirs(args.dir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="walq-bench-queue-", dir=args.dir)
@@ -550,13 +592,7 @@ def main(argv=None) -> int:
 
         print(f"\n## 2. {4} producer + {4} consumer processes end to end "
               f"(producers: send_batch(10), persist-queue put(); consumers: receive(10) + delete)\n", flush=True)
-        e2e = []
-        for kind, dur in e2e_configs:
-            r = end_to_end(base, kind, dur, e2e_per_producer, e2e_seconds)
-            e2e.append(r)
-            print(f"  {kind:<14} {dur:<15} {fmt_rate(r['msgs_per_s']):>10} msgs/s end to end  "
-                  f"sent {r['sent']:,} consumed {r['consumed']:,} lost {fmt_lost(r)} twice {r['duplicates']:,}",
-                  flush=True)
+        e2e, e2e_rounds = end_to_end_rounds(base, e2e_configs, e2e_n_rounds, e2e_per_producer, e2e_seconds)
         print()
         table(["queue", "durability", "msgs/s end to end", "send msgs/s", "sent", "consumed", "lost",
                "delivered twice", "drained", "seconds", "CPU µs/msg produce", "CPU µs/msg consume"],
@@ -565,6 +601,12 @@ def main(argv=None) -> int:
                 "yes" if r["drained"] else "NO", f"{r['seconds']:.2f}", f"{r['producer_cpu_us_per_msg']:.1f}",
                 f"{r['consumer_cpu_us_per_msg']:.1f}"] for r in e2e])
         report["end_to_end"] = e2e
+        report["end_to_end_rounds"] = e2e_rounds
+        if len(e2e_rounds) > 1:
+            print(f"\n4+4 'always' in {len(e2e_rounds)} rounds, each beside SQLite FULL and the disk's raw rate:\n")
+            table(["round", "walq 'always' msgs/s", "SQLite FULL msgs/s", "raw fdatasync/s"],
+                  [[str(i + 1), fmt_rate(w["msgs_per_s"]), fmt_rate(q["msgs_per_s"]), fmt_rate(raw)]
+                   for i, (w, q, raw) in enumerate(e2e_rounds)])
 
         print(f"\n## 3. long-poll wake-up: receiver in another process in receive(wait=5), {trials} sends\n",
               flush=True)
@@ -607,12 +649,15 @@ def main(argv=None) -> int:
             targets[-1][-1] = "(" + targets[-1][-1] + ")"
         ratio_target("send under 'os' >= 3x SQLite NORMAL, 1 insert/txn",
                      ("walq", "os", "send", 1), ("sqlite", "NORMAL", "send", 1), 3.0)
-        a = next(r for r in e2e if r["kind"] == "walq" and r["durability"] == "always")
-        ok = a["msgs_per_s"] >= 50_000 and a["drained"] and a["lost"] == 0 and a["duplicates"] == 0 \
-            and a["unexpected"] == 0
+        runs = [w for w, _q, _raw in e2e_rounds]
+        rates = sorted(w["msgs_per_s"] for w in runs)
+        med = statistics.median(rates)
+        clean = all(w["drained"] and w["lost"] == 0 and w["duplicates"] == 0 and w["unexpected"] == 0 for w in runs)
+        spread = f"; rounds {fmt_rate(rates[0])}-{fmt_rate(rates[-1])}" if len(rates) > 1 else ""
         target("4+4 processes under 'always' >= 50,000 msgs/s, no loss, no double delivery",
-               f"{fmt_rate(a['msgs_per_s'])} msgs/s, lost {fmt_lost(a)}, twice {a['duplicates']}",
-               ">= 50,000, 0, 0", ok)
+               f"median {fmt_rate(med)} msgs/s{spread}, lost {sum(w['lost'] or 0 for w in runs)}, "
+               f"twice {sum(w['duplicates'] for w in runs)}",
+               ">= 50,000, 0, 0", med >= 50_000 and clean)
         m = lp["always"].pct(50)
         target("long-poll wake-up median ('always') < 5 ms", f"{m * 1e3:.3f} ms (p99 {lp['always'].pct(99) * 1e3:.3f})",
                "< 5 ms", m < 0.005)
