@@ -390,6 +390,43 @@ void walq_sync_done(struct walq_syncer *s, uint64_t target)
     walq_durable_publish(s->ctl, target);
 }
 
+int walq_make_durable(struct walq_syncer *s, int fd, uint64_t seg_base, uint64_t upto,
+                      int timeout_ms, int yields)
+{
+    struct walq_ctl *ctl = s->ctl;
+    int synced = 0;
+    for (;;) {
+        int rc = walq_await_durable(s, upto, timeout_ms);
+        if (rc == WALQ_DURABLE)
+            return synced ? WALQ_SYNCED : WALQ_DURABLE;
+        if (rc != WALQ_SYNC || fd < 0)
+            return rc;
+        /* lock.sync held.  The checks of Log._sync_locked, in its order:
+         * the end to sync to is read before the segment it lies in. */
+        uint64_t done = walq_load(&ctl->durable_seq);
+        if (walq_load(&ctl->poisoned) || done >= upto)
+            return WALQ_SYNC; /* Python raises, or finds nothing to do */
+        uint64_t target = walq_sync_target(ctl, yields);
+        uint64_t active = walq_load(&ctl->seg_base);
+        if (active != seg_base || done < active || active > walq_load(&ctl->dir_synced_base))
+            return WALQ_SYNC; /* several segments, or a new one's directory entry */
+        rc = walq_fdatasync(fd);
+        if (rc < 0) {
+            /* Poisoned before the lock goes: the next holder must not
+             * fdatasync again and believe what it is told. */
+            walq_store(&ctl->poisoned, 1);
+            s->sync_errno = -rc;
+            walq_sync_done(s, 0);
+            return WALQ_SYNC_FAILED;
+        }
+        s->syncs++;
+        walq_sync_done(s, target);
+        synced = 1;
+        if (target >= upto)
+            return WALQ_SYNCED;
+    }
+}
+
 void walq_syncer_seize(struct walq_syncer *s)
 {
     __atomic_store_n(&s->closed, 1, __ATOMIC_SEQ_CST);

@@ -168,13 +168,20 @@ def test_close_waits_for_a_sync_another_thread_is_running(tmp_path):
         log.close()
 
 
-def test_threads_of_one_and_of_two_handles_all_return_durable(tmp_path):
+def syncs_of(log: Log) -> int:
+    """fdatasyncs this handle ran: through its I/O shim, or natively."""
+    return log.io.syncs if isinstance(log.io, CountingIO) else log._syncer.syncs
+
+
+@pytest.mark.parametrize("sync", ["native", "python"])
+def test_threads_of_one_and_of_two_handles_all_return_durable(tmp_path, sync):
     """Threads share their handle's claim on lock.sync (``walq_syncer.held``:
     flock does not exclude threads sharing a descriptor); two handles in one
     process compete on
     the flock like processes.  Every append returns with its record durable,
-    and none waits for the futex timeout (a lost wake-up)."""
-    logs = [Log.open(tmp_path, ALWAYS, io=CountingIO()) for _ in range(2)]
+    and none waits for the futex timeout (a lost wake-up).  Both ways of
+    syncing: walq_make_durable's (plain OsIO) and Log._sync_locked's (a shim)."""
+    logs = [Log.open(tmp_path, ALWAYS, io=CountingIO() if sync == "python" else None) for _ in range(2)]
     for log in logs:
         log._SYNC_WAIT_MS = NEVER_MS
     per_thread = 150
@@ -209,7 +216,8 @@ def test_threads_of_one_and_of_two_handles_all_return_durable(tmp_path):
         end = logs[0].end
         assert end == 8 * (per_thread + per_thread // 10 * 2)
         assert durable_seq(logs[0]) >= end
-        assert sum(log.io.syncs for log in logs) < end, "no two records ever shared an fdatasync"
+        syncs = sum(syncs_of(log) for log in logs)
+        assert 0 < syncs < end, f"{syncs} fdatasyncs for {end} records"
     finally:
         for log in logs:
             log.close()
@@ -368,12 +376,14 @@ class BlockingFailIO(OsIO):
         super().fdatasync(fd, path)
 
 
-def test_a_follower_reports_a_failed_sync_instead_of_syncing_over_it(tmp_path):
+@pytest.mark.parametrize("sync", ["native", "python"])
+def test_a_follower_reports_a_failed_sync_instead_of_syncing_over_it(tmp_path, sync):
     """After a failed fdatasync a second one can succeed without the lost
-    pages reaching the disk: the waiting handle must raise, not sync."""
-    bad_io, other_io = BlockingFailIO(), CountingIO()
+    pages reaching the disk: the waiting handle must raise, not sync, whether
+    it would sync natively or through its shim."""
+    bad_io = BlockingFailIO()
     failing = Log.open(tmp_path, ALWAYS, io=bad_io)
-    other = Log.open(tmp_path, ALWAYS, io=other_io)
+    other = Log.open(tmp_path, ALWAYS, io=CountingIO() if sync == "python" else None)
     other._SYNC_WAIT_MS = NEVER_MS
     results: dict[str, BaseException | None] = {}
 
@@ -388,7 +398,7 @@ def test_a_follower_reports_a_failed_sync_instead_of_syncing_over_it(tmp_path):
     t_bad = threading.Thread(target=run, args=("failing", failing))
     t_bad.start()
     assert bad_io.entered.wait(10)
-    syncs = other_io.syncs
+    syncs = syncs_of(other)
     t_other = threading.Thread(target=run, args=("other", other))
     t_other.start()
     time.sleep(0.2)
@@ -398,7 +408,7 @@ def test_a_follower_reports_a_failed_sync_instead_of_syncing_over_it(tmp_path):
     t_other.join(10)
     assert isinstance(results["failing"], LogPoisoned)
     assert isinstance(results["other"], LogPoisoned)
-    assert other_io.syncs == syncs, "the follower fdatasynced after the failure"
+    assert syncs_of(other) == syncs, "the follower fdatasynced after the failure"
     failing.close()
     other.close()
 
@@ -414,3 +424,63 @@ def test_an_append_left_unsettled_is_durable_only_once_settled(tmp_path):
     log.settle(seqs.stop)
     assert durable_seq(log) == log.end == seqs.stop and io.syncs == syncs + 1
     log.close()
+
+
+# -- the native sync -------------------------------------------------------------------
+
+
+def test_the_usual_sync_runs_natively_and_one_across_a_roll_in_python(tmp_path, monkeypatch):
+    """walq_make_durable syncs the active segment itself; a sync whose
+    records span a segment roll (or a new segment's directory entry) is
+    handed back to Log._sync_locked, which syncs every segment involved."""
+    calls = []
+    real = Log._sync_locked
+    monkeypatch.setattr(Log, "_sync_locked", lambda self, upto: calls.append(upto) or real(self, upto))
+    log = Log.open(tmp_path, LogOptions(durability="always", segment_size=64 * 1024, preallocate=16 * 1024))
+    try:
+        for i in range(5):
+            log.append(b"x" * 100)
+        assert calls == [] and log._syncer.syncs == 5
+        assert durable_seq(log) == log.end
+        base = log.active_base
+        last = log.end
+        while log.active_base == base:  # unsettled records up to and past a roll
+            last = log.append(b"y" * 2000, settle=False)
+        assert durable_seq(log) <= last
+        log.settle(last + 1)
+        assert calls, "a sync across a roll did not go through _sync_locked"
+        assert durable_seq(log) >= last + 1
+        n = len(calls)
+        log.append(b"z")  # the new segment's directory entry is durable now
+        assert len(calls) == n and durable_seq(log) == log.end
+    finally:
+        log.close()
+
+
+def test_a_failed_native_fdatasync_poisons_the_log(tmp_path):
+    """walq_make_durable's fdatasync fails (here: the descriptor is a pipe,
+    EINVAL): the call raises LogPoisoned with the errno, the shared block
+    says poisoned, and every handle refuses from then on."""
+    log = Log.open(tmp_path, ALWAYS)
+    other = Log.open(tmp_path, ALWAYS)
+    r, w = os.pipe()
+    try:
+        log.append(b"first")
+        real = log._writer_seg
+        fake = type("FakeSegment", (), {"fd": w, "base": real.base, "path": real.path})()
+        seq = log.append(b"second", settle=False)
+        log._writer_seg = fake
+        with pytest.raises(LogPoisoned) as info:
+            log.settle(seq + 1)
+        assert info.value.errno == errno.EINVAL
+        assert lib.walq_load(ffi.addressof(log.ctl, "poisoned")) == 1
+        assert durable_seq(log) <= seq
+        log._writer_seg = real
+        for handle in (log, other):
+            with pytest.raises(LogPoisoned):
+                handle.append(b"more")
+    finally:
+        os.close(r)
+        os.close(w)
+        log.close()
+        other.close()

@@ -27,7 +27,7 @@ import portalocker
 
 from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
 from walq.log import recovery
-from walq.log._native import check_os, ffi, lib
+from walq.log._native import check_os, check_sync, ffi, lib
 from walq.log.fileio import OsIO
 from walq.log.format import (
     CTL_FILE_SIZE,
@@ -64,6 +64,8 @@ class Log:
         self.options = options or LogOptions()
         self._always = self.options.durability == "always"
         self.io = io or OsIO()
+        # The usual sync runs natively unless a shim must see every call.
+        self._native_sync = type(self.io) is OsIO
         self._closed = True
         self._poisoned = False
         self._segments: dict[int, Segment] = {}
@@ -527,15 +529,26 @@ class Log:
         find itself already durable, so a sync covered ~2 records.
 
         The checking and waiting run natively (walq_await_durable, which
-        also says why no waiter is stranded); the sync itself runs here,
-        through ``self.io``, so that the crash tests' I/O shim sees it.
+        also says why no waiter is stranded), and so does the usual sync
+        (walq_make_durable: all of it in the active segment, which this
+        process appends to).  Any other sync runs here, as does every sync
+        when ``self.io`` is not the plain OsIO: the crash tests' I/O shim
+        must see it.
         """
         if lib.walq_load(self._p_durable) >= upto:
             return
         syncer = self._syncer
         keep_mapped = self._ctl_buf  # noqa: F841  (keeps log.ctl mapped if another thread closes the log meanwhile)
         while True:
-            rc = lib.walq_await_durable(syncer, upto, self._SYNC_WAIT_MS)
+            seg = self._writer_seg if self._native_sync else None
+            if seg is None:
+                rc = lib.walq_await_durable(syncer, upto, self._SYNC_WAIT_MS)
+            else:
+                rc = lib.walq_make_durable(syncer, seg.fd, seg.base, upto, self._SYNC_WAIT_MS, self._YIELDS)
+                if rc == lib.WALQ_SYNCED:
+                    if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
+                        self._kick_zeroer()
+                    return
             if rc == lib.WALQ_DURABLE:
                 return
             if rc == lib.WALQ_SYNC:
@@ -549,6 +562,9 @@ class Log:
                 continue
             if rc in (lib.WALQ_POISONED, lib.WALQ_CLOSED):
                 self._check_open()  # raises LogPoisoned or BrokerClosed
+            if rc == lib.WALQ_SYNC_FAILED:  # walq_make_durable's fdatasync; the log is poisoned
+                self._poisoned = True
+                check_sync(-syncer.sync_errno, seg.path)
             check_os(rc, "lock", self.path)
 
     def _sync_locked(self, upto: int) -> int:
