@@ -8,10 +8,43 @@ import threading
 import time
 
 from walq.catalog import Catalog
-from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist
+from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist, WalqError
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
+
+
+#: Suffix of a deleted queue's directory while it is being removed.
+_DELETED = ".deleted"
+
+
+class _Unopened:
+    """A queue's name and uid, before a Queue handle exists."""
+
+    def __init__(self, name: str, uid: int):
+        self.name, self._uid = name, uid
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: str) -> None:
+    """Creates ``path`` and any missing parents, each entry made durable
+    (the parent fsynced after each creation)."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    _make_dirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        return
+    _fsync_dir(parent)
 
 
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
@@ -43,11 +76,12 @@ class Broker:
                                        segment_size=segment_size)
         self.path = os.fspath(path)
         self._clock = clock or time.time
-        os.makedirs(os.path.join(self.path, "queues"), exist_ok=True)
+        _make_dirs(os.path.join(self.path, "queues"))
         self._catalog = Catalog(self.path, self._log_options)
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
         self._closed = False
+        self._remove_deleted_dirs()
 
     # -- queues ----------------------------------------------------------------
 
@@ -73,7 +107,7 @@ class Broker:
         validate(attrs)
         cat = self._catalog
         with cat.locked() as tx:
-            cat.refresh()
+            cat.replay()
             cur = cat.queues.get(name)
             if cur is not None:
                 if cur.attrs != attrs:
@@ -81,7 +115,9 @@ class Broker:
             else:
                 self._check_dead_letter(attrs)
                 uid = cat.new_uid()
-                os.makedirs(self._queue_dir(uid), exist_ok=True)
+                # Durable before the record that names it: a power cut must
+                # not leave a queue in the catalog without its directory.
+                _make_dirs(self._queue_dir(uid))
                 cat.write(tx, "create", name, uid, attrs)
         return self.get_queue(name)
 
@@ -113,10 +149,15 @@ class Broker:
         with self._mu:
             q = self._queues.get(name)
             if q is not None and q._uid != entry.uid:
-                q._close()
+                q._close(deleted=True)
                 q = None
             if q is None:
-                q = Queue(self, name, entry.uid, self._queue_dir(entry.uid))
+                try:
+                    q = Queue(self, name, entry.uid, self._queue_dir(entry.uid))
+                except OSError as exc:
+                    # Deleted (by another process) since the lookup above?
+                    self._raise_if_deleted(_Unopened(name, entry.uid), exc)
+                    raise
                 self._queues[name] = q
             return q
 
@@ -135,16 +176,71 @@ class Broker:
             raise InvalidParameter(f"queue name must be a str; got {type(name).__name__}")
         cat = self._catalog
         with cat.locked() as tx:
-            cat.refresh()
+            cat.replay()
             entry = cat.queues.get(name)
             if entry is None:
                 raise QueueDoesNotExist(f"queue {name!r} does not exist")
             cat.write(tx, "delete", name, entry.uid)
+        # The record is durable: the queue is gone for every process from
+        # their next call.  Calls in progress elsewhere end with
+        # QueueDoesNotExist (Queue: _names_the_queue).
+        self._retire(name, entry.uid)
+        self._remove_queue_dir(entry.uid)
+
+    def _retire(self, name: str, uid: int) -> None:
+        """Closes this process's handle of a deleted queue (other threads'
+        calls in progress on it end with QueueDoesNotExist)."""
         with self._mu:
-            q = self._queues.pop(name, None)
-            if q is not None:
-                q._close()
-        shutil.rmtree(self._queue_dir(entry.uid), ignore_errors=True)
+            q = self._queues.get(name)
+            if q is None or q._uid != uid:
+                return
+            del self._queues[name]
+        q._close(deleted=True)
+
+    def _remove_queue_dir(self, uid: int) -> None:
+        """Removes a deleted queue's directory: renamed first, so that no
+        process can create a file under the queue's path again (a log
+        opens an existing directory only); processes that still hold its
+        files keep their descriptors until they notice the deletion."""
+        src = self._queue_dir(uid)
+        trash = src + _DELETED
+        try:
+            os.rename(src, trash)
+        except FileNotFoundError:
+            pass  # removed already (another process, or a crash after the rename)
+        else:
+            _fsync_dir(os.path.dirname(src))
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_deleted_dirs(self) -> None:
+        """Finishes deletions a crash interrupted: directories of deleted
+        queues, and renamed ones not yet removed."""
+        root = os.path.join(self.path, "queues")
+        live = {e.uid for e in self._catalog.queues.values()}
+        for name in os.listdir(root):
+            if name.endswith(_DELETED):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                continue
+            try:
+                uid = int(name, 16)
+            except ValueError:
+                continue
+            if uid in self._catalog.deleted and uid not in live:
+                self._remove_queue_dir(uid)
+
+    def _raise_if_deleted(self, q, exc: BaseException) -> None:
+        """Raises QueueDoesNotExist (from ``exc``) if ``q`` was deleted,
+        and retires this process's handle of it; returns otherwise."""
+        if self._closed:
+            return
+        try:
+            self._catalog.refresh()
+        except (OSError, WalqError):
+            return
+        entry = self._catalog.queues.get(q.name)
+        if entry is None or entry.uid != q._uid:
+            self._retire(q.name, q._uid)
+            raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)") from exc
 
     # -- dead letters ------------------------------------------------------------
 
@@ -192,6 +288,7 @@ class Broker:
         self._catalog.refresh()
         entry = self._catalog.queues.get(q.name)
         if entry is None or entry.uid != q._uid:
+            self._retire(q.name, q._uid)
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
         return entry
 
@@ -208,7 +305,7 @@ class Broker:
         self._check_queue(q)
         cat = self._catalog
         with cat.locked() as tx:
-            cat.refresh()
+            cat.replay()
             entry = cat.queues.get(q.name)
             if entry is None or entry.uid != q._uid:
                 raise QueueDoesNotExist(f"queue {q.name!r} does not exist")
@@ -217,6 +314,11 @@ class Broker:
                 self._check_dead_letter(new)
             if new != entry.attrs:
                 cat.write(tx, "set", q.name, q._uid, new)
+
+    def _log_io(self, directory: str):
+        """The I/O object for the log in ``directory`` (None: the plain
+        one).  The crash tests' power-loss shim replaces this."""
+        return None
 
     # -- lifetime ------------------------------------------------------------------
 

@@ -39,25 +39,39 @@ class Catalog:
     def __init__(self, root: str, options: LogOptions):
         self.log = Log.open(os.path.join(root, "catalog"), options)
         self.queues: dict[str, Entry] = {}
+        self.deleted: set[int] = set()  # uids of deleted queues
         self._applied = self.log.first
         self.mu = threading.RLock()
         self.refresh()
 
     def refresh(self) -> None:
         """Replays records other processes appended (one shared-memory load
-        when nothing changed)."""
-        if self._applied >= self.log.end:
-            return
+        when nothing changed).
+
+        Returns once what it applied is durable (as the store's durability
+        mode says): a queue another process has just created, but not yet
+        synced, must not be used - a power cut would take the queue away
+        from under messages sent into it.
+        """
+        if self._applied < self.log.end:
+            self.log.settle(self.replay())
+
+    def replay(self) -> int:
+        """Applies the records appended since the last look, without waiting
+        for them to be durable (under the catalog's lock, whose release
+        waits); returns the position applied up to."""
         with self.mu:
             for rec in self.log.iter_from(self._applied):
                 self._apply(json.loads(rec.payload))
                 self._applied = rec.seq + 1
+            return self._applied
 
     def _apply(self, r: dict) -> None:
         op, name = r["op"], r["name"]
         if op in ("create", "set"):
             self.queues[name] = Entry(r["uid"], QueueAttributes.from_json(r["attrs"]))
         elif op == "delete":
+            self.deleted.add(r["uid"])
             cur = self.queues.get(name)
             if cur is not None and cur.uid == r["uid"]:
                 del self.queues[name]
@@ -72,7 +86,7 @@ class Catalog:
         if attrs is not None:
             rec["attrs"] = attrs.to_json()
         tx.append(json.dumps(rec, sort_keys=True).encode())
-        self.refresh()
+        self.replay()  # the lock's release waits for durability, not this
 
     @staticmethod
     def new_uid() -> int:

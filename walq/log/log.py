@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import errno
 import mmap
 import os
 import secrets
@@ -59,8 +60,10 @@ class Log:
     """A segmented append-only log in a directory.  Thread-safe; share the
     directory with any number of processes, each with its own ``Log``."""
 
-    def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None):
+    def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
+                 *, create: bool = True, on_recover=None):
         self.path = os.fspath(path)
+        self._on_recover = on_recover
         self.options = options or LogOptions()
         self._always = self.options.durability == "always"
         self.io = io or OsIO()
@@ -87,7 +90,12 @@ class Log:
         self._writer = ffi.new("struct walq_writer *", {"fd": -1, "max_record": MAX_RECORD})
         self._writer_seg: Segment | None = None  # keeps the aimed descriptor open
         self._append_one = lib.walq_append_one
-        os.makedirs(self.path, exist_ok=True)
+        if create:
+            os.makedirs(self.path, exist_ok=True)
+        elif not os.path.isdir(self.path):
+            # Never recreated here: the directory of a queue deleted since
+            # the caller looked it up would come back as an orphan.
+            raise FileNotFoundError(errno.ENOENT, "log directory does not exist", self.path)
         self._open_files()
         try:
             self._attach()
@@ -102,9 +110,16 @@ class Log:
             self._flusher.start()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None) -> "Log":
-        """Opens (creating if needed, recovering if it crashed) the log at ``path``."""
-        return cls(path, options, io)
+    def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
+             *, create: bool = True, on_recover=None) -> "Log":
+        """Opens (creating if needed, recovering if it crashed) the log at ``path``.
+
+        ``create=False``: FileNotFoundError if the directory is missing.
+        ``on_recover(end)`` runs right after a recovery, while no other
+        process has the log open, with the end recovery found: for files
+        beside a log that must agree with it (a queue's checkpoints).
+        """
+        return cls(path, options, io, create=create, on_recover=on_recover)
 
     # -- opening -----------------------------------------------------------
 
@@ -140,22 +155,26 @@ class Log:
         self._p_dir_synced = self._fields["dir_synced_base"]
 
     def _release_files(self) -> None:
+        """Closes the lock files (``_tlock`` held, or not yet shared).
+
+        Other threads may still be inside a call that passed its closed
+        check: segments are dropped, not closed, so that a reader's map and
+        a syncer's descriptor stay valid until their last reference goes
+        (a closed descriptor's number can be reused by an unrelated file);
+        the control block stays mapped until this object goes, since
+        field pointers into it are loaded without a lock (close() cannot
+        wait for those readers).  Every use of the lock files checks
+        ``_closed`` under ``_tlock`` first.
+        """
         self._writer.fd = -1  # the native append now always takes the slow path
         self._writer_seg = None
         self._run_seg = None
-        for seg in self._segments.values():
-            seg.close()
+        self._last_read = None
         self._segments.clear()
         for fh in (self._open_fh, self._users_fh, self._sync_fh):
             fh.close()  # closing drops any flock held through it
         os.close(self._append_fd)
         os.close(self._alloc_fd)
-        self.ctl = None
-        self._ctl_buf = None
-        try:
-            self._ctl_mm.close()
-        except BufferError:
-            pass
 
     def _attach(self) -> None:
         portalocker.lock(self._open_fh, portalocker.LOCK_EX)
@@ -169,6 +188,8 @@ class Log:
                 # Nobody else has the log open, so the control block may be
                 # stale (power loss) or absent: rebuild it from the segments.
                 recovery.recover(self)
+                if self._on_recover is not None:
+                    self._on_recover(self._load("end_seq"))
             if alone:
                 portalocker.unlock(self._users_fh)
             portalocker.lock(self._users_fh, portalocker.LOCK_SH)
@@ -316,7 +337,10 @@ class Log:
         return b"".join(payloads), ffi.new("uint32_t[]", lengths), types, t
 
     def _append_slow(self, n, data, lens, types, t) -> int:
-        """Append under an explicitly held lock, rolling the segment if full."""
+        """Append under an explicitly held lock, rolling the segment if full
+        (``_tlock`` held)."""
+        if self._closed:  # another thread closed the log after the caller's check
+            raise BrokerClosed(f"log {self.path} is closed")
         check_os(lib.walq_lock(self._append_fd), "lock", self.path)
         try:
             return self._append_locked(n, data, lens, types, t)
@@ -493,9 +517,11 @@ class Log:
     def locked(self, wait_durable: bool = True) -> "LockedLog":
         """Holds the append lock: read the tail, decide, append, release.
 
-        The durability wait happens after the lock is released; with
-        ``wait_durable=False`` there is none (the records are in the OS, and
-        the next durable write or sync covers them).
+        The durability wait happens after the lock is released and covers
+        the whole log as the holder saw it (its decision may rest on other
+        writers' records); with ``wait_durable=False`` there is none (the
+        records are in the OS, and the next durable write or sync covers
+        them).
         """
         self._check_open()
         return LockedLog(self, wait_durable)
@@ -504,8 +530,14 @@ class Log:
 
     def sync(self) -> None:
         """Makes every record appended so far durable (fdatasync)."""
+        self.sync_to(self._load("end_seq"))
+
+    def sync_to(self, upto: int) -> None:
+        """Returns once every record below ``upto`` is on stable storage,
+        whatever the durability mode: for files that must never get ahead
+        of the log (a checkpoint covering records below ``upto``)."""
         self._check_open()
-        self._make_durable(self._load("end_seq"))
+        self._make_durable(upto)
 
     # How long a follower waits for the syncer before trying the sync lock
     # itself.  Only a syncer killed mid-sync (kill -9) never publishes; the
@@ -848,6 +880,7 @@ class Log:
         """
         self._check_open()
         with self._tlock:
+            self._check_open()  # again: another thread may have closed it meanwhile
             check_os(lib.walq_lock(self._append_fd), "lock", self.path)
             try:
                 self._refresh_bases()
@@ -944,12 +977,14 @@ class LockedLog:
 
     def __init__(self, log: Log, wait_durable: bool = True):
         self.log = log
-        self._end = 0
         self._wait = wait_durable
 
     def __enter__(self) -> "LockedLog":
         log = self.log
         log._tlock.acquire()
+        if log._closed:  # closed by another thread since locked() checked: its descriptors are gone
+            log._tlock.release()
+            raise BrokerClosed(f"log {log.path} is closed")
         rc = lib.walq_lock(log._append_fd)
         if rc < 0:
             log._tlock.release()
@@ -970,8 +1005,7 @@ class LockedLog:
         data, lens, types, t = log._pack(payloads, type)
         log._append_locked(len(payloads), data, lens, types, t)
         seq = log._seq_out[0]
-        self._end = seq + len(payloads)
-        return range(seq, self._end)
+        return range(seq, seq + len(payloads))
 
     def append(self, payload: bytes, type: int = 1) -> int:
         """Appends one record under the held lock; returns its sequence."""
@@ -982,12 +1016,17 @@ class LockedLog:
             seq = -1
         if seq < 0:  # anything unusual: the general path says what
             return self.append_batch([payload], type)[0]
-        self._end = seq + 1
         return seq
 
     def __exit__(self, exc_type, exc, tb) -> None:
         log = self.log
+        # The whole log as the holder saw it, not only what it appended: a
+        # decision that wrote nothing (a FIFO duplicate, a queue that
+        # already exists) rests on records other writers appended, which
+        # must be durable before the call reports its outcome (DESIGN.md,
+        # guarantee 7).  Under the lock the end is stable.
+        end = lib.walq_load(log._p_end_seq)
         lib.walq_unlock(log._append_fd)
         log._tlock.release()
-        if self._end and self._wait and exc_type is None:
-            log.settle(self._end)
+        if self._wait and exc_type is None:
+            log.settle(end)

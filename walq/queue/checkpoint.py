@@ -372,6 +372,30 @@ def load_newest(directory: str) -> Index | NativeIndex | None:
     raise CorruptionError(f"checkpoints in {directory} keep vanishing while being read", directory)
 
 
+def set_aside_ahead(directory: str, end: int, io) -> list[str]:
+    """Renames the checkpoints that claim records at or above ``end`` (the
+    log's end as recovery found it) to ``checkpoint-N.ahead-of-log``;
+    returns their new paths.
+
+    A checkpoint is written only after the log is durable up to it, so one
+    ahead of the log is from an older walq, or the log lost synced records
+    (damage, which recovery reports on its own).  Trusted, it would make
+    every index skip the records written next, at sequences it claims to
+    have applied; set aside, the queue loads an older checkpoint or replays
+    the log (and is reported damaged if the log no longer allows that).
+    """
+    moved = []
+    for pos in list_checkpoints(directory):
+        if pos > end:
+            src = os.path.join(directory, checkpoint_name(pos))
+            dst = src + ".ahead-of-log"
+            io.rename(src, dst)
+            moved.append(dst)
+    if moved:
+        io.fsync_dir(directory)
+    return moved
+
+
 def save(idx: Index, directory: str, io) -> int:
     """Writes a checkpoint durably, then removes older ones; returns its position."""
     path = os.path.join(directory, checkpoint_name(idx.applied))

@@ -14,22 +14,26 @@ import re
 import struct
 import threading
 import time
+import warnings
 from array import array
-from functools import partial
+from functools import partial, wraps
 from itertools import repeat
 
 import portalocker
 
 from walq.errors import (
     BatchError,
+    BrokerClosed,
     CorruptionError,
     InvalidParameter,
     InvalidReceipt,
     MessageNotInflight,
     MessageTooLarge,
+    QueueDoesNotExist,
     WalqError,
 )
 from walq.log import Log, RecordGone
+from walq.log.fileio import OsIO
 from walq.log.log import RunBuffers
 from walq.log._native import ffi, lib
 from walq.queue import checkpoint, receipts
@@ -90,6 +94,23 @@ def _message_parts(p: bytes) -> tuple:
     return rec.body, mattrs.decode(rec.attributes) if rec.attributes else {}, rec.group, rec.dedup_id
 
 
+def _names_the_queue(method):
+    """Wraps a public Queue method: an error caused by the queue's deletion
+    (in another thread or process, part way through the call: its files
+    gone, its handle closed) is reported as QueueDoesNotExist."""
+
+    @wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, WalqError) as exc:
+            if not isinstance(exc, QueueDoesNotExist):
+                self._broker._raise_if_deleted(self, exc)
+            raise
+
+    return call
+
+
 class _Deciding:
     """Queue._deciding's context: the append lock, then the queue's lock,
     the catch-up and the sweep; released in the reverse order.  A class,
@@ -131,9 +152,17 @@ class Queue:
         self._uid = uid
         self._dir = directory
         self._clock = broker._clock
-        self._log = Log.open(directory, broker._log_options)
+        self._closed = False
+        io = broker._log_io(directory)
+        self._log = Log.open(directory, broker._log_options, io, create=False,
+                             on_recover=partial(self._after_recovery, io or OsIO()))
+        try:
+            self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+        except BaseException:
+            self._log.close()
+            raise
         self._mu = threading.RLock()
-        self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+        self._ckpt_mu = threading.Lock()
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._recv_local = threading.local()  # each thread's native receive results
@@ -151,6 +180,14 @@ class Queue:
             self._ckpt_pos = self._index.applied
             self._ckpt_base = self._log.active_base
             self._catch_up()
+
+    def _after_recovery(self, io, end: int) -> None:
+        """Log.open's on_recover: no checkpoint may claim records the log
+        does not hold (checkpoint.set_aside_ahead)."""
+        for path in checkpoint.set_aside_ahead(self._dir, end, io):
+            warnings.warn(f"queue {self.name}: {path} covered records beyond the log's end ({end}); "
+                          "set aside, the queue is rebuilt from an older checkpoint or the log",
+                          RuntimeWarning, stacklevel=2)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -326,6 +363,7 @@ class Queue:
 
     # -- sending ---------------------------------------------------------------
 
+    @_names_the_queue
     def send(self, body, *, attributes=None, delay=None, group=None, dedup_id=None) -> SendResult:
         """Stores one message; returns its id (and FIFO sequence)."""
         attrs = self._attrs()
@@ -348,6 +386,7 @@ class Queue:
             return SendResult(text)
         return self._store([self._prepare(attrs, body, attributes, delay, group, dedup_id)], attrs)[0]
 
+    @_names_the_queue
     def send_batch(self, entries) -> BatchResult:
         """Sends many messages with one write; each entry succeeds or fails alone.
 
@@ -503,6 +542,7 @@ class Queue:
 
     # -- receiving -------------------------------------------------------------
 
+    @_names_the_queue
     def receive(self, max_messages: int = 1, *, wait=None, visibility_timeout=None) -> list[Message]:
         """Leases up to ``max_messages`` visible messages; long-polls ``wait`` s."""
         attrs = self._attrs()  # also the closed-broker and deleted-queue checks
@@ -829,6 +869,7 @@ class Queue:
 
     # -- acknowledging ------------------------------------------------------------
 
+    @_names_the_queue
     def delete(self, receipt: str) -> None:
         """Acknowledges (deletes) a message.  Deleting twice is fine."""
         self._check()
@@ -836,6 +877,7 @@ class Queue:
         if res.failed:
             raise res.failed[0][1]
 
+    @_names_the_queue
     def delete_batch(self, receipts_: list[str]) -> BatchResult:
         """Deletes many messages with one write; per-entry results."""
         attrs = self._attrs()  # also the closed-broker and deleted-queue checks
@@ -872,8 +914,12 @@ class Queue:
                 self._catch_up()
                 idx = self._index
                 doomed = idx.select_live(list(dict.fromkeys(m for _i, _r, m, _lease in parsed)))
+                seen = idx.applied
             if doomed:
                 self._append_delete(R.encode_seqs(doomed), len(doomed))
+            else:
+                # Gone already, by records that may not be durable yet.
+                self._log.settle(seen)
             result.successful.extend((i, r) for i, r, _m, _lease in parsed)
             result.failed.sort(key=lambda e: e[0])
             return result
@@ -922,9 +968,14 @@ class Queue:
                 if type(idx) is not NativeIndex:
                     return False
                 k = idx.delete_now(log._writer, text, n, self._uid, log._seq_out)
-                seq = log._seq_out[0]
-        if k <= 0:
-            return k == 0
+                seq = log._seq_out[0] if k > 0 else idx.applied
+        if k < 0:
+            return False
+        if k == 0:
+            # Every message was gone already, by records that may not be
+            # durable yet (another consumer's delete): wait for them too.
+            log.settle(seq)
+            return True
         log.settle(seq + 1)
         self._count_blind(k)
         return True
@@ -943,12 +994,14 @@ class Queue:
         log.settle(seq + 1)
         self._count_blind(n)
 
+    @_names_the_queue
     def change_visibility(self, receipt: str, seconds) -> None:
         """Sets the message's lease to end ``seconds`` from now (0 = visible now)."""
         res = self.change_visibility_batch([(receipt, seconds)])
         if res.failed:
             raise res.failed[0][1]
 
+    @_names_the_queue
     def change_visibility_batch(self, entries) -> BatchResult:
         """``[(receipt, seconds), ...]`` with one write; per-entry results."""
         self._check()
@@ -985,6 +1038,7 @@ class Queue:
         result.failed.sort(key=lambda e: e[0])
         return result
 
+    @_names_the_queue
     def purge(self) -> None:
         """Drops every message, in flight included."""
         self._check()
@@ -994,12 +1048,14 @@ class Queue:
 
     # -- inspecting ------------------------------------------------------------------
 
+    @_names_the_queue
     def stats(self) -> QueueStats:
         """Visible, in-flight and delayed counts and the oldest message's age."""
         self._check()
         attrs = self._attrs()
-        # Under the append lock, because it sweeps (see Index.sweep).
-        with self._deciding(attrs.retention) as (_tx, idx, now):
+        # Under the append lock, because it sweeps (see Index.sweep).  It
+        # reports, confirms nothing: no durability wait.
+        with self._deciding(attrs.retention, wait_durable=False) as (_tx, idx, now):
             oldest = idx.oldest_sent()
             return QueueStats(
                 visible=idx.counts[VISIBLE],
@@ -1010,18 +1066,32 @@ class Queue:
                 disk_bytes=self._log.disk_bytes(),
             )
 
+    @_names_the_queue
     def set_attributes(self, **changes) -> None:
         """Changes attributes (any but ``name`` and ``fifo``)."""
         self._broker._set_attributes(self, changes)
 
     # -- maintenance -------------------------------------------------------------------
 
+    @_names_the_queue
     def checkpoint(self) -> int | None:
         """Saves the index and trims the log below what is still needed.
 
         Returns the checkpoint's position, or None if another process is
         writing one right now.
         """
+        # One thread at a time (flock does not exclude threads sharing a
+        # descriptor), and _close waits for it before closing the file.
+        if not self._ckpt_mu.acquire(blocking=False):
+            return None
+        try:
+            if self._closed:
+                raise BrokerClosed(f"queue {self.name} is closed")
+            return self._checkpoint_locked()
+        finally:
+            self._ckpt_mu.release()
+
+    def _checkpoint_locked(self) -> int | None:
         try:
             portalocker.lock(self._ckpt_fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
         except portalocker.LockException:
@@ -1032,7 +1102,7 @@ class Queue:
             # sweep their space was reclaimed only after some other call).
             entry = self._broker._catalog.queues.get(self.name)
             if entry is not None and entry.uid == self._uid:
-                with self._deciding(entry.attrs.retention):
+                with self._deciding(entry.attrs.retention, wait_durable=False):
                     pass  # entering is the work: lock, catch up, sweep to now
             # Copy pinning messages forward first, so that the checkpoint
             # covers the copies and the trim below may drop the originals.
@@ -1040,6 +1110,12 @@ class Queue:
             with self._mu:
                 self._catch_up()
                 idx = self._index
+                # Invariant: a checkpoint never covers a record that is not
+                # durable (in every mode: receives' leases are not synced).
+                # After a power cut the log could otherwise end below it,
+                # and the records written next, at sequences it claims to
+                # have applied, would be skipped by every index.
+                self._log.sync_to(idx.applied)
                 pos = checkpoint.save(idx, self._dir, self._log.io)
                 self._last_ckpt = idx.ops
                 self._ckpt_pos = pos
@@ -1099,14 +1175,19 @@ class Queue:
             types.append(R.CARRY)
             self._write(tx, payloads, types)
 
-    def _close(self) -> None:
+    def _close(self, deleted: bool = False) -> None:
+        """Closes this handle; calls other threads have in progress end
+        with BrokerClosed (QueueDoesNotExist if ``deleted``), never on a
+        closed descriptor (Log._release_files)."""
         try:
-            if self._index.ops - self._last_ckpt > 1000:
+            if not deleted and self._index.ops - self._last_ckpt > 1000:
                 self.checkpoint()
         except WalqError:
             pass
-        self._log.close()
-        self._ckpt_fh.close()
+        with self._ckpt_mu:
+            self._closed = True
+            self._log.close()
+            self._ckpt_fh.close()
 
     def __repr__(self) -> str:
         return f"<walq.Queue {self.name!r}>"
