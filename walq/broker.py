@@ -77,7 +77,7 @@ class Broker:
         self.path = os.fspath(path)
         self._clock = clock or time.time
         _make_dirs(os.path.join(self.path, "queues"))
-        self._catalog = Catalog(self.path, self._log_options)
+        self._catalog = Catalog(self.path, self._log_options, self._log_io(os.path.join(self.path, "catalog")))
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
         self._closed = False

@@ -36,8 +36,8 @@ class Entry(NamedTuple):
 class Catalog:
     """The catalog log and its replayed state."""
 
-    def __init__(self, root: str, options: LogOptions):
-        self.log = Log.open(os.path.join(root, "catalog"), options)
+    def __init__(self, root: str, options: LogOptions, io=None):
+        self.log = Log.open(os.path.join(root, "catalog"), options, io)
         self.queues: dict[str, Entry] = {}
         self.deleted: set[int] = set()  # uids of deleted queues
         self._applied = self.log.first
