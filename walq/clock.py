@@ -122,29 +122,30 @@ class StoreClock:
     """The store's time at ``path`` (a store directory): epoch seconds that a
     wall-clock step never moves, the same in every process of one boot.
 
-    The default clock of ``walq.open``.  ``wall`` (the wall clock), ``boot``
-    (``CLOCK_BOOTTIME``) and ``boot_id`` (this boot's id; default
+    The default clock of ``walq.open``.  ``wall`` (the wall clock; default
+    ``time.time``), ``boot`` (default ``CLOCK_BOOTTIME``) and ``boot_id`` (this boot's id; default
     ``/proc/sys/kernel/random/boot_id``) are the seams tests step and reboot
     through.  Call it for the time: one ``clock_gettime`` and an add, plus a
     compare that records the high-water mark at most every MARK_EVERY_S.
     ``close()`` records it durably.
     """
 
-    def __init__(self, path, *, wall=time.time, boot=None, boot_id=None):
+    def __init__(self, path, *, wall=None, boot=None, boot_id=None):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
-        if not callable(wall) or (boot is not None and not callable(boot)):
+        if (wall is not None and not callable(wall)) or (boot is not None and not callable(boot)):
             raise InvalidParameter("wall and boot must be callables returning seconds")
         boot_id = _read_boot_id() if boot_id is None else boot_id
         if not isinstance(boot_id, str) or not boot_id.isascii() or not 0 < len(boot_id) <= _BOOT_ID_LEN:
             raise InvalidParameter(f"boot_id must be 1-{_BOOT_ID_LEN} ASCII characters; got {boot_id!r}")
         self.path = os.fspath(path)
         self.boot_id = boot_id
-        self._wall = wall
+        self._wall = time.time if wall is None else wall  # looked up now: a test may patch it
         self._boot = _boottime if boot is None else boot
         self._anchor_path = os.path.join(self.path, ANCHOR_FILE)
         self._mark_path = os.path.join(self.path, MARK_FILE)
-        os.makedirs(self.path, exist_ok=True)
+        if not os.path.isdir(self.path):
+            raise InvalidParameter(f"{self.path} is not a directory (a store's, as walq.open makes)")
         _, epoch, anchor_boot, _ = self._anchor()
         #: store time = boot clock + offset, for the rest of this boot
         self.offset = epoch - anchor_boot
