@@ -107,6 +107,11 @@ def timed(request, tmp_path, monkeypatch):
     s.shutdown()
 
 
+@pytest.fixture(params=["default", "seam"])
+def mode(request):
+    return request.param
+
+
 def bodies(msgs) -> list[bytes]:
     return sorted(m.body for m in msgs)
 
@@ -229,11 +234,6 @@ def test_a_reboot_before_ntp_set_the_clock_expires_nothing_at_once(tmp_path, mon
         s.shutdown()
 
 
-@pytest.fixture(params=["default", "seam"])
-def mode(request):
-    return request.param
-
-
 def test_store_time_survives_a_crash_through_the_clock_s_own_marks(tmp_path):
     # No close: only the marks the clock writes as it is called remain.
     host = Host()
@@ -324,6 +324,15 @@ def test_the_anchor_file_is_the_documented_layout(tmp_path):
 def test_bad_store_clock_arguments_are_rejected_and_write_nothing(tmp_path, kw):
     with pytest.raises(walq.InvalidParameter):
         walq.StoreClock(str(tmp_path), **kw)
+    assert os.listdir(tmp_path) == []
+
+
+def test_without_a_boot_clock_the_store_clock_is_the_wall_clock(tmp_path, monkeypatch):
+    monkeypatch.setattr(wclock, "_boottime", None)  # as on a platform without CLOCK_BOOTTIME
+    wall = Host().wall
+    clock = walq.StoreClock(str(tmp_path), wall=lambda: wall)
+    assert clock() == wall and clock.boot_id is None
+    clock.close()
     assert os.listdir(tmp_path) == []
 
 

@@ -56,13 +56,18 @@ _SLOT = struct.Struct("<ddQ")
 _BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
-#: CLOCK_BOOTTIME: never stepped, and (unlike CLOCK_MONOTONIC) it counts a suspend
-_boottime = partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+#: CLOCK_BOOTTIME: never stepped, and (unlike CLOCK_MONOTONIC) it counts a
+#: suspend.  None where the platform has none (it is Linux's).
+_boottime = (partial(time.clock_gettime, time.CLOCK_BOOTTIME)
+             if hasattr(time, "CLOCK_BOOTTIME") else None)
 
 
-def _read_boot_id() -> str:
-    with open(_BOOT_ID_PATH, "r", encoding="ascii") as fh:
-        return fh.read().strip()
+def _read_boot_id() -> str | None:
+    try:
+        with open(_BOOT_ID_PATH, "r", encoding="ascii") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        return None  # not Linux
 
 
 def encode_anchor(boot_id: str, epoch: float, boot: float, wall: float) -> bytes:
@@ -123,11 +128,12 @@ class StoreClock:
     wall-clock step never moves, the same in every process of one boot.
 
     The default clock of ``walq.open``.  ``wall`` (the wall clock; default
-    ``time.time``), ``boot`` (default ``CLOCK_BOOTTIME``) and ``boot_id`` (this boot's id; default
-    ``/proc/sys/kernel/random/boot_id``) are the seams tests step and reboot
-    through.  Call it for the time: one ``clock_gettime`` and an add, plus a
-    compare that records the high-water mark at most every MARK_EVERY_S.
-    ``close()`` records it durably.
+    ``time.time``), ``boot`` (default ``CLOCK_BOOTTIME``) and ``boot_id``
+    (this boot's id; default ``/proc/sys/kernel/random/boot_id``) are the
+    seams tests step and reboot through.  Call it for the time: one
+    ``clock_gettime`` and an add, plus a compare that records the high-water
+    mark at most every MARK_EVERY_S.  ``close()`` records it durably.
+    Without a boot clock or boot id (not Linux) it is the wall clock.
     """
 
     def __init__(self, path, *, wall=None, boot=None, boot_id=None):
@@ -135,17 +141,24 @@ class StoreClock:
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
         if (wall is not None and not callable(wall)) or (boot is not None and not callable(boot)):
             raise InvalidParameter("wall and boot must be callables returning seconds")
-        boot_id = _read_boot_id() if boot_id is None else boot_id
-        if not isinstance(boot_id, str) or not boot_id.isascii() or not 0 < len(boot_id) <= _BOOT_ID_LEN:
-            raise InvalidParameter(f"boot_id must be 1-{_BOOT_ID_LEN} ASCII characters; got {boot_id!r}")
         self.path = os.fspath(path)
-        self.boot_id = boot_id
-        self._wall = time.time if wall is None else wall  # looked up now: a test may patch it
-        self._boot = _boottime if boot is None else boot
-        self._anchor_path = os.path.join(self.path, ANCHOR_FILE)
-        self._mark_path = os.path.join(self.path, MARK_FILE)
         if not os.path.isdir(self.path):
             raise InvalidParameter(f"{self.path} is not a directory (a store's, as walq.open makes)")
+        self._wall = time.time if wall is None else wall  # looked up now: a test may patch it
+        boot_id = _read_boot_id() if boot_id is None else boot_id
+        boot = _boottime if boot is None else boot
+        if boot_id is None or boot is None:
+            # No boot clock or boot id (not Linux): the wall clock, as before
+            # (README, "Caveats and limitations").
+            self.boot_id = self.offset = None
+            self.now = self._wall
+            return
+        if not isinstance(boot_id, str) or not boot_id.isascii() or not 0 < len(boot_id) <= _BOOT_ID_LEN:
+            raise InvalidParameter(f"boot_id must be 1-{_BOOT_ID_LEN} ASCII characters; got {boot_id!r}")
+        self.boot_id = boot_id
+        self._boot = boot
+        self._anchor_path = os.path.join(self.path, ANCHOR_FILE)
+        self._mark_path = os.path.join(self.path, MARK_FILE)
         _, epoch, anchor_boot, _ = self._anchor()
         #: store time = boot clock + offset, for the rest of this boot
         self.offset = epoch - anchor_boot
@@ -200,7 +213,7 @@ class StoreClock:
                 cur = self._read_anchor()
                 if cur is not None and cur[0] == self.boot_id:
                     return cur
-                marks = decode_slots(os.pread(fh.fileno(), 4 * _SLOT.size, 0))
+                marks = decode_slots(os.pread(fh.fileno(), 2 * _SLOT.size, 0))
                 if cur is not None:
                     marks.append((cur[1], cur[3]))
                 wall_now, boot_now = float(self._wall()), float(self._boot())
@@ -224,7 +237,8 @@ class StoreClock:
         a write torn by a power cut leaves the other one.  The clock's own
         writes are not fsynced; ``durable`` (at close) fsyncs.
         """
-        self._write_mark(self.now(), durable, block=durable)
+        if self.boot_id is not None:
+            self._write_mark(self.now(), durable, block=durable)
 
     def _mark_quietly(self, t: float) -> None:
         try:
