@@ -16,6 +16,7 @@ EXPORTED = {
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "StoreClock",
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",

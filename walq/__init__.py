@@ -9,6 +9,7 @@
 """
 
 from walq.broker import Broker, open
+from walq.clock import StoreClock
 from walq import errors as _errors
 from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
@@ -26,5 +27,6 @@ __all__ = [
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "StoreClock",
     *_errors.__all__,
 ]

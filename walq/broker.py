@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 
 from walq.catalog import Catalog
+from walq.clock import StoreClock
 from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist, WalqError
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
@@ -54,7 +54,9 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     durability: ``"always"`` (fdatasync before a write returns, shared by
     concurrent writers), ``"batch"`` (synced within ``sync_interval``
     seconds), or ``"os"`` (never fsyncs).  Every mode survives kill -9.
-    clock: a ``time.time``-like function (tests inject a fake one).
+    clock: a ``time.time``-like function, used as is (tests inject a fake
+    one); default: the store's own time (``walq.StoreClock``), which no
+    wall-clock step moves.
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
                   segment_size=segment_size)
@@ -75,8 +77,11 @@ class Broker:
         self._log_options = LogOptions(durability=durability, sync_interval=sync_interval,
                                        segment_size=segment_size)
         self.path = os.fspath(path)
-        self._clock = clock or time.time
         _make_dirs(os.path.join(self.path, "queues"))
+        # The default clock is the broker's to close (it records the store's
+        # high-water mark); a given one is the caller's.
+        self._store_clock = StoreClock(self.path) if clock is None else None
+        self._clock = clock if clock is not None else self._store_clock.now
         self._catalog = Catalog(self.path, self._log_options, self._log_io(os.path.join(self.path, "catalog")))
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
@@ -332,6 +337,8 @@ class Broker:
                 q._close()
             self._queues.clear()
             self._catalog.close()
+            if self._store_clock is not None:
+                self._store_clock.close()
 
     def __enter__(self) -> "Broker":
         return self

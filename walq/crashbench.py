@@ -508,7 +508,8 @@ def _drain(data: str, ledger: Ledger, result: BenchResult, opts: dict, vt: int) 
     """Receives every message left, with a clock past every lease."""
     shift = vt + 60.0
     drained: set[str] = set()
-    with walq.open(data, clock=lambda: time.time() + shift, **opts) as b:
+    store_now = walq.StoreClock(data).now  # the store's time, as the workers' leases were
+    with walq.open(data, clock=lambda: store_now() + shift, **opts) as b:
         q = b.get_queue(QUEUE)
         while True:
             msgs = q.receive(1000, wait=0)
