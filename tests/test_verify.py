@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import walq
 from helpers import flip_byte, frames, segment_paths, write_at
-from walq import inspect as winspect
+from walq.tools import inspect as winspect
 from walq.cli import main
 from walq.log import Log, LogOptions
 

@@ -23,7 +23,7 @@ from dataclasses import asdict
 import click
 
 import walq
-from walq import inspect as winspect
+from walq.tools import inspect as winspect
 from walq.errors import CorruptionError, QueueDoesNotExist, WalqError
 from walq.progress import Progress
 
