@@ -8,7 +8,7 @@ import threading
 import time
 
 from walq.catalog import Catalog
-from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist
+from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
@@ -116,9 +116,25 @@ class Broker:
                 q._close()
                 q = None
             if q is None:
+                self._check_queue_dir(name, entry.uid)
                 q = Queue(self, name, entry.uid, self._queue_dir(entry.uid))
                 self._queues[name] = q
             return q
+
+    def _check_queue_dir(self, name: str, uid: int) -> None:
+        """CorruptionError if a listed queue's directory is gone (opening
+        it would silently start an empty queue).  A delete appends its
+        catalog record before removing the directory, so a directory missing
+        while the catalog still lists the queue is damage."""
+        qdir = self._queue_dir(uid)
+        if os.path.isdir(qdir):
+            return
+        self._catalog.refresh()
+        entry = self._catalog.queues.get(name)
+        if entry is None or entry.uid != uid:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist (it was deleted)")
+        raise CorruptionError(f"queue {name!r}: its directory {qdir} is missing (every message in it is "
+                              "lost)", qdir)
 
     def list_queues(self, prefix: str = "") -> list[str]:
         """Queue names starting with ``prefix``, sorted."""

@@ -356,10 +356,26 @@ def _build(applied: int, meta: dict, c: dict) -> Index | NativeIndex:
 # -- files ---------------------------------------------------------------------
 
 
-def load_newest(directory: str) -> Index | NativeIndex | None:
-    """The newest checkpoint's index, or None if there is none."""
+def load_newest(directory: str, first: int | None = None) -> Index | NativeIndex | None:
+    """The newest checkpoint's index, or None if there is none.
+
+    ``first`` is the log's first record, read before this call: the
+    checkpoint must cover every record below it (CorruptionError naming the
+    lost range if none does - a deleted checkpoint file must not open as a
+    queue without the messages it held).  A trim raises the first record
+    only after writing a checkpoint at least that new, so reading ``first``
+    before listing never sees a live compaction as a gap.
+    """
     for _attempt in range(20):
         positions = list_checkpoints(directory)
+        if first is not None and first > (positions[-1] if positions else 0):
+            covered = positions[-1] if positions else 0
+            raise CorruptionError(
+                f"the log in {directory} starts at record {first}, but "
+                + (f"the newest checkpoint covers only records below {covered}"
+                   if positions else "there is no checkpoint")
+                + f": records {covered}-{first - 1} are gone (a checkpoint or segment file was deleted)",
+                directory)
         if not positions:
             return None
         path = os.path.join(directory, checkpoint_name(positions[-1]))

@@ -176,7 +176,8 @@ class Queue:
         return attrs
 
     def _load_index(self) -> Index | NativeIndex:
-        idx = checkpoint.load_newest(self._dir)
+        first = self._log.first  # before listing checkpoints (see load_newest)
+        idx = checkpoint.load_newest(self._dir, first)
         if idx is None:
             attrs = self._attrs()
             idx = new_index(attrs.fifo, attrs.dedup_scope)
