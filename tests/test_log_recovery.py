@@ -318,7 +318,7 @@ def test_missing_middle_segment_is_refused_on_open_naming_the_range(tmp_path):
 
 def test_an_intact_log_of_many_segments_opens(tmp_path):
     expected = build(tmp_path, [nonzero_payload(i, 300) for i in range(60)])
-    assert len(segment_paths(str(tmp_path))) > 3
+    assert len(segment_paths(str(tmp_path))) >= 3
     with Log.open(tmp_path, ALWAYS) as log:
         assert [r.payload for r in log.iter_from()] == expected
 
