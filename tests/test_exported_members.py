@@ -16,6 +16,8 @@ EXPORTED = {
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "repair",
+    "RepairReport",
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",

@@ -694,43 +694,79 @@ def count_files(store: str) -> int:
 # -- dumping -------------------------------------------------------------------------
 
 
-def iter_segment(path: str, *, start: int = 0) -> Iterator[RawRecord]:
+class Damage(NamedTuple):
+    """Bytes of a segment that do not validate, found while reading past damage."""
+
+    path: str
+    offset: int
+    length: int
+    seq: int  # the first record they should hold
+    resume: int | None  # the sequence valid data resumes at, None if nothing valid follows
+
+    def message(self) -> str:
+        if self.resume is None:
+            return f"record {self.seq} does not validate and nothing valid follows (a torn tail or damage)"
+        lost = f"records {self.seq}-{self.resume - 1}" if self.resume - 1 > self.seq else f"record {self.seq}"
+        return f"{lost} unreadable ({self.length} bytes do not validate); reading resumes at record {self.resume}"
+
+
+def iter_segment(path: str, *, start: int = 0, past_damage: bool = False) -> Iterator[RawRecord]:
     """The valid records of one segment file, from sequence ``start``.
 
-    Stops at the end of data or at a torn tail; raises CorruptionError (with
-    file and offset) at a record that does not validate while valid records
-    follow it.
+    Stops at the end of data or at a torn tail.  At a record that does not
+    validate while valid records follow it: raises CorruptionError (with
+    file and offset), or with ``past_damage`` yields a ``Damage`` and goes on
+    at the next valid record (``walq dump``).
     """
     with _Mapped(path) as m:
         header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
         if header is None:
             raise CorruptionError(f"segment header does not validate: {path} at offset 0", path, 0)
         base, salt = header
-        gen = _scan(m, SEGMENT_HEADER_SIZE, salt, base, True)
+        off, next_seq = SEGMENT_HEADER_SIZE, base
         while True:
-            try:
-                seq, off, n, t = next(gen)
-            except StopIteration as stop:
-                res = stop.value
-                break
-            if seq >= start:
-                yield RawRecord(seq, t, bytes(m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]),
-                                path, off)
-        if res.status == lib.WALQ_SCAN_BAD:
+            gen = _scan(m, off, salt, next_seq, True)
+            while True:
+                try:
+                    seq, roff, n, t = next(gen)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+                if seq >= start:
+                    yield RawRecord(seq, t, bytes(m.mm[roff + RECORD_HEADER_SIZE : roff + RECORD_HEADER_SIZE + n]),
+                                    path, roff)
+            if res.status not in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_END):
+                return
             nxt = m.find_valid(res.next_off + 8, salt, res.next_seq)
-            if nxt is not None:
+            if nxt is None:
+                if past_damage and res.status == lib.WALQ_SCAN_BAD:
+                    yield Damage(path, res.next_off, m.last_nonzero(res.next_off) - res.next_off, res.next_seq, None)
+                return
+            if not past_damage:
                 raise CorruptionError(
                     f"record {res.next_seq} in {path} at offset {res.next_off} does not validate "
                     f"(valid data resumes at offset {nxt})", path, res.next_off)
+            (resume,) = struct.unpack_from("<Q", m.mm, nxt + 16)
+            yield Damage(path, res.next_off, nxt - res.next_off, res.next_seq, resume)
+            off, next_seq = nxt, resume
 
 
-def iter_log(directory: str, *, start: int = 0) -> Iterator[RawRecord]:
-    """The valid records of every segment of a log, oldest first."""
+def iter_log(directory: str, *, start: int = 0, past_damage: bool = False) -> Iterator[RawRecord]:
+    """The valid records of every segment of a log, oldest first (with
+    ``past_damage``, a ``Damage`` for each unreadable stretch, and for each
+    gap between segments)."""
     segs = segment_files(directory)
+    expect = None
     for i, (base, path) in enumerate(segs):
         if i + 1 < len(segs) and segs[i + 1][0] <= start:
             continue
-        yield from iter_segment(path, start=start)
+        if past_damage and expect is not None and base > expect and base > start:
+            yield Damage(directory, 0, 0, expect, base)
+        expect = None
+        for rec in iter_segment(path, start=start, past_damage=past_damage):
+            if isinstance(rec, RawRecord):
+                expect = rec.seq + 1
+            yield rec
 
 
 def body_json(body: bytes, *, include: bool = True) -> dict:
@@ -801,15 +837,34 @@ def catalog_record_json(rec: RawRecord) -> dict:
     return out
 
 
+def damage_json(d: Damage) -> dict:
+    """A ``Damage`` as a dump line: ``{"damage": ..., ...}``."""
+    if d.offset == 0 and d.length == 0:
+        msg = (f"records {d.seq}-{d.resume - 1} are missing: no segment holds them" if d.resume - 1 > d.seq
+               else f"record {d.seq} is missing: no segment holds it")
+        return {"damage": msg, "log": d.path, "seq": d.seq, "resume": d.resume}
+    return {"damage": d.message(), "segment": os.path.basename(d.path), "offset": d.offset, "length": d.length,
+            "seq": d.seq, "resume": d.resume}
+
+
 def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) -> Iterator[dict]:
-    """Every record of a log (``kind`` "queue" or "catalog") as JSON-able dicts."""
-    for rec in iter_log(directory, start=start):
-        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    """Every record of a log (``kind`` "queue" or "catalog") as JSON-able
+    dicts; damage is reported inline (a ``{"damage": ...}`` line) and
+    reading goes on past it."""
+    for rec in iter_log(directory, start=start, past_damage=True):
+        if isinstance(rec, Damage):
+            yield damage_json(rec)
+        else:
+            yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
 
 
 def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:
     """Every record of one segment file; decoded as catalog records when the
-    file lies in a ``catalog`` directory, else as queue records."""
+    file lies in a ``catalog`` directory, else as queue records.  Damage is
+    reported inline, as by dump_log."""
     kind = "catalog" if os.path.basename(os.path.dirname(os.path.abspath(path))) == "catalog" else "queue"
-    for rec in iter_segment(path, start=start):
-        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    for rec in iter_segment(path, start=start, past_damage=True):
+        if isinstance(rec, Damage):
+            yield damage_json(rec)
+        else:
+            yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
