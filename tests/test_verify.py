@@ -298,14 +298,18 @@ def test_dump_catalog_and_segment(store):
     assert json.loads(run(store, "dump", "--segment", seg).stdout.splitlines()[0])["type"] == "catalog"
 
 
-def test_dump_stops_at_damage_with_exit_1_after_the_records_before_it(store):
+def test_dump_reads_past_damage_reporting_it_inline_and_exits_1(store):
     seg = segment_paths(queue_dir(store))[0]
-    victim = frames(seg)[2]
+    all_frames = frames(seg)
+    victim = all_frames[2]
     flip_byte(seg, victim.offset + 28)
     r = run(store, "dump", "orders")
     assert r.exit_code == 1
-    assert len(r.stdout.splitlines()) == 2
-    assert f"offset {victim.offset}" in r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == len(all_frames)  # every record but one, and the damage in its place
+    assert lines[2]["offset"] == victim.offset and lines[2]["seq"] == victim.seq and "damage" in lines[2]
+    assert [x["seq"] for x in lines if "damage" not in x] == [f.seq for f in all_frames if f.seq != victim.seq]
+    assert "walq repair" in r.stderr
 
 
 def test_dump_needs_exactly_one_target_and_an_existing_queue(store):
