@@ -345,7 +345,7 @@ def test_a_checkpoint_whose_tables_contradict_each_other_is_reported(store):
 
 
 def test_verify_beside_a_live_writer_that_rolls_and_trims_reports_no_damage(tmp_path):
-    """verify's help says it is safe on a live store: 25 verifies while a
+    """verify's help says it is safe on a live store: 40 verifies while a
     writer appends, rolls segments, checkpoints and trims them.  Each verify
     starts after the writer reports another round done (an observable event,
     not a timer), so they land at different points of its work."""
@@ -356,7 +356,7 @@ def test_verify_beside_a_live_writer_that_rolls_and_trims_reports_no_damage(tmp_
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
         damage = []
-        for _ in range(25):
+        for _ in range(40):
             line = writer.stdout.readline()
             assert line.startswith("round"), "the writer stopped"
             report = winspect.verify_store(str(path))

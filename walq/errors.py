@@ -100,7 +100,7 @@ class CorruptionError(WalqError):
             qdir = _queue_dir_of(path)
             if qdir is not None:
                 message = f"{queue_label(qdir)}: {message}"
-        if "walq repair" not in message:
+        if "walq repair --data" not in message:
             message = f"{message}; {repair_hint(path)}"
         super().__init__(message)
         self.path = path

@@ -385,6 +385,15 @@ def load_newest(directory: str, first: int | None = None) -> Index | NativeIndex
             return _build(*parsed)
         except FileNotFoundError:
             continue  # a newer one replaced it between the listing and the open
+        except CorruptionError as exc:
+            if first == 0:
+                why = ("the log still holds every record from 0, so nothing is lost: `walq repair` sets the "
+                       "checkpoint aside and replays the log")
+            else:
+                why = ("`walq repair` falls back to an older checkpoint, or to the records the log still "
+                       f"holds from {first}" if first is not None else "")
+            raise CorruptionError(f"{exc.args[0].split('; run `walq repair')[0]}: {why}" if why else str(exc),
+                                  exc.path, exc.offset) from None
     raise CorruptionError(f"checkpoints in {directory} keep vanishing while being read", directory)
 
 
