@@ -295,3 +295,25 @@ def test_repair_cli_prints_the_report_and_exits_0(tmp_path):
     doc = json.loads(r.stdout)
     assert doc["lost_records"] == 1 and doc["quarantine"].startswith(str(store))
     assert len(bodies_of(store)) == 19
+
+
+def test_a_repair_cut_short_after_its_new_segments_were_ready_is_finished_by_the_next(tmp_path, monkeypatch):
+    from walq.tools import repair as repair_mod
+
+    store = tmp_path / "s"
+    qdir = make(store, 20)
+    flip_byte(segment_paths(qdir)[0], sends(qdir)[4].offset + 30)
+
+    def crash(*_a):
+        raise KeyboardInterrupt("crash after READY")
+
+    monkeypatch.setattr(repair_mod, "_finish_swap", crash)
+    with pytest.raises(KeyboardInterrupt):
+        walq.repair(store)
+    monkeypatch.undo()
+    with walq.open(store) as b, pytest.raises(walq.CorruptionError, match="interrupted"):
+        b.get_queue("orders")
+    report = walq.repair(store)
+    assert any("finished the interrupted repair" in a for a in report.catalog)
+    assert sorted(bodies_of(store)) == sorted(f"m{i}" for i in range(20) if i != 4)
+    assert verified_ok(store)

@@ -127,6 +127,9 @@ class Broker:
         catalog record before removing the directory, so a directory missing
         while the catalog still lists the queue is damage."""
         qdir = self._queue_dir(uid)
+        if os.path.exists(os.path.join(qdir, "repair.tmp", "READY")):
+            raise CorruptionError(f"queue {name!r}: a repair of it was interrupted (its new segments wait in "
+                                  f"{qdir}/repair.tmp)", qdir)
         if os.path.isdir(qdir):
             return
         self._catalog.refresh()

@@ -603,8 +603,9 @@ def verify(ctx, as_json, strict, quiet, data):
     checkpoint, and prints each problem with its file, offset and bytes.
     DAMAGE lines make the exit code 1; TORN and NOTE lines are what a crash
     normally leaves (the next open sets torn tails aside) and do not.
-    Safe to run while other processes use the store: it takes no lock and
-    writes nothing.
+    Safe to run while other processes use the store: it writes nothing, and
+    reads each log as of one moment (holding its append lock while it maps
+    the files, so a segment trimmed meanwhile is not mistaken for damage).
     """
     path = _data(ctx, data)
     if not winspect.is_store(path):

@@ -1,10 +1,14 @@
 """Reading a store's files without opening it: ``walq verify`` and ``walq dump``.
 
-Nothing here takes a lock, runs recovery or writes a byte, so both commands
-are safe on a store other processes are using, and on a damaged store that
-``walq.open`` would refuse.  The bytes are read as docs/format.md specifies
-them; frames are checked by the same native code the log uses
-(``walq_scan``, ``walq_find_valid``, ``walq_durable_after``).
+Nothing here runs recovery or writes a byte, so both commands are safe on a
+damaged store that ``walq.open`` would refuse.  Verify is safe on a store
+other processes are using: it reads each log as of one moment, holding that
+log's ``lock.open`` and ``lock.append`` (read-only descriptors, never
+created) while it maps the segments and reads ``log.ctl`` and the
+checkpoints, and judges the active segment only up to the end published
+then (docs/format.md, "Verify on a live store").  The bytes are read as
+docs/format.md specifies them; frames are checked by the same native code
+the log uses (``walq_scan``, ``walq_find_valid``, ``walq_durable_after``).
 
 What verify calls damage (exit 1) and what it only notes, following the
 recovery rules of docs/format.md ("Recovery"):
@@ -16,6 +20,10 @@ recovery rules of docs/format.md ("Recovery"):
   when a later valid record shows it had been synced (its ``seq - lag`` is
   above the bad record); otherwise it is a torn tail - writes a crash cut
   short, which the next open sets aside in ``torn-*.bin`` - and is noted.
+  Valid records after the bad one are damage even so: they were written
+  whole, so the bad one was not a write cut short (recovery would cut them
+  aside as a torn tail; ``walq repair`` keeps them), and a ``torn-*.bin``
+  file holding records that still validate is damage for the same reason.
   With ``strict=True`` (for use when the machine has not lost power since
   the last writer ran, as after kill -9), a torn tail below the end that
   ``log.ctl`` says was published is damage too: a process crash alone never
@@ -24,6 +32,10 @@ recovery rules of docs/format.md ("Recovery"):
   cover the records the log no longer holds and no records it does not hold.
 * Every queue record must decode (docs/format.md, "Queue records"), and
   every catalog record must be a JSON catalog entry.
+* Every queue directory must be listed in the catalog (checked again
+  holding the catalog's append lock); one whose uid a delete record names is
+  a deleted queue not yet removed (a note), and names that are not 16 hex
+  digits (``<uid>.deleted``, ``.trash``) are not queues.
 """
 
 from __future__ import annotations

@@ -520,19 +520,10 @@ def _repair_queue(store: str, qdir: str, label: str, attrs: QueueAttributes | No
     if dry_run:
         return
     qroot = quarantine()
-    staging = os.path.join(qdir, "repair.tmp")
     if needs_rewrite:
-        if os.path.isdir(staging):
-            for n in os.listdir(staging):
-                os.unlink(os.path.join(staging, n))
-        new_paths = _write_log(staging, first, out, _segment_size(qdir))
-        _fsync_dir(staging)
-    _set_aside(store, qroot, aside)
-    if needs_rewrite:
-        for p in new_paths:
-            os.rename(p, os.path.join(qdir, os.path.basename(p)))
-        _fsync_dir(qdir)
-        os.rmdir(staging)
+        _swap_in(store, qroot, qdir, first, out, aside)
+    else:
+        _set_aside(store, qroot, aside)
     if new_ckpt is not None:
         if attrs is None:
             raise InvalidParameter(f"{label}: no queue.json or catalog entry says whether it is FIFO")
@@ -540,6 +531,75 @@ def _repair_queue(store: str, qdir: str, label: str, attrs: QueueAttributes | No
         idx.applied = new_ckpt
         ckpt.save(idx, qdir, OsIO())
     _fsync_dir(qdir)
+
+
+#: Written into a log's ``repair.tmp/`` once the new segments there are
+#: complete and fsynced: ``{"aside": [paths under the store], "new":
+#: {segment name: salt}}``.  Repair finds it after a crash and finishes the
+#: swap; an open refuses the queue meanwhile.
+READY = "READY"
+
+
+def _swap_in(store: str, qroot: str, log_dir: str, first: int, records: list[tuple[int, bytes]],
+             aside: list[str]) -> None:
+    """Replaces a log's segments with ``records``: written and fsynced in
+    ``repair.tmp/``, marked READY, then the old files moved to quarantine
+    and the new segments renamed in."""
+    staging = os.path.join(log_dir, "repair.tmp")
+    if os.path.isdir(staging):
+        for n in os.listdir(staging):
+            os.unlink(os.path.join(staging, n))
+    new_paths = _write_log(staging, first, records, _segment_size(log_dir)) if records else []
+    new = {}
+    for p in new_paths:
+        with open(p, "rb") as f:
+            new[os.path.basename(p)] = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))[1]
+    plan = {"aside": [os.path.relpath(p, store) for p in aside], "new": new}
+    OsIO().write_file_atomic(os.path.join(staging, READY), json.dumps(plan).encode())
+    _finish_swap(store, qroot, log_dir)
+
+
+def _finish_swap(store: str, qroot: str, log_dir: str) -> None:
+    """Completes a swap whose ``repair.tmp/READY`` exists (also after a
+    crash part way through): a file of the plan's ``aside`` list still in
+    place is moved to quarantine unless it is one of the new segments
+    already renamed in (same name and salt)."""
+    staging = os.path.join(log_dir, "repair.tmp")
+    with open(os.path.join(staging, READY), "rb") as f:
+        plan = json.loads(f.read())
+    old = []
+    for rel in plan["aside"]:
+        p = os.path.join(store, rel)
+        name = os.path.basename(p)
+        if name in plan["new"] and not os.path.exists(os.path.join(staging, name)):
+            continue  # already renamed in: this is the new one
+        old.append(p)
+    _set_aside(store, qroot, old)
+    for name in plan["new"]:
+        src = os.path.join(staging, name)
+        if os.path.exists(src):
+            os.rename(src, os.path.join(log_dir, name))
+    _fsync_dir(log_dir)
+    os.unlink(os.path.join(staging, READY))
+    os.rmdir(staging)
+    _fsync_dir(log_dir)
+
+
+def _resume_swaps(store: str, log_dirs: list[str], quarantine) -> list[str]:
+    """Finishes swaps a crash interrupted; drops staging never marked READY."""
+    done = []
+    for d in log_dirs:
+        staging = os.path.join(d, "repair.tmp")
+        if not os.path.isdir(staging):
+            continue
+        if os.path.exists(os.path.join(staging, READY)):
+            _finish_swap(store, quarantine(), d)
+            done.append(f"finished the interrupted repair of {os.path.relpath(d, store)}")
+        else:
+            for n in os.listdir(staging):
+                os.unlink(os.path.join(staging, n))
+            os.rmdir(staging)
+    return done
 
 
 def _unlink_carries(out: list[tuple[int, bytes]], first: int) -> list[tuple[int, bytes]]:
@@ -659,6 +719,8 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
 
     logs = [("catalog", cat_dir)] + [(f"queue directory {os.path.basename(d)}", d) for d in qdirs]
     with _exclusive(logs):
+        if not dry_run:
+            report.catalog += _resume_swaps(store, [cat_dir, *qdirs], quarantine)
         cat = _Salvage(cat_dir)
         cat.read()
         queues, known, undecodable = _catalog_state(cat)
@@ -732,18 +794,7 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
                        for name, (uid, a) in sorted(queues.items())]
             report.catalog.append(f"rewrote the catalog log: {len(records)} queues")
             if not dry_run:
-                qroot = quarantine()
-                staging = os.path.join(cat_dir, "repair.tmp")
-                os.makedirs(staging, exist_ok=True)
-                for n_ in os.listdir(staging):
-                    os.unlink(os.path.join(staging, n_))
-                new_paths = _write_log(staging, 0, records, _segment_size(cat_dir)) if records else []
-                _fsync_dir(staging)
-                _set_aside(store, qroot, cat.aside + [os.path.join(cat_dir, "log.ctl")])
-                for p in new_paths:
-                    os.rename(p, os.path.join(cat_dir, os.path.basename(p)))
-                _fsync_dir(cat_dir)
-                os.rmdir(staging)
+                _swap_in(store, quarantine(), cat_dir, 0, records, cat.aside + [os.path.join(cat_dir, "log.ctl")])
         if report.quarantine and not dry_run:
             OsIO().write_file_atomic(os.path.join(report.quarantine, "report.json"),
                                      json.dumps(report.to_json(), indent=1).encode())
