@@ -132,7 +132,13 @@ class Broker:
                                   f"{qdir}/repair.tmp)", qdir)
         if os.path.isdir(qdir):
             return
-        self._catalog.refresh()
+        # A delete may be moving the directory aside right now: it holds the
+        # catalog's append lock until its record is in, so look again under it.
+        with self._catalog.log.locked(wait_durable=False):
+            self._catalog.refresh()
+            present = os.path.isdir(qdir)
+        if present:
+            return
         entry = self._catalog.queues.get(name)
         if entry is None or entry.uid != uid:
             raise QueueDoesNotExist(f"queue {name!r} does not exist (it was deleted)")
