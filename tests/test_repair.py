@@ -317,3 +317,16 @@ def test_a_repair_cut_short_after_its_new_segments_were_ready_is_finished_by_the
     assert any("finished the interrupted repair" in a for a in report.catalog)
     assert sorted(bodies_of(store)) == sorted(f"m{i}" for i in range(20) if i != 4)
     assert verified_ok(store)
+
+
+def test_a_fifo_queue_keeps_its_order_after_repair(tmp_path):
+    store = tmp_path / "s"
+    with walq.open(store) as b:
+        q = b.create_queue("orders.fifo")
+        for i in range(30):
+            q.send(f"m{i}", group="g", dedup_id=str(i))
+        qdir = q._dir
+    flip_byte(segment_paths(qdir)[0], sends(qdir)[7].offset + 30)
+    walq.repair(store)
+    assert bodies_of(store, "orders.fifo") == [f"m{i}" for i in range(30) if i != 7]
+    assert verified_ok(store)

@@ -914,7 +914,10 @@ def _unlisted_queue_dir(store: str, d: str, uid: int) -> Problem | None:
         if not os.path.isdir(d):
             return None  # removed by a delete meanwhile
         has_def = os.path.exists(os.path.join(d, DEFINITION))
-        has_log = bool(segment_files(d)) if os.path.isdir(d) else False
+        try:
+            has_log = bool(segment_files(d))
+        except FileNotFoundError:
+            return None
     if uid in known:
         return Problem(NOTE, d, None, None, "directory of a deleted queue (its files not yet removed)")
     if not has_def and not has_log:
@@ -930,7 +933,12 @@ def count_files(store: str) -> int:
     """Segments and checkpoints verify will read (for a progress bar)."""
     n = len(segment_files(os.path.join(store, "catalog"))) if is_store(store) else 0
     for d in queue_dirs(store):
-        n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
+        if queue_uid(os.path.basename(d)) is None:
+            continue
+        try:
+            n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
+        except FileNotFoundError:
+            continue  # deleted meanwhile
     return n
 
 
