@@ -82,9 +82,19 @@ def test_a_flipped_byte_in_record_5_of_200_loses_only_that_message_after_repair(
     (lg,) = [lg for lg in report.logs if lg.lost]
     assert [(x["from"], x["to"]) for x in lg.lost] == [(victim.seq, victim.seq)]
     assert lg.lost[0]["message_ids"]  # the id bytes were readable
+    with walq.open(store) as b:  # compact and purge work again too
+        q = b.get_queue("orders")
+        q.checkpoint()
+        assert q.stats().total == 199
+    assert run(store, "dump", "orders").exit_code == 0
     got = bodies_of(store)
     assert sorted(got) == sorted(f"m{i}" for i in range(200) if i != 5)
     assert verified_ok(store)
+    with walq.open(store) as b:
+        q = b.get_queue("orders")
+        q.send("more")
+        q.purge()
+        assert q.stats().total == 0
     qfiles = os.listdir(report.quarantine)
     assert {"report.json", "report.txt", "queues"} <= set(qfiles)
     text = open(os.path.join(report.quarantine, "report.txt")).read()

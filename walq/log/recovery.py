@@ -11,6 +11,9 @@ Runs only when no other process has the log open (the caller holds
   their frames are verified whenever they are read.  Those that may hold
   records above the last durable point (appenders killed between a roll and
   their sync) are fdatasynced before everything is declared durable.
+* Every segment but the newest must end with the record just below the next
+  one's base (looked for near the end of its data); a gap - a segment file
+  deleted from the middle - is CorruptionError naming the missing range.
 * The active (last) segment is scanned in C from its header.  Where the scan
   stops - on a frame that does not validate, or on a zero header with valid
   frames after it - the rest of the segment decides:
