@@ -17,6 +17,8 @@ EXPORTED = {
     "QueueAttributes",
     "RedrivePolicy",
     "StoreClock",
+    "repair",
+    "RepairReport",
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",

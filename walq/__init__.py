@@ -15,6 +15,7 @@ from walq.errors import *  # noqa: F401,F403  (the exception tree; names in erro
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
+from walq.tools.repair import RepairReport, repair
 
 __version__ = "0.1.0"
 __all__ = [
@@ -28,5 +29,7 @@ __all__ = [
     "QueueAttributes",
     "RedrivePolicy",
     "StoreClock",
+    "repair",
+    "RepairReport",
     *_errors.__all__,
 ]

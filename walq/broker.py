@@ -8,7 +8,8 @@ import threading
 
 from walq.catalog import Catalog
 from walq.clock import StoreClock
-from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist, WalqError
+from walq.errors import (BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
+                         WalqError)
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
@@ -157,14 +158,39 @@ class Broker:
                 q._close(deleted=True)
                 q = None
             if q is None:
+                self._check_queue_dir(name, entry.uid)
                 try:
                     q = Queue(self, name, entry.uid, self._queue_dir(entry.uid))
                 except OSError as exc:
-                    # Deleted (by another process) since the lookup above?
+                    # Deleted (by another process) since the check above?
                     self._raise_if_deleted(_Unopened(name, entry.uid), exc)
                     raise
                 self._queues[name] = q
             return q
+
+    def _check_queue_dir(self, name: str, uid: int) -> None:
+        """CorruptionError if a listed queue's directory is gone (opening
+        it would silently start an empty queue).  A delete appends its
+        catalog record before removing the directory, so a directory missing
+        while the catalog still lists the queue is damage."""
+        qdir = self._queue_dir(uid)
+        if os.path.exists(os.path.join(qdir, "repair.tmp", "READY")):
+            raise CorruptionError(f"queue {name!r}: a repair of it was interrupted (its new segments wait in "
+                                  f"{qdir}/repair.tmp)", qdir)
+        if os.path.isdir(qdir):
+            return
+        # A delete may be moving the directory aside right now: it holds the
+        # catalog's append lock until its record is in, so look again under it.
+        with self._catalog.log.locked(wait_durable=False):
+            self._catalog.replay()
+            present = os.path.isdir(qdir)
+        if present:
+            return
+        entry = self._catalog.queues.get(name)
+        if entry is None or entry.uid != uid:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist (it was deleted)")
+        raise CorruptionError(f"queue {name!r}: its directory {qdir} is missing (every message in it is "
+                              "lost)", qdir)
 
     def list_queues(self, prefix: str = "") -> list[str]:
         """Queue names starting with ``prefix``, sorted."""
