@@ -15,6 +15,7 @@ from walq.errors import *  # noqa: F401,F403  (the exception tree; names in erro
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
+from walq.worker import Notification, RetryPolicy, Worker
 
 __version__ = "0.1.0"
 __all__ = [
@@ -28,5 +29,8 @@ __all__ = [
     "QueueAttributes",
     "RedrivePolicy",
     "StoreClock",
+    "Worker",
+    "RetryPolicy",
+    "Notification",
     *_errors.__all__,
 ]
