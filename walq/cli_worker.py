@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 
 import click
 
@@ -86,6 +88,11 @@ def worker(ctx, handlers, concurrency, batch_size, http_timeout, data, verbose):
         raise _Failed(f"no walq store at {path}", _EXIT_ERROR)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s walq worker: %(message)s")
+    # Until run() installs its own: a SIGTERM that comes during start-up
+    # stops the worker as cleanly as one that comes later.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
         with walq.open(path) as broker:
             w = walq.Worker(broker, concurrency=concurrency, http_timeout=http_timeout)
@@ -93,7 +100,7 @@ def worker(ctx, handlers, concurrency, batch_size, http_timeout, data, verbose):
                 w.consume(name, func, batch_size=batch_size)
             click.echo(f"walq worker: {len(pairs)} queue handler(s) and the store's subscriptions, "
                        f"concurrency {concurrency}; SIGTERM or Ctrl-C stops", err=True)
-            w.run()
+            w.run(stop)
     except QueueDoesNotExist as exc:
         raise _Failed(" ".join(str(exc).split()), _EXIT_NO_QUEUE) from None
     except (WalqError, OSError) as exc:

@@ -133,6 +133,8 @@ class Worker:
                 run.tick()
                 halt.wait(IDLE_WAIT_S)
         finally:
+            if halt.is_set():
+                log.warning("stopping on a signal: finishing the batches in hand")
             halt.set()
             try:
                 run.finish()
