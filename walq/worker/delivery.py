@@ -131,8 +131,8 @@ class Deliverer:
             done.append(m.receipt)
             delivered += 1
         if done:
+            self._tally.count(target.key, delivered=delivered)  # delivered, whether the delete lands or not
             q.delete_batch(done)
-            self._tally.count(target.key, delivered=delivered)
         if skipped:
             res = q.change_visibility_batch([(r, 0) for r in skipped])
             if res.failed:
