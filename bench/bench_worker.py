@@ -1,6 +1,6 @@
 """Worker throughput: handler and HTTP deliveries per second, and a queue handler.
 
-    python bench/bench_worker.py [--n 5000] [--http-n 2000] [--durability always] [--dir DIR] [--json OUT]
+    python bench/bench_worker.py [--n 20000] [--http-n 3000] [--durability always] [--dir DIR] [--json OUT]
 
 Each scenario fills a queue first, starts the worker processes (each a
 ``walq.Worker(concurrency=4)``), waits until every one is ready, releases them
@@ -153,8 +153,8 @@ def run_scenario(base: str, name: str, kind: str, n: int, procs: int, durability
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=5000, help="messages per handler/queue scenario")
-    ap.add_argument("--http-n", type=int, default=2000, help="messages in the HTTP scenario")
+    ap.add_argument("--n", type=int, default=20000, help="messages per handler/queue scenario")
+    ap.add_argument("--http-n", type=int, default=3000, help="messages in the HTTP scenario")
     ap.add_argument("--durability", choices=["always", "batch", "os"], default="always")
     ap.add_argument("--dir", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the rows here too")
