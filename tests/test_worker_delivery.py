@@ -163,6 +163,23 @@ def test_connection_refused_is_a_failure_that_dead_letters_with_error_attributes
                what="the counts")
 
 
+def test_an_http_timeout_is_dead_lettered_as_timeout(broker, endpoint):
+    q = broker.create_queue("sub-internal")
+    dlq = broker.create_queue("sub-dlq")
+    send_env(q, envelope("hi"))
+    endpoint.script.append("hang")
+    target(broker, q, "http", endpoint.url, retry=walq.RetryPolicy(max_retries=0), dead_letter=dlq)
+    with running(walq.Worker(broker, http_timeout=0.5)):
+        wait_until(lambda: dlq.stats().visible == 1, what="the dead letter")
+    [m] = dlq.receive(1)
+    assert m.attributes["ERROR_CODE"] == "Timeout"
+    assert endpoint.count() == 1
+
+
+def test_the_broker_lists_no_delivery_targets_of_its_own(broker):
+    assert broker._delivery_targets() == []
+
+
 def test_http_status_becomes_the_error_code(broker, clock, endpoint):
     q = broker.create_queue("sub-internal")
     dlq = broker.create_queue("sub-dlq")
@@ -243,6 +260,18 @@ def test_a_body_that_is_not_an_envelope_is_dead_lettered_at_once(broker):
         wait_until(lambda: dlq.stats().visible == 1, what="the dead letter")
     [m] = dlq.receive(1)
     assert m.attributes["ERROR_CODE"] == "InvalidEnvelope" and m.text == "not json"
+    assert received == []
+
+
+def test_an_envelope_with_a_bad_timestamp_is_dead_lettered_not_retried(broker):
+    q = broker.create_queue("sub-internal")
+    dlq = broker.create_queue("sub-dlq")
+    send_env(q, envelope("x", timestamp="not a time"))
+    target(broker, q, "handler", f"{__name__}:collect", dead_letter=dlq)
+    with running(walq.Worker(broker)):
+        wait_until(lambda: dlq.stats().visible == 1 and q.stats().total == 0, what="the dead letter")
+    [m] = dlq.receive(1)
+    assert m.attributes["ERROR_CODE"] == "InvalidEnvelope" and "ISO-8601" in m.attributes["ERROR_MESSAGE"]
     assert received == []
 
 

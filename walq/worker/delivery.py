@@ -86,7 +86,8 @@ class Deliverer:
             raise DeliveryFailed(type(exc).__name__, str(exc) or type(exc).__name__) from None
 
     def attempt(self, target, env: dict, m) -> None:
-        """Delivers one notification once; DeliveryFailed if it failed."""
+        """Delivers one notification once; DeliveryFailed if it failed,
+        EnvelopeError if the envelope cannot make a Notification."""
         if target.kind == "handler":
             self._handler(target, env, m)
         elif target.kind in ("http", "https"):
@@ -114,12 +115,11 @@ class Deliverer:
                 continue
             try:
                 env = parse_envelope(m.body)
+                self.attempt(target, env, m)
             except EnvelopeError as exc:
                 log.error("%s: pending delivery %s is not an SNS envelope: %s", target.key, m.message_id, exc)
                 self._give_up(target, m, DeliveryFailed("InvalidEnvelope", str(exc)))
                 continue
-            try:
-                self.attempt(target, env, m)
             except DeliveryFailed as failure:
                 self._tally.count(target.key, failed=1)
                 log.info("%s: delivery of %s failed (attempt %d): %s", target.key, env["MessageId"],

@@ -124,25 +124,26 @@ class Worker:
             self._running = True
         halt = threading.Event()
         restore = self._install_signals(halt)
-        run = _Run(self, halt)
         try:
-            run.start()
-            while not halt.is_set():
-                if stop is not None and stop.is_set():
-                    break
-                run.tick()
-                halt.wait(IDLE_WAIT_S)
-        finally:
-            if halt.is_set():
-                log.warning("stopping on a signal: finishing the batches in hand")
-            halt.set()
+            run = _Run(self, halt)
             try:
-                run.finish()
+                run.start()
+                while not halt.is_set():
+                    if stop is not None and stop.is_set():
+                        break
+                    run.tick()
+                    halt.wait(IDLE_WAIT_S)
             finally:
-                for sig, old in restore:
-                    signal.signal(sig, old)
-                with self._mu:
-                    self._running = False
+                if halt.is_set():
+                    log.warning("stopping on a signal: finishing the batches in hand")
+                halt.set()
+                run.finish()
+        finally:
+            for sig, old in restore:
+                # None: a handler installed outside Python, which cannot be put back.
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            with self._mu:
+                self._running = False
 
     @staticmethod
     def _install_signals(halt: threading.Event) -> list:
