@@ -132,7 +132,8 @@ def test_http_failures_are_retried_with_backoff_on_the_broker_clock(broker, cloc
     endpoint.script.extend([500, "hang", 503])
     target(broker, q, "http", endpoint.url, retry=walq.RetryPolicy(max_retries=3))
     other = broker.get_queue("sub-internal")
-    with running(walq.Worker(broker, http_timeout=0.5)) as w:
+    # The timeout leaves the answered requests seconds to spare on a loaded machine.
+    with running(walq.Worker(broker, http_timeout=2.0)) as w:
         for attempt, wait in ((1, 1.0), (2, 2.0), (3, 4.0)):
             wait_until(lambda: endpoint.count() == attempt, what=f"attempt {attempt}")
             wait_until(lambda: counters.read(broker, SUB_ARN).failed == attempt and not w.leases._held,
