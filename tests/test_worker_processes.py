@@ -5,13 +5,10 @@ twice, and a worker killed with SIGKILL mid-delivery loses nothing."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
-
-import pytest
 
 import walq
 from walq.worker import counters
