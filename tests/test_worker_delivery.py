@@ -112,6 +112,17 @@ def test_http_delivery_posts_the_envelope_with_sns_headers(broker, endpoint):
     wait_until(lambda: counters.read(broker, SUB_ARN) == DeliveryCounts(delivered=1), what="the count")
 
 
+def test_http_deliveries_reuse_one_pooled_connection(broker, endpoint):
+    q = broker.create_queue("sub-internal")
+    target(broker, q, "http", endpoint.url)
+    with running(walq.Worker(broker, concurrency=1)):
+        for i in range(3):
+            send_env(q, envelope(f"n{i}"))
+            wait_until(lambda: q.stats().total == 0, what=f"delivery {i}")
+    assert endpoint.count() == 3
+    assert len({r["peer"] for r in endpoint.requests}) == 1  # keep-alive: one connection for all
+
+
 def test_raw_http_delivery_posts_the_message_alone(broker, endpoint):
     q = broker.create_queue("sub-internal")
     send_env(q, envelope('{"order": 1, "text": "caf\u00e9"}', message_id="m-2"))

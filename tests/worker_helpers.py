@@ -124,7 +124,7 @@ class Endpoint:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with outer._mu:
                     outer.requests.append({"path": self.path, "headers": dict(self.headers.items()),
-                                           "body": body})
+                                           "body": body, "peer": self.client_address})
                     action = outer.script.popleft() if outer.script else 200
                 if action == "hang":
                     outer.released.wait(60)
