@@ -5,10 +5,15 @@ twice, and a worker killed with SIGKILL mid-delivery loses nothing."""
 from __future__ import annotations
 
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
 import threading
+import time
+
+import pytest
 
 import walq
 from walq.worker import counters
@@ -179,3 +184,42 @@ def test_cli_exit_codes(tmp_path):
     assert r.returncode == 2 and "--concurrency" in r.stderr
     r = _cli(tmp_path, "--data", data, "--batch-size", "5000")
     assert r.returncode == 2 and "--batch-size" in r.stderr
+
+
+@pytest.mark.stress
+def test_workers_killed_and_restarted_at_random_lose_nothing(tmp_path):
+    rng = random.Random(int(os.environ.get("WORKER_STRESS_SEED", "0")) or None)
+    data = str(tmp_path / "data")
+    n = 2000
+    with walq.open(data) as b:
+        q = b.create_queue("jobs", visibility_timeout=2)
+        ids = set()
+        for start in range(0, n, 500):
+            ids |= {r.message_id for _i, r in q.send_batch([f"m{i}" for i in range(start, start + 500)]).successful}
+    journal = str(tmp_path / "journal-{pid}")
+    args = ("jobs=worker_helpers:slow_journal_batch", "--batch-size", "7", "--concurrency", "3")
+    procs = [spawn_cli(data, *args, journal=journal) for _ in range(3)]
+    try:
+        for _cycle in range(8):
+            time.sleep(rng.uniform(0.2, 1.5))
+            victim = rng.randrange(len(procs))
+            procs[victim].kill()
+            procs[victim].wait(60)
+            procs[victim] = spawn_cli(data, *args, journal=journal)
+        with walq.open(data) as b:
+            q = b.get_queue("jobs")
+            wait_until(lambda: q.stats().total == 0, timeout=300, what="the queue to drain")
+        errs = [Stderr(p) for p in procs]
+        for e in errs:
+            wait_until(lambda: "SIGTERM or Ctrl-C stops" in e.text(), what="the workers to start")
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p, e in zip(procs, errs):
+            assert _finish(p) == 0, e.text()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    lines = read_journals(str(tmp_path), "journal-")
+    got = {line[1] for line in lines}
+    assert got == ids  # every message handled at least once; none lost to a kill

@@ -189,6 +189,14 @@ def journal_batch(messages):
         _journal("got", m.message_id, m.receive_count, m.text)
 
 
+def slow_journal_batch(messages):
+    """Queue handler: journals each message, takes 0.2 s, acks all (so that
+    kills land mid-batch)."""
+    for m in messages:
+        _journal("got", m.message_id, m.receive_count, m.text)
+    time.sleep(0.2)
+
+
 def gated_batch(messages):
     """Queue handler: journals "start", waits for the gate file, journals "end"."""
     _journal("start", *[m.message_id for m in messages])
