@@ -16,6 +16,7 @@ from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 from walq.tools.repair import RepairReport, repair
+from walq.worker import Notification, RetryPolicy, Worker
 
 __version__ = "0.1.0"
 __all__ = [
@@ -31,5 +32,8 @@ __all__ = [
     "StoreClock",
     "repair",
     "RepairReport",
+    "Worker",
+    "RetryPolicy",
+    "Notification",
     *_errors.__all__,
 ]

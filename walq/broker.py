@@ -346,6 +346,10 @@ class Broker:
             if new != entry.attrs:
                 cat.write(tx, "set", q.name, q._uid, new)
 
+    def _delivery_targets(self) -> list:
+        """The HTTP and handler subscriptions a worker delivers (walq.worker.targets)."""
+        return []
+
     def _log_io(self, directory: str):
         """The I/O object for the log in ``directory`` (None: the plain
         one).  The crash tests' power-loss shim replaces this."""

@@ -824,3 +824,4 @@ def bench(ctx, seconds, modes, as_json, data):
             _echo_json(row.to_json())
     else:
         click.echo(benchmark.format_table(result))
+main.add_command(__import__("walq.cli_worker", fromlist=["worker"]).worker)  # walq worker
