@@ -10,21 +10,24 @@ import time
 from walq.catalog import Catalog
 from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist
 from walq.log import LogOptions
+from walq.log.access import prepare_store
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
 
 
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
-         segment_size: int = 64 * 1024 * 1024) -> "Broker":
+         segment_size: int = 64 * 1024 * 1024, group=None) -> "Broker":
     """Opens (creating if missing) the store at ``path``.
 
     durability: ``"always"`` (fdatasync before a write returns, shared by
     concurrent writers), ``"batch"`` (synced within ``sync_interval``
     seconds), or ``"os"`` (never fsyncs).  Every mode survives kill -9.
     clock: a ``time.time``-like function (tests inject a fake one).
+    group: a group name or gid to share the store with (directories 2770,
+    files 0660); by default a new store is its owner's alone (0700/0600).
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
-                  segment_size=segment_size)
+                  segment_size=segment_size, group=group)
 
 
 class Broker:
@@ -34,7 +37,7 @@ class Broker:
     """
 
     def __init__(self, path, *, durability="always", sync_interval=0.01, clock=None,
-                 segment_size=64 * 1024 * 1024):
+                 segment_size=64 * 1024 * 1024, group=None):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
         if clock is not None and not callable(clock):
@@ -43,7 +46,7 @@ class Broker:
                                        segment_size=segment_size)
         self.path = os.fspath(path)
         self._clock = clock or time.time
-        os.makedirs(os.path.join(self.path, "queues"), exist_ok=True)
+        self._access = prepare_store(self.path, group)
         self._catalog = Catalog(self.path, self._log_options)
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
@@ -81,7 +84,7 @@ class Broker:
             else:
                 self._check_dead_letter(attrs)
                 uid = cat.new_uid()
-                os.makedirs(self._queue_dir(uid), exist_ok=True)
+                self._access.make_dir(self._queue_dir(uid))
                 cat.write(tx, "create", name, uid, attrs)
         return self.get_queue(name)
 

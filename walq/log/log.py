@@ -28,7 +28,8 @@ import portalocker
 from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
 from walq.log import recovery
 from walq.log._native import check_os, check_sync, ffi, lib
-from walq.log.fileio import OsIO
+from walq.log.access import Access
+from walq.log.fileio import OsIO, allocate
 from walq.log.format import (
     CTL_FILE_SIZE,
     CTL_MAGIC,
@@ -87,7 +88,8 @@ class Log:
         self._writer = ffi.new("struct walq_writer *", {"fd": -1, "max_record": MAX_RECORD})
         self._writer_seg: Segment | None = None  # keeps the aimed descriptor open
         self._append_one = lib.walq_append_one
-        os.makedirs(self.path, exist_ok=True)
+        Access.inherited(self.path).make_dir(self.path)
+        self.io.access = Access.of_directory(self.path)
         self._open_files()
         try:
             self._attach()
@@ -110,16 +112,18 @@ class Log:
 
     def _open_files(self) -> None:
         p = self.path
-        self._open_fh = open(os.path.join(p, "lock.open"), "a+b")
-        self._users_fh = open(os.path.join(p, "lock.users"), "a+b")
-        self._sync_fh = open(os.path.join(p, "lock.sync"), "a+b")
-        self._alloc_fd = os.open(os.path.join(p, "lock.alloc"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._append_fd = os.open(os.path.join(p, "lock.append"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._open_fh = self._lock_file("lock.open")
+        self._users_fh = self._lock_file("lock.users")
+        self._sync_fh = self._lock_file("lock.sync")
+        self._alloc_fd = self.io.access.create(os.path.join(p, "lock.alloc"))
+        self._append_fd = self.io.access.create(os.path.join(p, "lock.append"))
         ctl_path = os.path.join(p, "log.ctl")
-        fd = os.open(ctl_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self.io.access.create(ctl_path)
         try:
             if os.fstat(fd).st_size < CTL_FILE_SIZE:
-                os.ftruncate(fd, CTL_FILE_SIZE)
+                # Blocks first, then the map: a store of a sparse file through
+                # a map faults (SIGBUS) on a full file system.
+                allocate(fd, CTL_FILE_SIZE, ctl_path)
             self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
@@ -138,6 +142,10 @@ class Log:
         self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
         self._p_durable = self._fields["durable_seq"]
         self._p_dir_synced = self._fields["dir_synced_base"]
+
+    def _lock_file(self, name: str):
+        """A lock file as a file object (portalocker locks file objects)."""
+        return os.fdopen(self.io.access.create(os.path.join(self.path, name)), "r+b", buffering=0)
 
     def _release_files(self) -> None:
         self._writer.fd = -1  # the native append now always takes the slow path

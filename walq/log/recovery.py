@@ -64,18 +64,17 @@ def recover(log) -> None:
     newest_gone = None
     while bases:
         last = os.path.join(path, segment_name(bases[-1]))
-        state = _header_state(last, bases[-1])
+        state = _header_state(last, bases[-1], io)
         if state == "ok":
             break
         if state == "damaged":
             raise CorruptionError(f"segment header does not validate: {last} at offset 0", last, 0)
-        io.rename(last, _aside_path(path, f"torn-{bases[-1]:020d}-header"))
+        io.rename(last, _aside_path(io, path, f"torn-{bases[-1]:020d}-header"))
         io.fsync_dir(path)
         newest_gone = bases.pop()
     for base in bases[:-1]:
         seg_path = os.path.join(path, segment_name(base))
-        with open(seg_path, "rb") as f:
-            decoded = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+        decoded = decode_segment_header(io.read_file(seg_path, SEGMENT_HEADER_SIZE))
         if decoded is None or decoded[0] != base:
             raise CorruptionError(f"segment header does not validate: {seg_path} at offset 0", seg_path, 0)
 
@@ -202,13 +201,13 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     # a torn tail (a crash, or a power cut that wrote later pages before
     # earlier ones).  Keep it aside, never return it.
     tail = seg.mm[end_off:max(data_end, end_off + 8)].rstrip(b"\0")
-    aside = _aside_path(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail)
+    aside = _aside_path(io, os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail)
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
 
 
-def _aside_path(directory: str, stem: str, content: bytes | None = None) -> str:
+def _aside_path(io, directory: str, stem: str, content: bytes | None = None) -> str:
     """Where to keep bytes cut aside: ``<stem>.bin``, or ``<stem>-<n>.bin``
     if a file with other bytes has that name - a second tear at the same
     place (after a later crash) must not overwrite the first one's bytes.
@@ -218,9 +217,8 @@ def _aside_path(directory: str, stem: str, content: bytes | None = None) -> str:
     while True:
         path = os.path.join(directory, f"{stem}.bin" if n == 0 else f"{stem}-{n}.bin")
         try:
-            with open(path, "rb") as f:
-                if content is not None and f.read() == content:
-                    return path
+            if content is not None and io.read_file(path) == content:
+                return path
         except FileNotFoundError:
             return path
         n += 1
@@ -245,10 +243,10 @@ def _data_regions(fd: int, start: int, size: int):
         off = hole
 
 
-def _header_state(seg_path: str, base: int) -> str:
+def _header_state(seg_path: str, base: int, io) -> str:
     """``"ok"``, ``"unwritten"`` (the creation was cut off: an all-zero
     header, or a torn one with nothing after it) or ``"damaged"``."""
-    with open(seg_path, "rb") as f:
+    with os.fdopen(io.open_ro(seg_path), "rb") as f:
         header = f.read(SEGMENT_HEADER_SIZE)
         decoded = decode_segment_header(header)
         if decoded is not None and decoded[0] == base:

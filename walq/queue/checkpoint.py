@@ -53,7 +53,7 @@ from walq.queue.native_index import NativeIndex, native_index_enabled
 
 MAGIC = b"WALQCKP2"
 MAGIC_V1 = b"WALQCKP1"
-_NAME = re.compile(r"^checkpoint-(\d{20})$")
+_NAME = re.compile(r"checkpoint-(\d{20})")
 _V1_ARRAYS = (("state_seq", "q"), ("state_val", "b"), ("ret_seq", "q"), ("ret_at", "d"),
               ("delayed_at", "d"), ("delayed_seq", "q"))
 _ARRAYS = _V1_ARRAYS + (
@@ -81,7 +81,7 @@ def list_checkpoints(directory: str) -> list[int]:
     """Positions of the checkpoints in ``directory``, oldest first."""
     out = []
     for name in os.listdir(directory):
-        m = _NAME.match(name)
+        m = _NAME.fullmatch(name)
         if m:
             out.append(int(m.group(1)))
     return sorted(out)
@@ -356,16 +356,16 @@ def _build(applied: int, meta: dict, c: dict) -> Index | NativeIndex:
 # -- files ---------------------------------------------------------------------
 
 
-def load_newest(directory: str) -> Index | NativeIndex | None:
-    """The newest checkpoint's index, or None if there is none."""
+def load_newest(directory: str, io) -> Index | NativeIndex | None:
+    """The newest checkpoint's index, or None if there is none.  ``io``
+    (the log's OsIO) opens it: a symlink or foreign file raises UnsafeFile."""
     for _attempt in range(20):
         positions = list_checkpoints(directory)
         if not positions:
             return None
         path = os.path.join(directory, checkpoint_name(positions[-1]))
         try:
-            with open(path, "rb") as f:
-                parsed = _parse(f.read(), path)
+            parsed = _parse(io.read_file(path), path)
             return _build(*parsed)
         except FileNotFoundError:
             continue  # a newer one replaced it between the listing and the open

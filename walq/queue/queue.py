@@ -41,7 +41,7 @@ from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
 from walq.queue.native_index import NativeIndex, new_index
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 
-_ID_CHARS = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
+_ID_CHARS = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}")
 _SEND_KEYS = frozenset(("body", "attributes", "delay", "group", "dedup_id"))
 MAX_RECEIVE = 1_000
 #: Message operations (sends, leases, deletes...) applied between
@@ -133,7 +133,7 @@ class Queue:
         self._clock = broker._clock
         self._log = Log.open(directory, broker._log_options)
         self._mu = threading.RLock()
-        self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+        self._ckpt_fh = self._log._lock_file("lock.checkpoint")
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._recv_local = threading.local()  # each thread's native receive results
@@ -176,7 +176,7 @@ class Queue:
         return attrs
 
     def _load_index(self) -> Index | NativeIndex:
-        idx = checkpoint.load_newest(self._dir)
+        idx = checkpoint.load_newest(self._dir, self._log.io)
         if idx is None:
             attrs = self._attrs()
             idx = new_index(attrs.fifo, attrs.dedup_scope)
@@ -421,7 +421,10 @@ class Queue:
 
     def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
         if isinstance(body, str):
-            body = body.encode("utf-8")
+            try:
+                body = body.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+                raise InvalidParameter(f"message body is not valid Unicode text: {exc.reason} at {exc.start}") from None
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         elif not isinstance(body, bytes):
@@ -447,7 +450,7 @@ class Queue:
                     )
                 dedup_id = hashlib.sha256(body).hexdigest()
             for what, value in (("group", group), ("dedup_id", dedup_id)):
-                if not isinstance(value, str) or not _ID_CHARS.match(value):
+                if not isinstance(value, str) or not _ID_CHARS.fullmatch(value):
                     raise InvalidParameter(
                         f"{what} must be 1-128 characters of letters, digits and punctuation; got {value!r}"
                     )
@@ -455,7 +458,7 @@ class Queue:
         else:
             if dedup_id is not None:
                 raise InvalidParameter("dedup_id applies to FIFO queues only")
-            if group is not None and (not isinstance(group, str) or not _ID_CHARS.match(group)):
+            if group is not None and (not isinstance(group, str) or not _ID_CHARS.fullmatch(group)):
                 raise InvalidParameter(f"group must be 1-128 characters of letters, digits and punctuation; got {group!r}")
             if delay is None:
                 delay = attrs.delay
