@@ -139,6 +139,12 @@ class Access:
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise UnsafeFile(f"{path} is a symbolic link; walq never follows links in a store", path) from None
+            if exc.errno == errno.EISDIR:
+                raise UnsafeFile(f"{path} is a directory, not a regular file walq made; refusing to use it",
+                                 path) from None
+            if exc.errno == errno.ENXIO:  # a FIFO without a reader, or a socket
+                raise UnsafeFile(f"{path} is a FIFO or socket, not a regular file walq made; refusing to use it",
+                                 path) from None
             if exc.errno in NO_SPACE:
                 raise StoreFull(exc.errno, path, f"creating {os.path.basename(path)}") from None
             if exc.errno == errno.EROFS and flags & os.O_CREAT:

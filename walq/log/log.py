@@ -38,7 +38,7 @@ from walq.log.format import (
     parse_segment_name,
     segment_name,
 )
-from walq.log.options import LogOptions
+from walq.log.options import PREALLOCATE_START, LogOptions
 from walq.log.segment import Segment
 
 MAX_RECORD = (1 << 32) - 1 - 64
@@ -379,7 +379,7 @@ class Log:
             if alloc >= end + need:
                 return  # the zeroer finished while this waited for lock.alloc
             cap = self._load("seg_cap")
-            target = min(cap, max(end + need, alloc + self.options.preallocate))
+            target = min(cap, max(end + need, alloc + self.options.chunk_at(alloc)))
             if target > alloc:
                 self.io.preallocate(seg.fd, alloc, target - alloc)
             self._store("alloc_off", target)
@@ -400,6 +400,11 @@ class Log:
     # records, so 4 MiB of them at once stalled one append in ~300 by ~5 ms
     # (append_batch(100)'s p99.9, bench/RESULTS.md).
     _ZERO_STEP = 256 * 1024
+
+    def _low_water(self) -> int:
+        """The runway (allocated bytes past the end) below which the zeroer
+        is asked for more: half the next chunk, as _zero_ahead checks."""
+        return self.options.chunk_at(lib.walq_load(self._fields["alloc_off"])) // 2
 
     def _kick_zeroer(self) -> None:
         """Asks this handle's zeroing thread for the next chunk of blocks."""
@@ -426,7 +431,7 @@ class Log:
                 pass  # the segment went or changed: the appenders' fallback covers it
 
     def _zero_ahead(self) -> None:
-        """Zeroes (and, unless "os", syncs) the next ``preallocate`` bytes
+        """Zeroes (and, unless "os", syncs) the next chunk (LogOptions.chunk_at)
         past ``alloc_off`` of the active segment, then publishes them.
 
         Never over a record: appends land only below ``alloc_off``, which
@@ -439,7 +444,7 @@ class Log:
         with self._alloc_locked():
             base = self._load("seg_base")
             alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
-            chunk = self.options.preallocate
+            chunk = self.options.chunk_at(alloc)
             if alloc - end >= chunk // 2 or alloc >= cap:
                 return
             seg = self._segment(base)
@@ -469,7 +474,7 @@ class Log:
         base = self._load("end_seq")
         salt = secrets.randbits(64)
         header = encode_segment_header(base, salt, time.time_ns())
-        prealloc = min(size, max(self.options.preallocate, size - self.options.segment_size + 4096))
+        prealloc = min(size, max(PREALLOCATE_START, size - self.options.segment_size + 4096))
         # Writers read these only under the append lock we hold.  `busy`
         # brackets the update: if this process dies half way, the next
         # writer sees it and re-derives the block from the segment files.
@@ -478,7 +483,12 @@ class Log:
         # claims sequences that other writers keep appending to the old
         # segment, and recovery would take that empty file as the end.
         self._store("busy", 1)
-        fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
+        try:
+            fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
+        except BaseException:
+            # create_segment removed its tmp file: nothing changed.
+            self._store("busy", 0)
+            raise
         os.close(fd)
         self._store("end_off", SEGMENT_HEADER_SIZE)
         self._store("reserve_off", SEGMENT_HEADER_SIZE)
@@ -554,7 +564,7 @@ class Log:
             else:
                 rc = lib.walq_make_durable(syncer, seg.fd, seg.base, upto, self._SYNC_WAIT_MS, self._YIELDS)
                 if rc == lib.WALQ_SYNCED:
-                    if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
+                    if lib.walq_runway_low(self.ctl, self._low_water()):
                         self._kick_zeroer()
                     return
             if rc == lib.WALQ_DURABLE:
@@ -612,7 +622,7 @@ class Log:
                 raise
             raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
         lib.walq_store_max(durable, target)
-        if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
+        if lib.walq_runway_low(self.ctl, self._low_water()):
             self._kick_zeroer()
         return target
 

@@ -39,6 +39,7 @@ from walq.log.format import (
     parse_segment_name,
     segment_name,
 )
+from walq.log.options import PREALLOCATE_START
 from walq.log.segment import Segment
 
 
@@ -84,7 +85,7 @@ def recover(log) -> None:
         size = log.options.segment_size
         salt = secrets.randbits(64)
         fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()),
-                               size, min(size, log.options.preallocate))
+                               size, min(size, PREALLOCATE_START))
         io.fdatasync(fd, path)
         os.close(fd)
         io.fsync_dir(path)

@@ -27,6 +27,7 @@ from walq.errors import (
     InvalidReceipt,
     MessageNotInflight,
     MessageTooLarge,
+    StoreFull,
     WalqError,
 )
 from walq.log import Log, RecordGone
@@ -319,7 +320,13 @@ class Queue:
             # if it covers most of what was appended since ours.
             newest = checkpoint.list_checkpoints(self._dir)
             recent = self._ckpt_pos + (self._index.applied - self._ckpt_pos) // 2
-            if (newest and newest[-1] > recent) or self.checkpoint() is None:
+            try:
+                skipped = (newest and newest[-1] > recent) or self.checkpoint() is None
+            except StoreFull:
+                # The caller's operation is already written: it must not
+                # fail for a checkpoint, which is retried an interval later.
+                skipped = True
+            if skipped:
                 self._last_ckpt = self._index.ops
                 self._ckpt_pos = max(newest[-1] if newest else 0, self._ckpt_pos)
                 self._ckpt_base = self._log.active_base
