@@ -16,7 +16,7 @@ from walq.queue.queue import Queue
 
 
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
-         segment_size: int = 64 * 1024 * 1024, group=None) -> "Broker":
+         segment_size: int = 64 * 1024 * 1024, group=None, readonly: bool = False) -> "Broker":
     """Opens (creating if missing) the store at ``path``.
 
     durability: ``"always"`` (fdatasync before a write returns, shared by
@@ -25,9 +25,13 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     clock: a ``time.time``-like function (tests inject a fake one).
     group: a group name or gid to share the store with (directories 2770,
     files 0660); by default a new store is its owner's alone (0700/0600).
+    readonly: opens an existing store for monitoring by a user who may
+    only read it: queues, attributes and stats work; every write raises
+    ReadOnlyStore; nothing is created, locked or recovered (a tail a crash
+    left unrecovered is read up to its last valid record).
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
-                  segment_size=segment_size, group=group)
+                  segment_size=segment_size, group=group, readonly=readonly)
 
 
 class Broker:
@@ -37,7 +41,7 @@ class Broker:
     """
 
     def __init__(self, path, *, durability="always", sync_interval=0.01, clock=None,
-                 segment_size=64 * 1024 * 1024, group=None):
+                 segment_size=64 * 1024 * 1024, group=None, readonly=False):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
         if clock is not None and not callable(clock):
@@ -46,8 +50,9 @@ class Broker:
                                        segment_size=segment_size)
         self.path = os.fspath(path)
         self._clock = clock or time.time
-        self._access = prepare_store(self.path, group)
-        self._catalog = Catalog(self.path, self._log_options)
+        self._readonly = bool(readonly)
+        self._access = prepare_store(self.path, group, self._readonly)
+        self._catalog = Catalog(self.path, self._log_options, self._readonly)
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
         self._closed = False

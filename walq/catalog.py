@@ -36,8 +36,8 @@ class Entry(NamedTuple):
 class Catalog:
     """The catalog log and its replayed state."""
 
-    def __init__(self, root: str, options: LogOptions):
-        self.log = Log.open(os.path.join(root, "catalog"), options)
+    def __init__(self, root: str, options: LogOptions, readonly: bool = False):
+        self.log = Log.open(os.path.join(root, "catalog"), options, readonly=readonly)
         self.queues: dict[str, Entry] = {}
         self._applied = self.log.first
         self.mu = threading.RLock()

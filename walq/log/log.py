@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple
 
 import portalocker
 
-from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
+from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, ReadOnlyStore, WalqError
 from walq.log import recovery
 from walq.log._native import check_os, check_sync, ffi, lib
 from walq.log.access import Access
@@ -60,8 +60,10 @@ class Log:
     """A segmented append-only log in a directory.  Thread-safe; share the
     directory with any number of processes, each with its own ``Log``."""
 
-    def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None):
+    def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
+                 readonly: bool = False):
         self.path = os.fspath(path)
+        self.readonly = readonly
         self.options = options or LogOptions()
         self._always = self.options.durability == "always"
         self.io = io or OsIO()
@@ -88,8 +90,9 @@ class Log:
         self._writer = ffi.new("struct walq_writer *", {"fd": -1, "max_record": MAX_RECORD})
         self._writer_seg: Segment | None = None  # keeps the aimed descriptor open
         self._append_one = lib.walq_append_one
-        Access.inherited(self.path).make_dir(self.path)
-        self.io.access = Access.of_directory(self.path)
+        if not readonly:
+            Access.inherited(self.path).make_dir(self.path)
+        self.io.access = Access.of_directory(self.path, readonly=readonly)
         self._open_files()
         try:
             self._attach()
@@ -98,19 +101,32 @@ class Log:
             raise
         self._closed = False
         self._flusher = None
-        if self.options.durability == "batch":
+        if self.options.durability == "batch" and not readonly:
             self._stop = threading.Event()
             self._flusher = threading.Thread(target=self._flush_loop, name="walq-log-flush", daemon=True)
             self._flusher.start()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None) -> "Log":
-        """Opens (creating if needed, recovering if it crashed) the log at ``path``."""
-        return cls(path, options, io)
+    def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
+             readonly: bool = False) -> "Log":
+        """Opens (creating if needed, recovering if it crashed) the log at ``path``.
+
+        ``readonly``: opens an existing log for reading only (a user who may
+        read the files but not write them): no file is created, locked,
+        recovered or changed, and every write raises ReadOnlyStore.  It
+        reads through the live control block while one is valid (writers
+        keep it current); after a crash nobody recovered from, it derives
+        a private one from the segments, taking the valid records before a
+        torn tail (recovery.read_only_state).
+        """
+        return cls(path, options, io, readonly)
 
     # -- opening -----------------------------------------------------------
 
     def _open_files(self) -> None:
+        if self.readonly:
+            self._open_files_readonly()
+            return
         p = self.path
         self._open_fh = self._lock_file("lock.open")
         self._users_fh = self._lock_file("lock.users")
@@ -127,6 +143,39 @@ class Log:
             self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
+        self._map_ctl()
+
+    def _open_files_readonly(self) -> None:
+        """No lock files (they may not be writable, and holding one would
+        change what writers see); log.ctl mapped read-only if it is valid,
+        else a private block (``_attach`` fills it)."""
+        self._open_fh = self._users_fh = self._sync_fh = None
+        self._alloc_fd = self._append_fd = -1
+        ctl_path = os.path.join(self.path, "log.ctl")
+        self._ctl_mm = None
+        try:
+            fd = self.io.access.open(ctl_path)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if os.fstat(fd).st_size >= CTL_FILE_SIZE:
+                    self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        if self._ctl_mm is not None:
+            ctl = ffi.cast("struct walq_ctl *", ffi.from_buffer(self._ctl_mm))
+            if lib.walq_load(ffi.addressof(ctl, "magic")) != CTL_MAGIC or lib.walq_load(ffi.addressof(ctl, "busy")):
+                self._ctl_mm.close()
+                self._ctl_mm = None
+        if self._ctl_mm is None:
+            self._ctl_mm = mmap.mmap(-1, CTL_FILE_SIZE)  # private: filled from the segments
+            self._private_ctl = True
+        else:
+            self._private_ctl = False
+        self._map_ctl()
+
+    def _map_ctl(self) -> None:
         self._ctl_buf = ffi.from_buffer(self._ctl_mm)
         self.ctl = ffi.cast("struct walq_ctl *", self._ctl_buf)
         # Field pointers, computed once: loads on the hot path are one call.
@@ -139,7 +188,8 @@ class Log:
         self._run_seg: Segment | None = None
         self._writer.ctl = self.ctl
         self._writer.lockfd = self._append_fd
-        self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
+        self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl,
+                                                       "sync_fd": self._sync_fh.fileno() if self._sync_fh else -1})
         self._p_durable = self._fields["durable_seq"]
         self._p_dir_synced = self._fields["dir_synced_base"]
 
@@ -155,9 +205,11 @@ class Log:
             seg.close()
         self._segments.clear()
         for fh in (self._open_fh, self._users_fh, self._sync_fh):
-            fh.close()  # closing drops any flock held through it
-        os.close(self._append_fd)
-        os.close(self._alloc_fd)
+            if fh is not None:
+                fh.close()  # closing drops any flock held through it
+        for fd in (self._append_fd, self._alloc_fd):
+            if fd >= 0:
+                os.close(fd)
         self.ctl = None
         self._ctl_buf = None
         try:
@@ -166,6 +218,11 @@ class Log:
             pass
 
     def _attach(self) -> None:
+        if self.readonly:
+            if self._private_ctl:
+                recovery.read_only_state(self)
+            self._refresh_bases()
+            return
         portalocker.lock(self._open_fh, portalocker.LOCK_EX)
         try:
             try:
@@ -234,6 +291,11 @@ class Log:
 
     # -- writing -----------------------------------------------------------
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyStore(f"{self.path} is open read-only")
+
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosed(f"log {self.path} is closed")
@@ -264,7 +326,7 @@ class Log:
         return seq
 
     def _append_one_slow(self, payload: bytes, type: int) -> int:
-        self._check_open()
+        self._check_writable()
         n = len(payload)
         if not isinstance(type, int) or not 1 <= type <= 255:
             raise InvalidParameter(f"record type must be 1-255; got {type!r}")
@@ -281,7 +343,7 @@ class Log:
         ``type`` is one type for all, or one per record.  The batch is framed
         and written in one call and synced (in ``"always"``) once.
         """
-        self._check_open()
+        self._check_writable()
         if not payloads:
             return range(0)
         data, lens, types, t = self._pack(payloads, type)
@@ -293,7 +355,7 @@ class Log:
         ``uint32_t[]``): for encoders that build a batch natively.  The
         caller vouches for the lengths (each at most MAX_RECORD, summing to
         the data's size).  ``settle`` as in append()."""
-        self._check_open()
+        self._check_writable()
         if not 1 <= type <= 255:
             raise InvalidParameter(f"record type must be 1-255; got {type}")
         return self._append_packed(n, data, lens, ffi.NULL, type, settle)
@@ -522,7 +584,7 @@ class Log:
 
     def sync(self) -> None:
         """Makes every record appended so far durable (fdatasync)."""
-        self._check_open()
+        self._check_writable()
         self._make_durable(self._load("end_seq"))
 
     # How long a follower waits for the syncer before trying the sync lock
@@ -741,8 +803,8 @@ class Log:
         no such segment.  The caller holds the append lock (the writer is
         used under it)."""
         seg = self._last_read
-        if seg is None or self._segments.get(seg.base) is not seg:
-            return None
+        if seg is None or self._segments.get(seg.base) is not seg or self.readonly:
+            return None  # (read-only: the general path, whose writes refuse)
         r.count = seg.count  # before the offsets: a scan grows them first (Segment._scan_to)
         offs = r.offs = seg.offs
         r.base, r.size, r.salt, r.seg_base = seg.ptr, seg.size, seg.salt, seg.base
@@ -864,7 +926,7 @@ class Log:
 
         The active segment always stays.  Returns the new first sequence.
         """
-        self._check_open()
+        self._check_writable()
         with self._tlock:
             check_os(lib.walq_lock(self._append_fd), "lock", self.path)
             try:
@@ -968,7 +1030,8 @@ class LockedLog:
     def __enter__(self) -> "LockedLog":
         log = self.log
         log._tlock.acquire()
-        rc = lib.walq_lock(log._append_fd)
+        # Read-only: nothing to exclude (its appends raise ReadOnlyStore).
+        rc = lib.walq_lock(log._append_fd) if not log.readonly else 0
         if rc < 0:
             log._tlock.release()
             check_os(rc, "lock", log.path)
@@ -982,7 +1045,7 @@ class LockedLog:
     def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
         """Appends under the held lock (same contract as Log.append_batch)."""
         log = self.log
-        log._check_open()
+        log._check_writable()
         if not payloads:
             return range(0)
         data, lens, types, t = log._pack(payloads, type)
@@ -1005,7 +1068,8 @@ class LockedLog:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         log = self.log
-        lib.walq_unlock(log._append_fd)
+        if not log.readonly:
+            lib.walq_unlock(log._append_fd)
         log._tlock.release()
         if self._end and self._wait and exc_type is None:
             log.settle(self._end)

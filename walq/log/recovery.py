@@ -147,6 +147,35 @@ def repair_active(log) -> None:
         seg.close()
 
 
+def read_only_state(log) -> None:
+    """Fills a read-only handle's private control block from the segment
+    files, changing nothing on disk: what recovery would find, without its
+    writes.  Newest segments whose creation was cut off are skipped, and the
+    active one ends at its first record that does not validate (a torn tail,
+    or a writer's record in progress).  The result is a snapshot: this
+    handle does not see later appends."""
+    io, path = log.io, log.path
+    bases = sorted(b for b in map(parse_segment_name, os.listdir(path)) if b is not None)
+    while bases and _header_state(os.path.join(path, segment_name(bases[-1])), bases[-1], io) != "ok":
+        bases.pop()
+    store = _storer(log)
+    if not bases:
+        store("magic", CTL_MAGIC)  # an empty log
+        return
+    seg = Segment.open(os.path.join(path, segment_name(bases[-1])), io, expected_base=bases[-1])
+    try:
+        res = ffi.new("walq_scan_t *")
+        lib.walq_scan(seg.ptr, seg.size, SEGMENT_HEADER_SIZE, seg.salt, seg.base, 1 << 62,
+                      ffi.NULL, ffi.NULL, ffi.NULL, res)
+        _store_active(store, seg, res.next_off, res.next_seq)
+        store("durable_seq", res.next_seq)
+        store("first_seq", bases[0])
+        store("dir_synced_base", seg.base)
+        store("magic", CTL_MAGIC)
+    finally:
+        seg.close()
+
+
 def _storer(log):
     ctl = log.ctl
     return lambda field, v: lib.walq_store(ffi.addressof(ctl, field), v)

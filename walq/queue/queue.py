@@ -27,6 +27,7 @@ from walq.errors import (
     InvalidReceipt,
     MessageNotInflight,
     MessageTooLarge,
+    ReadOnlyStore,
     StoreFull,
     WalqError,
 )
@@ -132,9 +133,9 @@ class Queue:
         self._uid = uid
         self._dir = directory
         self._clock = broker._clock
-        self._log = Log.open(directory, broker._log_options)
+        self._log = Log.open(directory, broker._log_options, readonly=broker._readonly)
         self._mu = threading.RLock()
-        self._ckpt_fh = self._log._lock_file("lock.checkpoint")
+        self._ckpt_fh = None if broker._readonly else self._log._lock_file("lock.checkpoint")
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._recv_local = threading.local()  # each thread's native receive results
@@ -1032,6 +1033,8 @@ class Queue:
         Returns the checkpoint's position, or None if another process is
         writing one right now.
         """
+        if self._ckpt_fh is None:
+            raise ReadOnlyStore(f"queue {self.name}: the store is open read-only")
         try:
             portalocker.lock(self._ckpt_fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
         except portalocker.LockException:
@@ -1116,7 +1119,8 @@ class Queue:
         except WalqError:
             pass
         self._log.close()
-        self._ckpt_fh.close()
+        if self._ckpt_fh is not None:
+            self._ckpt_fh.close()
 
     def __repr__(self) -> str:
         return f"<walq.Queue {self.name!r}>"
