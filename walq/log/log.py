@@ -38,7 +38,7 @@ from walq.log.format import (
     parse_segment_name,
     segment_name,
 )
-from walq.log.options import PREALLOCATE_START, LogOptions
+from walq.log.options import LogOptions
 from walq.log.segment import Segment
 
 MAX_RECORD = (1 << 32) - 1 - 64
@@ -536,7 +536,7 @@ class Log:
         base = self._load("end_seq")
         salt = secrets.randbits(64)
         header = encode_segment_header(base, salt, time.time_ns())
-        prealloc = min(size, max(PREALLOCATE_START, size - self.options.segment_size + 4096))
+        prealloc = min(size, max(self.options.chunk_at(0), size - self.options.segment_size + 4096))
         # Writers read these only under the append lock we hold.  `busy`
         # brackets the update: if this process dies half way, the next
         # writer sees it and re-derives the block from the segment files.
@@ -548,8 +548,11 @@ class Log:
         try:
             fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
         except BaseException:
-            # create_segment removed its tmp file: nothing changed.
-            self._store("busy", 0)
+            # A creation that failed before its rename (no space) removed
+            # its tmp file: nothing changed.  Once the file is in place, the
+            # next writer must re-derive the block (busy stays raised).
+            if not os.path.lexists(os.path.join(self.path, segment_name(base))):
+                self._store("busy", 0)
             raise
         os.close(fd)
         self._store("end_off", SEGMENT_HEADER_SIZE)

@@ -31,6 +31,7 @@ import time
 
 from walq.errors import CorruptionError
 from walq.log._native import ffi, lib
+from walq.log.fileio import OsIO
 from walq.log.format import (
     CTL_MAGIC,
     SEGMENT_HEADER_SIZE,
@@ -39,7 +40,6 @@ from walq.log.format import (
     parse_segment_name,
     segment_name,
 )
-from walq.log.options import PREALLOCATE_START
 from walq.log.segment import Segment
 
 
@@ -70,7 +70,7 @@ def recover(log) -> None:
             break
         if state == "damaged":
             raise CorruptionError(f"segment header does not validate: {last} at offset 0", last, 0)
-        io.rename(last, _aside_path(io, path, f"torn-{bases[-1]:020d}-header"))
+        io.rename(last, _aside_path(path, f"torn-{bases[-1]:020d}-header", io=io))
         io.fsync_dir(path)
         newest_gone = bases.pop()
     for base in bases[:-1]:
@@ -85,7 +85,7 @@ def recover(log) -> None:
         size = log.options.segment_size
         salt = secrets.randbits(64)
         fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()),
-                               size, min(size, PREALLOCATE_START))
+                               size, min(size, log.options.chunk_at(0)))
         io.fdatasync(fd, path)
         os.close(fd)
         io.fsync_dir(path)
@@ -231,25 +231,26 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     # a torn tail (a crash, or a power cut that wrote later pages before
     # earlier ones).  Keep it aside, never return it.
     tail = seg.mm[end_off:max(data_end, end_off + 8)].rstrip(b"\0")
-    aside = _aside_path(io, os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail)
+    aside = _aside_path(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail, io)
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
 
 
-def _aside_path(io, directory: str, stem: str, content: bytes | None = None) -> str:
+def _aside_path(directory: str, stem: str, content: bytes | None = None, io=None) -> str:
     """Where to keep bytes cut aside: ``<stem>.bin``, or ``<stem>-<n>.bin``
     if a file with other bytes has that name - a second tear at the same
     place (after a later crash) must not overwrite the first one's bytes.
     A file holding exactly ``content`` is reused: recovery interrupted after
-    writing it and run again writes the same bytes."""
+    writing it and run again writes the same bytes.  ``io`` (the log's)
+    reads the file, refusing links."""
+    io = io or OsIO()
     n = 0
     while True:
         path = os.path.join(directory, f"{stem}.bin" if n == 0 else f"{stem}-{n}.bin")
-        try:
-            if content is not None and io.read_file(path) == content:
-                return path
-        except FileNotFoundError:
+        if not os.path.lexists(path):
+            return path
+        if content is not None and io.read_file(path) == content:
             return path
         n += 1
 
