@@ -12,6 +12,7 @@ import stat
 import pytest
 
 import walq
+from helpers import data_end, last_segment, write_at
 from walq.inspect import verify_store
 from walq.log import Log, LogOptions
 from walq.log.format import segment_name
@@ -79,6 +80,12 @@ def test_a_shared_store_gives_every_file_it_ever_creates_to_the_group(tmp_path, 
             for i in range(30):
                 q.send(b"y" * 300)
             q.checkpoint()
+        # A torn tail: recovery copies it aside into a torn-*.bin.
+        seg = last_segment(_queue_dir(tmp_path / "data", "third"))
+        write_at(seg, data_end(seg), b"\x99" * 40)
+        with walq.open(tmp_path / "data", **SMALL) as b:
+            b.get_queue("third")
+    assert [n for n in os.listdir(_queue_dir(tmp_path / "data", "third")) if n.startswith("torn-")]
     for path, st in [(str(tmp_path / "data"), os.lstat(tmp_path / "data"))] + list(tree(tmp_path / "data")):
         assert st.st_gid == gid, path
         want = 0o2770 if stat.S_ISDIR(st.st_mode) else 0o660

@@ -19,6 +19,7 @@ import textwrap
 import pytest
 
 import walq
+from walq.inspect import queue_dir, verify_store
 from walq.log import Log, LogOptions
 
 
@@ -104,7 +105,6 @@ def test_filling_the_disk_raises_store_full_and_leaves_the_store_consistent(smal
                 break
             got += [m.body[:6] if m.body != b"after" else m.body for m in ms]
         assert got == [b"%06d" % i for i in sent] + [b"after"]
-    from walq.inspect import verify_store
     assert verify_store(str(store)).ok
 
 
@@ -153,3 +153,14 @@ def test_preallocation_grows_with_traffic_up_to_the_configured_chunk(tmp_path):
         # 10 MB written: blocks follow the data, at most one 4 MiB chunk ahead.
         blocks = os.stat(seg).st_blocks * 512
         assert log._load("end_off") < blocks <= log._load("end_off") + (4 << 20) + (1 << 20)
+
+
+def test_a_checkpoint_removes_tmp_files_a_dead_writer_left(tmp_path):
+    with walq.open(tmp_path / "data", durability="os") as b:
+        q = b.create_queue("q")
+        q.send(b"x")
+        qdir = queue_dir(str(tmp_path / "data"), "q")
+        for pos in (0, 1, 7):  # as a process killed (or out of space) mid-checkpoint leaves them
+            open(os.path.join(qdir, f"checkpoint-{pos:020d}.tmp"), "wb").close()
+        q.checkpoint()
+        assert leftovers(tmp_path) == []

@@ -373,10 +373,18 @@ def load_newest(directory: str, io) -> Index | NativeIndex | None:
 
 
 def save(idx: Index, directory: str, io) -> int:
-    """Writes a checkpoint durably, then removes older ones; returns its position."""
+    """Writes a checkpoint durably, then removes older ones and the ``.tmp``
+    files of checkpoints whose writer died; returns its position.
+
+    The caller holds ``lock.checkpoint``, so no other process is writing a
+    checkpoint: every other ``checkpoint-*.tmp`` is a leftover.
+    """
     path = os.path.join(directory, checkpoint_name(idx.applied))
     io.write_file_atomic(path, encode(idx))
     for pos in list_checkpoints(directory):
         if pos < idx.applied:
             io.unlink(os.path.join(directory, checkpoint_name(pos)))
+    for name in os.listdir(directory):
+        if name.endswith(".tmp") and _NAME.fullmatch(name[:-4]):
+            io.unlink(os.path.join(directory, name))
     return idx.applied
