@@ -196,3 +196,9 @@ def test_a_store_directory_replaced_by_a_link_is_refused(tmp_path):
         with pytest.raises(walq.UnsafeFile):
             b.get_queue("a")
     assert not verify_store(str(store)).ok
+
+
+def test_a_store_path_with_missing_parents_is_created(tmp_path):
+    with walq.open(tmp_path / "a" / "b" / "data", durability="os") as b:
+        b.create_queue("q").send(b"x")
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "b" / "data").st_mode) == 0o700

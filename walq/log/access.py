@@ -170,7 +170,11 @@ class Access:
         if not os.path.lexists(path):
             if self.readonly:
                 raise ReadOnlyStore(f"cannot create {path}: the store is open read-only")
+            parent = os.path.dirname(os.path.abspath(path))
             try:
+                # Missing parents are the caller's directories, not the
+                # store's: they get the usual mode (as os.makedirs gives).
+                os.makedirs(parent, exist_ok=True)
                 os.mkdir(path, self.dir_mode)
                 created = True
             except FileExistsError:
