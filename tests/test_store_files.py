@@ -202,3 +202,16 @@ def test_a_store_path_with_missing_parents_is_created(tmp_path):
     with walq.open(tmp_path / "a" / "b" / "data", durability="os") as b:
         b.create_queue("q").send(b"x")
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "b" / "data").st_mode) == 0o700
+
+
+def test_an_existing_private_stores_modes_are_left_as_its_owner_set_them(tmp_path):
+    store = busy_store(tmp_path / "data")
+    for path, st in [(str(store), None)] + list(tree(store)):  # as chmod -R go+rX would
+        os.chmod(path, 0o755 if os.path.isdir(path) else 0o644)
+    before = {p: stat.S_IMODE(st.st_mode) for p, st in tree(store)}
+    with walq.open(store, **SMALL) as b:
+        b.get_queue("a").send(b"more")
+        b.get_queue("later").receive(1)
+    after = {p: stat.S_IMODE(st.st_mode) for p, st in tree(store)}
+    assert {p: after[p] for p in before if p in after} == {p: before[p] for p in before if p in after}
+    assert all(after[p] in (0o600, 0o700) for p in set(after) - set(before))  # new files: private

@@ -113,15 +113,29 @@ class Access:
         """Opens ``path``, creating it with the store's file mode if missing.
 
         ``exclusive``: the name must be new (O_EXCL; the caller unlinked
-        any leftover).  ReadOnlyStore in a read-only store.
+        any leftover).  ReadOnlyStore in a read-only store.  A file this
+        call creates gets the store's mode; an existing one is changed only
+        in a shared store (as ``make_dir`` does).
         """
         if self.readonly:
             raise ReadOnlyStore(f"cannot create {path}: the store is open read-only")
-        flags |= os.O_CREAT | (os.O_EXCL if exclusive else 0)
-        fd = self._open(path, flags, self.file_mode)
+        while True:
+            try:
+                fd = self._open(path, flags | os.O_CREAT | os.O_EXCL, self.file_mode)
+                created = True
+                break
+            except FileExistsError:
+                if exclusive:
+                    raise
+            try:
+                fd = self._open(path, flags)  # a link fails here (O_NOFOLLOW), as it should
+                created = False
+                break
+            except FileNotFoundError:
+                continue  # removed between the two opens: create it after all
         try:
             st = os.fstat(fd)
-            if st.st_uid == os.geteuid():
+            if st.st_uid == os.geteuid() and (created or self.gid is not None):
                 if self.gid is not None and st.st_gid != self.gid:
                     _try(os.fchown, fd, -1, self.gid)
                 if stat.S_IMODE(st.st_mode) != self.file_mode:
