@@ -9,11 +9,9 @@ child: root reads everything, so a test as root would not show it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import traceback
 
 import pytest
 from click.testing import CliRunner
@@ -22,50 +20,9 @@ import walq
 from helpers import data_end
 from walq.cli import main as cli_main
 from walq.inspect import queue_dir
+from users import NOBODY, as_nobody, can_switch_user
 
-NOBODY = 65534
-
-
-def as_nobody(fn):
-    """Runs ``fn()`` in a forked child as uid/gid 65534 with no other
-    groups; returns its JSON-able result (the child's exception as an
-    AssertionError).  Forked, not exec'd: the interpreter and its packages
-    live under /root, which that user may not read, so everything the child
-    needs is imported here first."""
-    rd, wr = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(rd)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            out = {"ok": fn()}
-            code = 0
-        except BaseException:
-            out = {"error": traceback.format_exc()}
-        finally:
-            try:
-                os.write(wr, json.dumps(out).encode())
-            finally:
-                os._exit(code)
-    os.close(wr)
-    with os.fdopen(rd, "rb") as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    result = json.loads(data or b"{}")
-    assert os.waitstatus_to_exitcode(status) == 0 and "ok" in result, result.get("error", status)
-    return result["ok"]
-
-
-def _can_switch_user() -> bool:
-    if os.geteuid() != 0:
-        return False
-    return as_nobody(os.geteuid) == NOBODY
-
-
-needs_root = pytest.mark.skipif(not _can_switch_user(),
+needs_root = pytest.mark.skipif(not can_switch_user(),
                                 reason="running a reader as another user needs root (setuid to 65534)")
 
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 
 import walq
 from helpers import data_end, last_segment, write_at
+from users import NOBODY, as_nobody, can_switch_user
 from walq.inspect import verify_store
 from walq.log import Log, LogOptions
 from walq.log.format import segment_name
@@ -215,3 +218,37 @@ def test_an_existing_private_stores_modes_are_left_as_its_owner_set_them(tmp_pat
     after = {p: stat.S_IMODE(st.st_mode) for p, st in tree(store)}
     assert {p: after[p] for p in before if p in after} == {p: before[p] for p in before if p in after}
     assert all(after[p] in (0o600, 0o700) for p in set(after) - set(before))  # new files: private
+
+
+@pytest.mark.skipif(not can_switch_user(), reason="a second user needs root (setuid to 65534)")
+def test_another_member_of_the_group_shares_the_store_without_any_option():
+    gid = grp.getgrnam("daemon").gr_gid if "daemon" in {g.gr_name for g in grp.getgrall()} else 1
+    top = tempfile.mkdtemp(prefix="walq-group-", dir="/tmp")
+    try:
+        os.chmod(top, 0o755)
+        store = os.path.join(top, "data")
+        with walq.open(store, **SMALL, group=gid) as b:
+            b.create_queue("a").send(b"from root")
+
+        def member():
+            os.umask(0o077)
+            with walq.open(store, **SMALL) as b:
+                q = b.get_queue("a")
+                for i in range(40):
+                    q.send(b"from member %d " % i * 10)  # rolls 4 KiB segments
+                q.checkpoint()
+                b.create_queue("members").send(b"new queue")
+            return os.geteuid()
+
+        assert as_nobody(member, groups=[gid]) == NOBODY
+        entries = list(tree(store))
+        assert any(st.st_uid == NOBODY for _, st in entries)
+        for path, st in entries:
+            assert st.st_gid == gid, path
+            assert stat.S_IMODE(st.st_mode) == (0o2770 if stat.S_ISDIR(st.st_mode) else 0o660), path
+        with walq.open(store, **SMALL) as b:  # root trusts the member's files: they are the group's
+            assert len(b.get_queue("a").receive(10)) == 10
+            assert [m.body for m in b.get_queue("members").receive(1)] == [b"new queue"]
+        assert verify_store(store).ok
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
