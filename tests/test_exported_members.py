@@ -33,6 +33,9 @@ EXPORTED = {
     "CorruptionError",
     "BrokerClosed",
     "LogPoisoned",
+    "StoreFull",
+    "ReadOnlyStore",
+    "UnsafeFile",
     "LockTimeout",
 }
 
@@ -62,6 +65,9 @@ def test_errors_form_one_tree_and_inherit_the_builtins_api_md_names():
         "BatchError": walq.InvalidParameter,
         "LockTimeout": TimeoutError,
         "LogPoisoned": OSError,
+        "StoreFull": OSError,
+        "ReadOnlyStore": PermissionError,
+        "UnsafeFile": PermissionError,
     }
     for name in walq.__all__:
         obj = getattr(walq, name)

@@ -11,6 +11,7 @@ from walq.clock import StoreClock
 from walq.errors import (BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
                          WalqError)
 from walq.log import LogOptions
+from walq.log.access import fsync_dir, prepare_store
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
 
@@ -26,30 +27,8 @@ class _Unopened:
         self.name, self._uid = name, uid
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(path: str) -> None:
-    """Creates ``path`` and any missing parents, each entry made durable
-    (the parent fsynced after each creation)."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(os.path.abspath(path))
-    _make_dirs(parent)
-    try:
-        os.mkdir(path)
-    except FileExistsError:
-        return
-    _fsync_dir(parent)
-
-
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
-         segment_size: int = 64 * 1024 * 1024) -> "Broker":
+         segment_size: int = 64 * 1024 * 1024, group=None, readonly: bool = False) -> "Broker":
     """Opens (creating if missing) the store at ``path``.
 
     durability: ``"always"`` (fdatasync before a write returns, shared by
@@ -58,9 +37,15 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     clock: a ``time.time``-like function, used as is (tests inject a fake
     one); default: the store's own time (``walq.StoreClock``), which no
     wall-clock step moves.
+    group: a group name or gid to share the store with (directories 2770,
+    files 0660); by default a new store is its owner's alone (0700/0600).
+    readonly: opens an existing store for monitoring by a user who may
+    only read it: queues, attributes and stats work; every write raises
+    ReadOnlyStore; nothing is created, locked or recovered (a tail a crash
+    left unrecovered is read up to its last valid record).
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
-                  segment_size=segment_size)
+                  segment_size=segment_size, group=group, readonly=readonly)
 
 
 class Broker:
@@ -70,7 +55,7 @@ class Broker:
     """
 
     def __init__(self, path, *, durability="always", sync_interval=0.01, clock=None,
-                 segment_size=64 * 1024 * 1024):
+                 segment_size=64 * 1024 * 1024, group=None, readonly=False):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
         if clock is not None and not callable(clock):
@@ -78,12 +63,14 @@ class Broker:
         self._log_options = LogOptions(durability=durability, sync_interval=sync_interval,
                                        segment_size=segment_size)
         self.path = os.fspath(path)
-        _make_dirs(os.path.join(self.path, "queues"))
+        self._readonly = bool(readonly)
+        self._access = prepare_store(self.path, group, self._readonly)
         # The default clock is the broker's to close (it records the store's
         # high-water mark); a given one is the caller's.
-        self._store_clock = StoreClock(self.path) if clock is None else None
+        self._store_clock = StoreClock(self.path, readonly=self._readonly) if clock is None else None
         self._clock = clock if clock is not None else self._store_clock.now
-        self._catalog = Catalog(self.path, self._log_options, self._log_io(os.path.join(self.path, "catalog")))
+        self._catalog = Catalog(self.path, self._log_options, self._log_io(os.path.join(self.path, "catalog")),
+                                readonly=self._readonly)
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
         self._closed = False
@@ -123,7 +110,7 @@ class Broker:
                 uid = cat.new_uid()
                 # Durable before the record that names it: a power cut must
                 # not leave a queue in the catalog without its directory.
-                _make_dirs(self._queue_dir(uid))
+                self._access.make_dir(self._queue_dir(uid))
                 cat.write(tx, "create", name, uid, attrs)
         return self.get_queue(name)
 
@@ -240,7 +227,7 @@ class Broker:
         except FileNotFoundError:
             pass  # removed already (another process, or a crash after the rename)
         else:
-            _fsync_dir(os.path.dirname(src))
+            fsync_dir(os.path.dirname(src))
         shutil.rmtree(trash, ignore_errors=True)
 
     def _remove_deleted_dirs(self) -> None:

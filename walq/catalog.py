@@ -30,13 +30,20 @@ from typing import NamedTuple
 
 from walq.errors import CorruptionError
 from walq.log import Log, LogOptions
+from walq.log.access import Access
 from walq.log.fileio import OsIO
 from walq.queue.attributes import QueueAttributes
 
 _CATALOG = 1
-#: I/O for files in the queue directories (the catalog log's own I/O object
-#: serves its directory only: a test's recording shim, for one).
-_QUEUE_FILES = OsIO()
+
+
+def _queue_files(queue_dir: str) -> OsIO:
+    """I/O for files in a queue's directory, with that directory's file
+    policy (the catalog log's own I/O object serves the catalog only: a
+    test's recording shim, for one)."""
+    io = OsIO()
+    io.access = Access.of_directory(queue_dir)
+    return io
 DEFINITION = "queue.json"
 #: A queue directory's name: its uid in 16 hex digits.  Anything else under
 #: ``queues/`` (``<uid>.deleted``, ``.trash``, a tmp file) is not a queue.
@@ -109,9 +116,9 @@ def repair_hint(path: str | None) -> str:
 class Catalog:
     """The catalog log and its replayed state."""
 
-    def __init__(self, root: str, options: LogOptions, io=None):
+    def __init__(self, root: str, options: LogOptions, io=None, readonly: bool = False):
         self.root = root
-        self.log = Log.open(os.path.join(root, "catalog"), options, io)
+        self.log = Log.open(os.path.join(root, "catalog"), options, io, readonly=readonly)
         self.queues: dict[str, Entry] = {}
         #: Every uid a record ever named (created, changed or deleted).
         self.known: set[int] = set()
@@ -188,7 +195,7 @@ class Catalog:
                 if uid in by_uid:
                     if not os.path.exists(os.path.join(qdir, DEFINITION)):
                         name = by_uid[uid]
-                        write_definition(qdir, name, uid, self.queues[name].attrs, _QUEUE_FILES)
+                        write_definition(qdir, name, uid, self.queues[name].attrs, _queue_files(qdir))
                     continue
                 d = read_definition(qdir)
                 if d is not None and uid not in self.known:
@@ -207,12 +214,12 @@ class Catalog:
         A create or set first writes the queue's ``queue.json`` (durably),
         so that the catalog can be rebuilt from the queue directories.
         """
+        self.log._check_writable()  # before queue.json: a refused call writes nothing
         rec = {"op": op, "name": name, "uid": uid}
         if attrs is not None:
             rec["attrs"] = attrs.to_json()
-            qdir = os.path.join(self.root, "queues", f"{uid:016x}")
-            os.makedirs(qdir, exist_ok=True)
-            write_definition(qdir, name, uid, attrs, _QUEUE_FILES)
+            qdir = os.path.join(self.root, "queues", f"{uid:016x}")  # made by the creator
+            write_definition(qdir, name, uid, attrs, _queue_files(qdir))
         tx.append(json.dumps(rec, sort_keys=True).encode())
         self.replay()  # the lock's release waits for durability, not this
 

@@ -102,7 +102,12 @@ def _broker(data: str, *, create: bool = False, queue: str | None = None):
         if queue is not None:
             raise QueueDoesNotExist(f"queue {queue!r} does not exist (no walq store at {data})")
         raise CliError(f"no walq store at {data} (create one with: walq --data {data} queue create NAME)")
-    b = walq.open(data)
+    try:
+        b = walq.open(data)
+    except PermissionError as exc:
+        if isinstance(exc, walq.WalqError) or create:
+            raise
+        b = walq.open(data, readonly=True)  # a user who may read the store: monitoring works, writes refuse
     try:
         yield b
     finally:

@@ -34,6 +34,7 @@ from functools import partial
 import portalocker
 
 from walq.errors import CorruptionError, InvalidParameter
+from walq.log.access import Access
 from walq.log.fileio import OsIO
 from walq.log.format import hash64
 
@@ -137,7 +138,7 @@ class StoreClock:
     ``now`` is the same clock as a plain function, a little cheaper to call.
     """
 
-    def __init__(self, path, *, wall=None, boot=None, boot_id=None):
+    def __init__(self, path, *, wall=None, boot=None, boot_id=None, readonly: bool = False):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
         if (wall is not None and not callable(wall)) or (boot is not None and not callable(boot)):
@@ -153,6 +154,7 @@ class StoreClock:
             # (README, "Caveats and limitations").
             self.boot_id = self.offset = None
             self.now = self._wall
+            self.readonly = readonly
             return
         if not isinstance(boot_id, str) or not boot_id.isascii() or not 0 < len(boot_id) <= _BOOT_ID_LEN:
             raise InvalidParameter(f"boot_id must be 1-{_BOOT_ID_LEN} ASCII characters; got {boot_id!r}")
@@ -160,6 +162,21 @@ class StoreClock:
         self._boot = boot
         self._anchor_path = os.path.join(self.path, ANCHOR_FILE)
         self._mark_path = os.path.join(self.path, MARK_FILE)
+        self._access = Access.of_directory(self.path, readonly=readonly)
+        if readonly:
+            # A reader that may not write: this boot's anchor if a writer
+            # made one, else the wall clock (it cannot anchor, and nothing it
+            # does lasts); it never records a mark.
+            cur = self._read_anchor()
+            self.readonly = True
+            if cur is None or cur[0] != boot_id:
+                self.boot_id = self.offset = None
+                self.now = self._wall
+                return
+            self.offset = cur[1] - cur[2]
+            self.now = lambda: boot() + self.offset
+            return
+        self.readonly = False
         _, epoch, anchor_boot, _ = self._anchor()
         #: store time = boot clock + offset, for the rest of this boot
         self.offset = epoch - anchor_boot
@@ -192,7 +209,7 @@ class StoreClock:
 
     def _read_anchor(self) -> tuple[str, float, float, float] | None:
         try:
-            fd = os.open(self._anchor_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = self._access.open(self._anchor_path)
         except FileNotFoundError:
             return None
         try:
@@ -220,7 +237,9 @@ class StoreClock:
                 wall_now, boot_now = float(self._wall()), float(self._boot())
                 epoch = resume_from(max(marks) if marks else None, wall_now)
                 new = (self.boot_id, epoch, boot_now, wall_now)
-                OsIO().write_file_atomic(self._anchor_path, encode_anchor(*new))
+                io = OsIO()
+                io.access = self._access
+                io.write_file_atomic(self._anchor_path, encode_anchor(*new))
                 return new
             finally:
                 portalocker.unlock(fh)
@@ -228,7 +247,7 @@ class StoreClock:
     # -- the high-water mark ---------------------------------------------------
 
     def _open_mark(self):
-        fd = os.open(self._mark_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        fd = self._access.create(self._mark_path)
         return os.fdopen(fd, "r+b", buffering=0)
 
     def mark(self, *, durable: bool = False) -> None:
@@ -238,7 +257,7 @@ class StoreClock:
         a write torn by a power cut leaves the other one.  The clock's own
         writes are not fsynced; ``durable`` (at close) fsyncs.
         """
-        if self.boot_id is not None:
+        if self.boot_id is not None and not self.readonly:
             self._write_mark(self.now(), durable, block=durable)
 
     def _mark_quietly(self, t: float) -> None:

@@ -15,6 +15,9 @@ keeps working for callers that do not know walq::
     ├── CorruptionError          (damaged file: names the file and offset)
     ├── BrokerClosed
     ├── LogPoisoned (OSError)    (an fsync failed: reopen, never retry)
+    ├── StoreFull (OSError)      (no space: nothing was written; free some, retry)
+    ├── ReadOnlyStore (PermissionError)  (a write through walq.open(readonly=True))
+    ├── UnsafeFile (PermissionError)     (a symlink, non-regular or foreign-owned file in the store)
     └── LockTimeout (TimeoutError)
 """
 
@@ -32,6 +35,9 @@ __all__ = [
     "CorruptionError",
     "BrokerClosed",
     "LogPoisoned",
+    "StoreFull",
+    "ReadOnlyStore",
+    "UnsafeFile",
     "LockTimeout",
 ]
 
@@ -143,3 +149,37 @@ class LockTimeout(WalqError, TimeoutError):
     """A lock could not be taken within the allowed time."""
 
     code = "LockTimeout"
+
+
+class StoreFull(WalqError, OSError):
+    """The file system holding the store is full (ENOSPC, or EDQUOT).
+
+    Raised before anything was published: the operation wrote nothing a
+    reader can see, and the store stays consistent.  Free space (or raise
+    the quota) and retry; ``errno`` and ``filename`` are the OSError's.
+    """
+
+    code = "StoreFull"
+
+    def __init__(self, errno: int, path: str, what: str):
+        super().__init__(errno, f"no space left for {what}: nothing was written and the store is consistent; "
+                                "free space on its file system and retry", path)
+
+
+class ReadOnlyStore(WalqError, PermissionError):
+    """A write through a store opened with ``readonly=True``."""
+
+    code = "AccessDenied"
+
+
+class UnsafeFile(WalqError, PermissionError):
+    """A file in the store that walq did not make: a symlink, something
+    other than a regular file or directory, or a file owned by a user other
+    than the store's owner, this process's user or root.  walq refuses to
+    read or write through it; ``path`` names it."""
+
+    code = "AccessDenied"
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path

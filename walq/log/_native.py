@@ -6,13 +6,16 @@ import errno
 import os
 
 from walq._native import ffi, lib  # noqa: F401  (re-exported)
-from walq.errors import LogPoisoned
+from walq.errors import LogPoisoned, StoreFull
 
 
 def check_os(rc: int, what: str, path: str | None = None) -> int:
-    """Raise OSError for a negative errno return code; pass others through."""
+    """Raise OSError for a negative errno return code (StoreFull for no
+    space); pass others through."""
     if rc < 0:
         code = -rc
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreFull(code, path, what)
         raise OSError(code, f"{what}: {os.strerror(code)}", path)
     return rc
 

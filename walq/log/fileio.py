@@ -11,17 +11,36 @@ block - and then builds the states a power cut could leave.
 
 from __future__ import annotations
 
+import errno
 import os
 
+from walq.errors import StoreFull
 from walq.log._native import check_os, check_sync, ffi, lib
+from walq.log.access import NO_SPACE, Access
 
 
 class OsIO:
-    """The real file system."""
+    """The real file system.
+
+    ``access`` is the store's file policy (walq/log/access.py): the log sets
+    it from its directory; every file is opened and created through it.
+    """
+
+    access = Access()
 
     def open_rw(self, path: str) -> int:
-        """Opens an existing file for reading and writing."""
-        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        """Opens an existing file for reading and writing (reading only in a
+        read-only store); UnsafeFile for a symlink or a file walq did not make."""
+        return self.access.open(path, os.O_RDWR)
+
+    def open_ro(self, path: str) -> int:
+        """Opens an existing file for reading, with open_rw's checks."""
+        return self.access.open(path, os.O_RDONLY)
+
+    def read_file(self, path: str, limit: int = -1) -> bytes:
+        """The first ``limit`` bytes of a file (all of it if -1), with open_rw's checks."""
+        with os.fdopen(self.open_ro(path), "rb") as f:
+            return f.read(limit)
 
     def create_segment(self, directory: str, name: str, header: bytes, size: int, prealloc: int) -> int:
         """Creates a segment atomically: tmp file, header, rename.
@@ -33,14 +52,18 @@ class OsIO:
         durable - so no fsync happens under the append lock.
         """
         tmp = os.path.join(directory, name + ".tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # A leftover (or planted) tmp name is removed, never written through.
+        self.unlink(tmp)
+        fd = self.access.create(tmp, os.O_RDWR, exclusive=True)
         try:
             os.ftruncate(fd, size)
             self.preallocate(fd, 0, min(size, prealloc))
             self.pwrite(fd, header, 0)
             os.rename(tmp, os.path.join(directory, name))
-        except BaseException:
+        except BaseException as exc:
             os.close(fd)
+            self.unlink(tmp)  # a failed roll (no space) leaves no file behind
+            _raise_full(exc, tmp, "a new segment")
             raise
         return fd
 
@@ -82,7 +105,7 @@ class OsIO:
 
     def fsync_dir(self, directory: str) -> None:
         """Makes file creations, renames and removals in ``directory`` durable."""
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:
@@ -91,12 +114,18 @@ class OsIO:
     def write_file_atomic(self, path: str, data: bytes) -> None:
         """Replaces ``path`` with ``data``: tmp file, fsync, rename, fsync dir."""
         tmp = path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        self.unlink(tmp)  # a leftover (or planted) tmp name is removed, never written through
+        fd = self.access.create(tmp, os.O_WRONLY, exclusive=True)
         try:
-            self.pwrite(fd, data, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                self.pwrite(fd, data, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as exc:
+            self.unlink(tmp)  # no space: no empty tmp file left behind
+            _raise_full(exc, tmp, os.path.basename(path))
+            raise
         os.rename(tmp, path)
         # The rename is only durable once the directory is.
         self.fsync_dir(os.path.dirname(path) or ".")
@@ -111,6 +140,29 @@ class OsIO:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def allocate(fd: int, size: int, path: str) -> None:
+    """Gives a file ``size`` bytes of real blocks (posix_fallocate; written
+    zeros where the file system has no fallocate); StoreFull if there is no
+    room."""
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            have = os.fstat(fd).st_size
+            check_os(lib.walq_zero(fd, have, max(0, size - have)), "allocate", path)
+    except OSError as exc:
+        _raise_full(exc, path, os.path.basename(path))
+        raise
+
+
+def _raise_full(exc: BaseException, path: str, what: str) -> None:
+    """Raises StoreFull for an OSError that means no space (else returns)."""
+    if isinstance(exc, OSError) and not isinstance(exc, StoreFull) and exc.errno in NO_SPACE:
+        raise StoreFull(exc.errno, path, what) from exc
 
 
 # Keep cffi scratch types in one place for the hot path.

@@ -23,7 +23,7 @@ CTL_FILE_SIZE = 4096
 _HEADER = struct.Struct("<8sIIQQQ16x")
 assert _HEADER.size + 8 == SEGMENT_HEADER_SIZE
 
-_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+_SEGMENT_NAME = re.compile(r"(\d{20})\.seg")
 
 
 def segment_name(base: int) -> str:
@@ -33,7 +33,7 @@ def segment_name(base: int) -> str:
 
 def parse_segment_name(name: str) -> int | None:
     """The base sequence in a segment file name, or None for other files."""
-    m = _SEGMENT_NAME.match(name)
+    m = _SEGMENT_NAME.fullmatch(name)
     return int(m.group(1)) if m else None
 
 

@@ -26,10 +26,11 @@ from typing import Iterator, NamedTuple
 
 import portalocker
 
-from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, WalqError
+from walq.errors import BrokerClosed, CorruptionError, InvalidParameter, LogPoisoned, ReadOnlyStore, WalqError
 from walq.log import recovery
 from walq.log._native import check_os, check_sync, ffi, lib
-from walq.log.fileio import OsIO
+from walq.log.access import Access
+from walq.log.fileio import OsIO, allocate
 from walq.log.format import (
     CTL_FILE_SIZE,
     CTL_MAGIC,
@@ -61,11 +62,13 @@ class Log:
     directory with any number of processes, each with its own ``Log``."""
 
     def __init__(self, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
-                 *, create: bool = True, on_recover=None):
+                 readonly: bool = False, *, create: bool = True, on_recover=None):
         self.path = os.fspath(path)
+        self.readonly = readonly
         self._on_recover = on_recover
         self.options = options or LogOptions()
-        self._always = self.options.durability == "always"
+        # A read-only handle writes nothing, and so waits for nothing.
+        self._always = self.options.durability == "always" and not readonly
         self.io = io or OsIO()
         # The usual sync runs natively unless a shim must see every call.
         self._native_sync = type(self.io) is OsIO
@@ -90,12 +93,13 @@ class Log:
         self._writer = ffi.new("struct walq_writer *", {"fd": -1, "max_record": MAX_RECORD})
         self._writer_seg: Segment | None = None  # keeps the aimed descriptor open
         self._append_one = lib.walq_append_one
-        if create:
-            os.makedirs(self.path, exist_ok=True)
+        if not readonly and create:
+            Access.inherited(self.path).make_dir(self.path)
         elif not os.path.isdir(self.path):
             # Never recreated here: the directory of a queue deleted since
             # the caller looked it up would come back as an orphan.
             raise FileNotFoundError(errno.ENOENT, "log directory does not exist", self.path)
+        self.io.access = Access.of_directory(self.path, readonly=readonly)
         self._open_files()
         try:
             self._attach()
@@ -104,40 +108,85 @@ class Log:
             raise
         self._closed = False
         self._flusher = None
-        if self.options.durability == "batch":
+        if self.options.durability == "batch" and not readonly:
             self._stop = threading.Event()
             self._flusher = threading.Thread(target=self._flush_loop, name="walq-log-flush", daemon=True)
             self._flusher.start()
 
     @classmethod
     def open(cls, path: str | os.PathLike, options: LogOptions | None = None, io: OsIO | None = None,
-             *, create: bool = True, on_recover=None) -> "Log":
+             readonly: bool = False, *, create: bool = True, on_recover=None) -> "Log":
         """Opens (creating if needed, recovering if it crashed) the log at ``path``.
 
+        ``readonly``: opens an existing log for reading only (a user who may
+        read the files but not write them): no file is created, locked,
+        recovered or changed, and every write raises ReadOnlyStore.  It
+        reads through the live control block while one is valid (writers
+        keep it current); after a crash nobody recovered from, it derives
+        a private one from the segments, taking the valid records before a
+        torn tail (recovery.read_only_state).
         ``create=False``: FileNotFoundError if the directory is missing.
         ``on_recover(end)`` runs right after a recovery, while no other
         process has the log open, with the end recovery found: for files
         beside a log that must agree with it (a queue's checkpoints).
         """
-        return cls(path, options, io, create=create, on_recover=on_recover)
+        return cls(path, options, io, readonly, create=create, on_recover=on_recover)
 
     # -- opening -----------------------------------------------------------
 
     def _open_files(self) -> None:
+        if self.readonly:
+            self._open_files_readonly()
+            return
         p = self.path
-        self._open_fh = open(os.path.join(p, "lock.open"), "a+b")
-        self._users_fh = open(os.path.join(p, "lock.users"), "a+b")
-        self._sync_fh = open(os.path.join(p, "lock.sync"), "a+b")
-        self._alloc_fd = os.open(os.path.join(p, "lock.alloc"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        self._append_fd = os.open(os.path.join(p, "lock.append"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._open_fh = self._lock_file("lock.open")
+        self._users_fh = self._lock_file("lock.users")
+        self._sync_fh = self._lock_file("lock.sync")
+        self._alloc_fd = self.io.access.create(os.path.join(p, "lock.alloc"))
+        self._append_fd = self.io.access.create(os.path.join(p, "lock.append"))
         ctl_path = os.path.join(p, "log.ctl")
-        fd = os.open(ctl_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = self.io.access.create(ctl_path)
         try:
             if os.fstat(fd).st_size < CTL_FILE_SIZE:
-                os.ftruncate(fd, CTL_FILE_SIZE)
+                # Blocks first, then the map: a store of a sparse file through
+                # a map faults (SIGBUS) on a full file system.
+                allocate(fd, CTL_FILE_SIZE, ctl_path)
             self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED)
         finally:
             os.close(fd)
+        self._map_ctl()
+
+    def _open_files_readonly(self) -> None:
+        """No lock files (they may not be writable, and holding one would
+        change what writers see); log.ctl mapped read-only if it is valid,
+        else a private block (``_attach`` fills it)."""
+        self._open_fh = self._users_fh = self._sync_fh = None
+        self._alloc_fd = self._append_fd = -1
+        ctl_path = os.path.join(self.path, "log.ctl")
+        self._ctl_mm = None
+        try:
+            fd = self.io.access.open(ctl_path)
+        except FileNotFoundError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if os.fstat(fd).st_size >= CTL_FILE_SIZE:
+                    self._ctl_mm = mmap.mmap(fd, CTL_FILE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ)
+            finally:
+                os.close(fd)
+        if self._ctl_mm is not None:
+            ctl = ffi.cast("struct walq_ctl *", ffi.from_buffer(self._ctl_mm))
+            if lib.walq_load(ffi.addressof(ctl, "magic")) != CTL_MAGIC or lib.walq_load(ffi.addressof(ctl, "busy")):
+                self._ctl_mm.close()
+                self._ctl_mm = None
+        if self._ctl_mm is None:
+            self._ctl_mm = mmap.mmap(-1, CTL_FILE_SIZE)  # private: filled from the segments
+            self._private_ctl = True
+        else:
+            self._private_ctl = False
+        self._map_ctl()
+
+    def _map_ctl(self) -> None:
         self._ctl_buf = ffi.from_buffer(self._ctl_mm)
         self.ctl = ffi.cast("struct walq_ctl *", self._ctl_buf)
         # Field pointers, computed once: loads on the hot path are one call.
@@ -150,9 +199,14 @@ class Log:
         self._run_seg: Segment | None = None
         self._writer.ctl = self.ctl
         self._writer.lockfd = self._append_fd
-        self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl, "sync_fd": self._sync_fh.fileno()})
+        self._syncer = ffi.new("struct walq_syncer *", {"ctl": self.ctl,
+                                                       "sync_fd": self._sync_fh.fileno() if self._sync_fh else -1})
         self._p_durable = self._fields["durable_seq"]
         self._p_dir_synced = self._fields["dir_synced_base"]
+
+    def _lock_file(self, name: str):
+        """A lock file as a file object (portalocker locks file objects)."""
+        return os.fdopen(self.io.access.create(os.path.join(self.path, name)), "r+b", buffering=0)
 
     def _release_files(self) -> None:
         """Closes the lock files (``_tlock`` held, or not yet shared).
@@ -172,11 +226,18 @@ class Log:
         self._last_read = None
         self._segments.clear()
         for fh in (self._open_fh, self._users_fh, self._sync_fh):
-            fh.close()  # closing drops any flock held through it
-        os.close(self._append_fd)
-        os.close(self._alloc_fd)
+            if fh is not None:
+                fh.close()  # closing drops any flock held through it
+        for fd in (self._append_fd, self._alloc_fd):
+            if fd >= 0:
+                os.close(fd)
 
     def _attach(self) -> None:
+        if self.readonly:
+            if self._private_ctl:
+                recovery.read_only_state(self)
+            self._refresh_bases()
+            return
         portalocker.lock(self._open_fh, portalocker.LOCK_EX)
         try:
             try:
@@ -247,6 +308,11 @@ class Log:
 
     # -- writing -----------------------------------------------------------
 
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise ReadOnlyStore(f"{self.path} is open read-only")
+
     def _check_open(self) -> None:
         if self._closed:
             raise BrokerClosed(f"log {self.path} is closed")
@@ -277,7 +343,7 @@ class Log:
         return seq
 
     def _append_one_slow(self, payload: bytes, type: int) -> int:
-        self._check_open()
+        self._check_writable()
         n = len(payload)
         if not isinstance(type, int) or not 1 <= type <= 255:
             raise InvalidParameter(f"record type must be 1-255; got {type!r}")
@@ -294,7 +360,7 @@ class Log:
         ``type`` is one type for all, or one per record.  The batch is framed
         and written in one call and synced (in ``"always"``) once.
         """
-        self._check_open()
+        self._check_writable()
         if not payloads:
             return range(0)
         data, lens, types, t = self._pack(payloads, type)
@@ -306,7 +372,7 @@ class Log:
         ``uint32_t[]``): for encoders that build a batch natively.  The
         caller vouches for the lengths (each at most MAX_RECORD, summing to
         the data's size).  ``settle`` as in append()."""
-        self._check_open()
+        self._check_writable()
         if not 1 <= type <= 255:
             raise InvalidParameter(f"record type must be 1-255; got {type}")
         return self._append_packed(n, data, lens, ffi.NULL, type, settle)
@@ -395,7 +461,7 @@ class Log:
             if alloc >= end + need:
                 return  # the zeroer finished while this waited for lock.alloc
             cap = self._load("seg_cap")
-            target = min(cap, max(end + need, alloc + self.options.preallocate))
+            target = min(cap, max(end + need, alloc + self.options.chunk_at(alloc)))
             if target > alloc:
                 self.io.preallocate(seg.fd, alloc, target - alloc)
             self._store("alloc_off", target)
@@ -416,6 +482,11 @@ class Log:
     # records, so 4 MiB of them at once stalled one append in ~300 by ~5 ms
     # (append_batch(100)'s p99.9, bench/RESULTS.md).
     _ZERO_STEP = 256 * 1024
+
+    def _low_water(self) -> int:
+        """The runway (allocated bytes past the end) below which the zeroer
+        is asked for more: half the next chunk, as _zero_ahead checks."""
+        return self.options.chunk_at(lib.walq_load(self._fields["alloc_off"])) // 2
 
     def _kick_zeroer(self) -> None:
         """Asks this handle's zeroing thread for the next chunk of blocks."""
@@ -442,7 +513,7 @@ class Log:
                 pass  # the segment went or changed: the appenders' fallback covers it
 
     def _zero_ahead(self) -> None:
-        """Zeroes (and, unless "os", syncs) the next ``preallocate`` bytes
+        """Zeroes (and, unless "os", syncs) the next chunk (LogOptions.chunk_at)
         past ``alloc_off`` of the active segment, then publishes them.
 
         Never over a record: appends land only below ``alloc_off``, which
@@ -455,7 +526,7 @@ class Log:
         with self._alloc_locked():
             base = self._load("seg_base")
             alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
-            chunk = self.options.preallocate
+            chunk = self.options.chunk_at(alloc)
             if alloc - end >= chunk // 2 or alloc >= cap:
                 return
             seg = self._segment(base)
@@ -485,7 +556,7 @@ class Log:
         base = self._load("end_seq")
         salt = secrets.randbits(64)
         header = encode_segment_header(base, salt, time.time_ns())
-        prealloc = min(size, max(self.options.preallocate, size - self.options.segment_size + 4096))
+        prealloc = min(size, max(self.options.chunk_at(0), size - self.options.segment_size + 4096))
         # Writers read these only under the append lock we hold.  `busy`
         # brackets the update: if this process dies half way, the next
         # writer sees it and re-derives the block from the segment files.
@@ -494,7 +565,15 @@ class Log:
         # claims sequences that other writers keep appending to the old
         # segment, and recovery would take that empty file as the end.
         self._store("busy", 1)
-        fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
+        try:
+            fd = self.io.create_segment(self.path, segment_name(base), header, size, prealloc)
+        except BaseException:
+            # A creation that failed before its rename (no space) removed
+            # its tmp file: nothing changed.  Once the file is in place, the
+            # next writer must re-derive the block (busy stays raised).
+            if not os.path.lexists(os.path.join(self.path, segment_name(base))):
+                self._store("busy", 0)
+            raise
         os.close(fd)
         self._store("end_off", SEGMENT_HEADER_SIZE)
         self._store("reserve_off", SEGMENT_HEADER_SIZE)
@@ -536,7 +615,7 @@ class Log:
         """Returns once every record below ``upto`` is on stable storage,
         whatever the durability mode: for files that must never get ahead
         of the log (a checkpoint covering records below ``upto``)."""
-        self._check_open()
+        self._check_writable()
         self._make_durable(upto)
 
     # How long a follower waits for the syncer before trying the sync lock
@@ -578,7 +657,7 @@ class Log:
             else:
                 rc = lib.walq_make_durable(syncer, seg.fd, seg.base, upto, self._SYNC_WAIT_MS, self._YIELDS)
                 if rc == lib.WALQ_SYNCED:
-                    if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
+                    if lib.walq_runway_low(self.ctl, self._low_water()):
                         self._kick_zeroer()
                     return
             if rc == lib.WALQ_DURABLE:
@@ -636,7 +715,7 @@ class Log:
                 raise
             raise LogPoisoned(exc.errno or 5, f"sync failed: {exc}", self.path) from exc
         lib.walq_store_max(durable, target)
-        if lib.walq_runway_low(self.ctl, self.options.preallocate // 2):
+        if lib.walq_runway_low(self.ctl, self._low_water()):
             self._kick_zeroer()
         return target
 
@@ -755,8 +834,8 @@ class Log:
         no such segment.  The caller holds the append lock (the writer is
         used under it)."""
         seg = self._last_read
-        if seg is None or self._segments.get(seg.base) is not seg:
-            return None
+        if seg is None or self._segments.get(seg.base) is not seg or self.readonly:
+            return None  # (read-only: the general path, whose writes refuse)
         r.count = seg.count  # before the offsets: a scan grows them first (Segment._scan_to)
         offs = r.offs = seg.offs
         r.base, r.size, r.salt, r.seg_base = seg.ptr, seg.size, seg.salt, seg.base
@@ -878,7 +957,7 @@ class Log:
 
         The active segment always stays.  Returns the new first sequence.
         """
-        self._check_open()
+        self._check_writable()
         with self._tlock:
             self._check_open()  # again: another thread may have closed it meanwhile
             check_os(lib.walq_lock(self._append_fd), "lock", self.path)
@@ -985,7 +1064,8 @@ class LockedLog:
         if log._closed:  # closed by another thread since locked() checked: its descriptors are gone
             log._tlock.release()
             raise BrokerClosed(f"log {log.path} is closed")
-        rc = lib.walq_lock(log._append_fd)
+        # Read-only: nothing to exclude (its appends raise ReadOnlyStore).
+        rc = lib.walq_lock(log._append_fd) if not log.readonly else 0
         if rc < 0:
             log._tlock.release()
             check_os(rc, "lock", log.path)
@@ -999,7 +1079,7 @@ class LockedLog:
     def append_batch(self, payloads: list[bytes], type: int | list[int] = 1) -> range:
         """Appends under the held lock (same contract as Log.append_batch)."""
         log = self.log
-        log._check_open()
+        log._check_writable()
         if not payloads:
             return range(0)
         data, lens, types, t = log._pack(payloads, type)
@@ -1026,7 +1106,8 @@ class LockedLog:
         # must be durable before the call reports its outcome (DESIGN.md,
         # guarantee 7).  Under the lock the end is stable.
         end = lib.walq_load(log._p_end_seq)
-        lib.walq_unlock(log._append_fd)
+        if not log.readonly:
+            lib.walq_unlock(log._append_fd)
         log._tlock.release()
         if self._wait and exc_type is None:
             log.settle(end)

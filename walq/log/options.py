@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from walq.errors import InvalidParameter
 
 DURABILITY_MODES = ("always", "batch", "os")
+#: The first chunk of blocks a segment gets (LogOptions.preallocate caps it).
+PREALLOCATE_START = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,12 +29,16 @@ class LogOptions:
         Bytes preallocated per segment file (default 64 MiB).  Larger
         segments mean fewer files and rolls; recovery after a crash scans the
         active segment, so its size bounds the worst-case open time.
-        Segment files are sparse: blocks are allocated ``preallocate`` bytes
-        at a time ahead of the end, so an idle queue costs one chunk of disk.
+        Segment files are sparse: blocks are allocated ahead of the end in
+        chunks (see ``preallocate``), so an idle queue costs 64 KiB of disk.
     preallocate:
-        Bytes of blocks allocated ahead of the write position (default
-        4 MiB).  Writing into allocated blocks makes each fdatasync cheaper;
-        a larger chunk means fewer allocation calls and more idle disk use.
+        The largest chunk of blocks allocated ahead of the write position
+        (default 4 MiB).  Writing into allocated blocks makes each fdatasync
+        cheaper; a larger chunk means fewer allocation calls and more idle
+        disk use.  Each segment starts with ``PREALLOCATE_START`` (64 KiB)
+        and each chunk is as large as what the segment already holds, so the
+        chunk doubles with traffic up to this size: a new queue, and a roll,
+        need only 64 KiB free (``chunk_at``).
     """
 
     durability: str = "always"
@@ -51,3 +57,9 @@ class LogOptions:
             raise InvalidParameter(f"segment_size must be 4096 B - 1 TiB; got {self.segment_size!r}")
         if not (isinstance(self.preallocate, int) and 4096 <= self.preallocate <= 1 << 40):
             raise InvalidParameter(f"preallocate must be 4096 B - 1 TiB; got {self.preallocate!r}")
+
+    def chunk_at(self, alloc_off: int) -> int:
+        """Bytes to allocate past ``alloc_off`` (the end of a segment's
+        allocated blocks): as many as it has, from PREALLOCATE_START up to
+        ``preallocate`` - doubling with traffic, then steady."""
+        return min(self.preallocate, max(PREALLOCATE_START, alloc_off))

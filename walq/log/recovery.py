@@ -35,6 +35,7 @@ import time
 
 from walq.errors import CorruptionError
 from walq.log._native import ffi, lib
+from walq.log.fileio import OsIO
 from walq.log.format import (
     CTL_MAGIC,
     SEGMENT_HEADER_SIZE,
@@ -68,18 +69,17 @@ def recover(log) -> None:
     newest_gone = None
     while bases:
         last = os.path.join(path, segment_name(bases[-1]))
-        state = _header_state(last, bases[-1])
+        state = _header_state(last, bases[-1], io)
         if state == "ok":
             break
         if state == "damaged":
             raise CorruptionError(f"segment header does not validate: {last} at offset 0", last, 0)
-        io.rename(last, _aside_path(path, f"torn-{bases[-1]:020d}-header"))
+        io.rename(last, _aside_path(path, f"torn-{bases[-1]:020d}-header", io=io))
         io.fsync_dir(path)
         newest_gone = bases.pop()
     for base in bases[:-1]:
         seg_path = os.path.join(path, segment_name(base))
-        with open(seg_path, "rb") as f:
-            decoded = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
+        decoded = decode_segment_header(io.read_file(seg_path, SEGMENT_HEADER_SIZE))
         if decoded is None or decoded[0] != base:
             raise CorruptionError(f"segment header does not validate: {seg_path} at offset 0", seg_path, 0)
     # Invariant: the log is dense - every segment but the newest ends with
@@ -95,7 +95,7 @@ def recover(log) -> None:
         size = log.options.segment_size
         salt = secrets.randbits(64)
         fd = io.create_segment(path, segment_name(base), encode_segment_header(base, salt, time.time_ns()),
-                               size, min(size, log.options.preallocate))
+                               size, min(size, log.options.chunk_at(0)))
         io.fdatasync(fd, path)
         os.close(fd)
         io.fsync_dir(path)
@@ -157,6 +157,35 @@ def repair_active(log) -> None:
         seg.close()
 
 
+def read_only_state(log) -> None:
+    """Fills a read-only handle's private control block from the segment
+    files, changing nothing on disk: what recovery would find, without its
+    writes.  Newest segments whose creation was cut off are skipped, and the
+    active one ends at its first record that does not validate (a torn tail,
+    or a writer's record in progress).  The result is a snapshot: this
+    handle does not see later appends."""
+    io, path = log.io, log.path
+    bases = sorted(b for b in map(parse_segment_name, os.listdir(path)) if b is not None)
+    while bases and _header_state(os.path.join(path, segment_name(bases[-1])), bases[-1], io) != "ok":
+        bases.pop()
+    store = _storer(log)
+    if not bases:
+        store("magic", CTL_MAGIC)  # an empty log
+        return
+    seg = Segment.open(os.path.join(path, segment_name(bases[-1])), io, expected_base=bases[-1])
+    try:
+        res = ffi.new("walq_scan_t *")
+        lib.walq_scan(seg.ptr, seg.size, SEGMENT_HEADER_SIZE, seg.salt, seg.base, 1 << 62,
+                      ffi.NULL, ffi.NULL, ffi.NULL, res)
+        _store_active(store, seg, res.next_off, res.next_seq)
+        store("durable_seq", res.next_seq)
+        store("first_seq", bases[0])
+        store("dir_synced_base", seg.base)
+        store("magic", CTL_MAGIC)
+    finally:
+        seg.close()
+
+
 def _storer(log):
     ctl = log.ctl
     return lambda field, v: lib.walq_store(ffi.addressof(ctl, field), v)
@@ -212,7 +241,7 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     # a torn tail (a crash, or a power cut that wrote later pages before
     # earlier ones).  Keep it aside, never return it.
     tail = seg.mm[end_off:max(data_end, end_off + 8)].rstrip(b"\0")
-    aside = _aside_path(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail)
+    aside = _aside_path(os.path.dirname(seg.path), f"torn-{seg.base:020d}-{end_off}", tail, io)
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
@@ -270,20 +299,20 @@ def _last_nonzero(seg: Segment) -> int:
     return last
 
 
-def _aside_path(directory: str, stem: str, content: bytes | None = None) -> str:
+def _aside_path(directory: str, stem: str, content: bytes | None = None, io=None) -> str:
     """Where to keep bytes cut aside: ``<stem>.bin``, or ``<stem>-<n>.bin``
     if a file with other bytes has that name - a second tear at the same
     place (after a later crash) must not overwrite the first one's bytes.
     A file holding exactly ``content`` is reused: recovery interrupted after
-    writing it and run again writes the same bytes."""
+    writing it and run again writes the same bytes.  ``io`` (the log's)
+    reads the file, refusing links."""
+    io = io or OsIO()
     n = 0
     while True:
         path = os.path.join(directory, f"{stem}.bin" if n == 0 else f"{stem}-{n}.bin")
-        try:
-            with open(path, "rb") as f:
-                if content is not None and f.read() == content:
-                    return path
-        except FileNotFoundError:
+        if not os.path.lexists(path):
+            return path
+        if content is not None and io.read_file(path) == content:
             return path
         n += 1
 
@@ -307,10 +336,10 @@ def _data_regions(fd: int, start: int, size: int):
         off = hole
 
 
-def _header_state(seg_path: str, base: int) -> str:
+def _header_state(seg_path: str, base: int, io) -> str:
     """``"ok"``, ``"unwritten"`` (the creation was cut off: an all-zero
     header, or a torn one with nothing after it) or ``"damaged"``."""
-    with open(seg_path, "rb") as f:
+    with os.fdopen(io.open_ro(seg_path), "rb") as f:
         header = f.read(SEGMENT_HEADER_SIZE)
         decoded = decode_segment_header(header)
         if decoded is not None and decoded[0] == base:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from walq.errors import InvalidParameter
 
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 # (low, high) for each integer attribute, as SQS documents them.
 RANGES = {
@@ -33,6 +33,7 @@ class RedrivePolicy:
     def __post_init__(self) -> None:
         if not isinstance(self.queue, str) or not self.queue:
             raise InvalidParameter("RedrivePolicy.queue must be a queue name")
+        validate_name(self.queue)
         lo, hi = MAX_RECEIVES
         if type(self.max_receives) is not int or not lo <= self.max_receives <= hi:
             raise InvalidParameter(f"RedrivePolicy.max_receives must be {lo}-{hi}; got {self.max_receives!r}")
@@ -88,7 +89,7 @@ def validate_name(name) -> None:
     if not isinstance(name, str):
         raise InvalidParameter(f"queue name must be a str; got {type(name).__name__}")
     stem = name[:-5] if name.endswith(".fifo") else name
-    if not _NAME.match(stem) or len(name) > 80:
+    if not _NAME.fullmatch(stem) or len(name) > 80:
         raise InvalidParameter(
             f"invalid queue name {name!r}: use 1-80 characters of A-Z a-z 0-9 _ - "
             "(FIFO queues end in .fifo, counted in the 80)"

@@ -53,7 +53,7 @@ from walq.queue.native_index import NativeIndex, native_index_enabled
 
 MAGIC = b"WALQCKP2"
 MAGIC_V1 = b"WALQCKP1"
-_NAME = re.compile(r"^checkpoint-(\d{20})$")
+_NAME = re.compile(r"checkpoint-(\d{20})")
 _V1_ARRAYS = (("state_seq", "q"), ("state_val", "b"), ("ret_seq", "q"), ("ret_at", "d"),
               ("delayed_at", "d"), ("delayed_seq", "q"))
 _ARRAYS = _V1_ARRAYS + (
@@ -81,7 +81,7 @@ def list_checkpoints(directory: str) -> list[int]:
     """Positions of the checkpoints in ``directory``, oldest first."""
     out = []
     for name in os.listdir(directory):
-        m = _NAME.match(name)
+        m = _NAME.fullmatch(name)
         if m:
             out.append(int(m.group(1)))
     return sorted(out)
@@ -356,8 +356,9 @@ def _build(applied: int, meta: dict, c: dict) -> Index | NativeIndex:
 # -- files ---------------------------------------------------------------------
 
 
-def load_newest(directory: str, first: int | None = None) -> Index | NativeIndex | None:
-    """The newest checkpoint's index, or None if there is none.
+def load_newest(directory: str, io, first: int | None = None) -> Index | NativeIndex | None:
+    """The newest checkpoint's index, or None if there is none.  ``io``
+    (the log's OsIO) opens it: a symlink or foreign file raises UnsafeFile.
 
     ``first`` is the log's first record, read before this call: the
     checkpoint must cover every record below it (CorruptionError naming the
@@ -380,8 +381,7 @@ def load_newest(directory: str, first: int | None = None) -> Index | NativeIndex
             return None
         path = os.path.join(directory, checkpoint_name(positions[-1]))
         try:
-            with open(path, "rb") as f:
-                parsed = _parse(f.read(), path)
+            parsed = _parse(io.read_file(path), path)
             return _build(*parsed)
         except FileNotFoundError:
             continue  # a newer one replaced it between the listing and the open
@@ -422,10 +422,18 @@ def set_aside_ahead(directory: str, end: int, io) -> list[str]:
 
 
 def save(idx: Index, directory: str, io) -> int:
-    """Writes a checkpoint durably, then removes older ones; returns its position."""
+    """Writes a checkpoint durably, then removes older ones and the ``.tmp``
+    files of checkpoints whose writer died; returns its position.
+
+    The caller holds ``lock.checkpoint``, so no other process is writing a
+    checkpoint: every other ``checkpoint-*.tmp`` is a leftover.
+    """
     path = os.path.join(directory, checkpoint_name(idx.applied))
     io.write_file_atomic(path, encode(idx))
     for pos in list_checkpoints(directory):
         if pos < idx.applied:
             io.unlink(os.path.join(directory, checkpoint_name(pos)))
+    for name in os.listdir(directory):
+        if name.endswith(".tmp") and _NAME.fullmatch(name[:-4]):
+            io.unlink(os.path.join(directory, name))
     return idx.applied

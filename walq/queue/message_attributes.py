@@ -8,14 +8,15 @@ import struct
 from walq.errors import InvalidParameter
 
 MAX_ATTRIBUTES = 10
-_ATTR_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+NUMBER_MIN, NUMBER_MAX = -(10**128), 10**126
+_ATTR_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
 _STRING, _NUMBER, _BINARY = 1, 2, 3
 _TYPE_NAMES = {_STRING: "String", _NUMBER: "Number", _BINARY: "Binary"}
 _ENTRY = struct.Struct("<HBI")
 
 
 def _check_name(name) -> None:
-    if not isinstance(name, str) or not _ATTR_NAME.match(name):
+    if not isinstance(name, str) or not _ATTR_NAME.fullmatch(name):
         raise InvalidParameter(
             f"invalid message attribute name {name!r}: 1-256 characters of A-Z a-z 0-9 _ - ."
         )
@@ -34,11 +35,23 @@ def _typed(name: str, value) -> tuple[int, bytes]:
     if isinstance(value, str):
         if not value:
             raise InvalidParameter(f"message attribute {name!r} has an empty value")
-        return _STRING, value.encode("utf-8")
+        try:
+            return _STRING, value.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+            raise InvalidParameter(
+                f"message attribute {name!r} is not valid Unicode text: {exc.reason} at {exc.start}"
+            ) from None
     if isinstance(value, (int, float)):
         if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
             raise InvalidParameter(f"message attribute {name!r}: a Number must be finite")
-        return _NUMBER, repr(value).encode("ascii")
+        # SQS's range for Number; it also keeps a huge int from reaching
+        # int-to-str conversion (ValueError past 4300 digits).
+        if not NUMBER_MIN <= value <= NUMBER_MAX:
+            raise InvalidParameter(f"message attribute {name!r}: a Number must be within -10**128 .. 10**126")
+        # The base type's repr: a subclass's (an IntEnum's "<Color.RED: 1>")
+        # would not read back as a number.
+        text = int.__repr__(value) if isinstance(value, int) else float.__repr__(value)
+        return _NUMBER, text.encode("ascii")
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         if not raw:

@@ -30,6 +30,8 @@ from walq.errors import (
     MessageNotInflight,
     MessageTooLarge,
     QueueDoesNotExist,
+    ReadOnlyStore,
+    StoreFull,
     WalqError,
 )
 from walq.log import Log, RecordGone
@@ -45,7 +47,7 @@ from walq.queue.index import DELAYED, INFLIGHT, VISIBLE, Index
 from walq.queue.native_index import NativeIndex, new_index
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 
-_ID_CHARS = re.compile(r"^[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}$")
+_ID_CHARS = re.compile(r"[A-Za-z0-9!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}")
 _SEND_KEYS = frozenset(("body", "attributes", "delay", "group", "dedup_id"))
 MAX_RECEIVE = 1_000
 #: Message operations (sends, leases, deletes...) applied between
@@ -154,15 +156,15 @@ class Queue:
         self._clock = broker._clock
         self._closed = False
         io = broker._log_io(directory)
-        self._log = Log.open(directory, broker._log_options, io, create=False,
+        self._log = Log.open(directory, broker._log_options, io, readonly=broker._readonly, create=False,
                              on_recover=partial(self._after_recovery, io or OsIO()))
+        self._mu = threading.RLock()
+        self._ckpt_mu = threading.Lock()
         try:
-            self._ckpt_fh = open(os.path.join(directory, "lock.checkpoint"), "a+b")
+            self._ckpt_fh = None if broker._readonly else self._log._lock_file("lock.checkpoint")
         except BaseException:
             self._log.close()
             raise
-        self._mu = threading.RLock()
-        self._ckpt_mu = threading.Lock()
         self._ids = IdGenerator()
         self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
         self._recv_local = threading.local()  # each thread's native receive results
@@ -221,7 +223,7 @@ class Queue:
 
     def _load_index(self) -> Index | NativeIndex:
         first = self._log.first  # before listing checkpoints (see load_newest)
-        idx = checkpoint.load_newest(self._dir, first)
+        idx = checkpoint.load_newest(self._dir, self._log.io, first)
         if idx is None:
             attrs = self._attrs()
             idx = new_index(attrs.fifo, attrs.dedup_scope)
@@ -364,7 +366,13 @@ class Queue:
             # if it covers most of what was appended since ours.
             newest = checkpoint.list_checkpoints(self._dir)
             recent = self._ckpt_pos + (self._index.applied - self._ckpt_pos) // 2
-            if (newest and newest[-1] > recent) or self.checkpoint() is None:
+            try:
+                skipped = (newest and newest[-1] > recent) or self.checkpoint() is None
+            except StoreFull:
+                # The caller's operation is already written: it must not
+                # fail for a checkpoint, which is retried an interval later.
+                skipped = True
+            if skipped:
                 self._last_ckpt = self._index.ops
                 self._ckpt_pos = max(newest[-1] if newest else 0, self._ckpt_pos)
                 self._ckpt_base = self._log.active_base
@@ -468,7 +476,10 @@ class Queue:
 
     def _prepare(self, attrs: QueueAttributes, body, attributes, delay, group, dedup_id) -> tuple:
         if isinstance(body, str):
-            body = body.encode("utf-8")
+            try:
+                body = body.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: no UTF-8 for it
+                raise InvalidParameter(f"message body is not valid Unicode text: {exc.reason} at {exc.start}") from None
         elif isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
         elif not isinstance(body, bytes):
@@ -494,7 +505,7 @@ class Queue:
                     )
                 dedup_id = hashlib.sha256(body).hexdigest()
             for what, value in (("group", group), ("dedup_id", dedup_id)):
-                if not isinstance(value, str) or not _ID_CHARS.match(value):
+                if not isinstance(value, str) or not _ID_CHARS.fullmatch(value):
                     raise InvalidParameter(
                         f"{what} must be 1-128 characters of letters, digits and punctuation; got {value!r}"
                     )
@@ -502,7 +513,7 @@ class Queue:
         else:
             if dedup_id is not None:
                 raise InvalidParameter("dedup_id applies to FIFO queues only")
-            if group is not None and (not isinstance(group, str) or not _ID_CHARS.match(group)):
+            if group is not None and (not isinstance(group, str) or not _ID_CHARS.fullmatch(group)):
                 raise InvalidParameter(f"group must be 1-128 characters of letters, digits and punctuation; got {group!r}")
             if delay is None:
                 delay = attrs.delay
@@ -1088,6 +1099,8 @@ class Queue:
         Returns the checkpoint's position, or None if another process is
         writing one right now.
         """
+        if self._ckpt_fh is None:
+            raise ReadOnlyStore(f"queue {self.name}: the store is open read-only")
         # One thread at a time (flock does not exclude threads sharing a
         # descriptor), and _close waits for it before closing the file.
         if not self._ckpt_mu.acquire(blocking=False):
@@ -1195,7 +1208,8 @@ class Queue:
         with self._ckpt_mu:
             self._closed = True
             self._log.close()
-            self._ckpt_fh.close()
+            if self._ckpt_fh is not None:
+                self._ckpt_fh.close()
 
     def __repr__(self) -> str:
         return f"<walq.Queue {self.name!r}>"

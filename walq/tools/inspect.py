@@ -46,6 +46,7 @@ import fcntl
 import json
 import mmap
 import os
+import stat
 import struct
 import time
 from dataclasses import dataclass, field
@@ -869,6 +870,7 @@ def verify_store(store: str, *, strict: bool = False,
     if not is_store(store):
         raise InvalidParameter(f"no walq store at {store} (no catalog/ directory)")
     report = VerifyReport(store)
+    report.problems.extend(unsafe_files(store))
     verify_log(os.path.join(store, "catalog"), kind="catalog", strict=strict, report=report, progress=progress)
     listed, known = catalog_history(store)
     for d in queue_dirs(store):
@@ -927,6 +929,36 @@ def _unlisted_queue_dir(store: str, d: str, uid: int) -> Problem | None:
     return Problem(DAMAGE, d, None, None,
                    f"{label} is not listed in the catalog, and no catalog record ever named it: catalog "
                    f"records were lost (its messages are unreachable); run `walq repair --data {store}`")
+
+
+def unsafe_files(store: str) -> list[Problem]:
+    """Entries of ``store`` that walq refuses to open (walq/log/access.py):
+    symbolic links, anything but regular files and directories, and files
+    owned by a user other than the store's owner, this user or root (in a
+    shared store: outside its group).  Each is damage: a planted link can
+    make one queue serve another's messages, or a write land elsewhere."""
+    problems = []
+    root = os.path.realpath(store)
+    st = os.stat(root)
+    shared_gid = st.st_gid if st.st_mode & stat.S_ISGID and st.st_mode & 0o070 else None
+    trusted = {st.st_uid, os.geteuid(), 0}
+    for directory, dirs, files in os.walk(root):  # never descends through links
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                why = f"a symbolic link (to {os.readlink(path)}); walq refuses links in a store"
+            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                why = "neither a regular file nor a directory; walq refuses it"
+            elif st.st_uid not in trusted and (shared_gid is None or st.st_gid != shared_gid):
+                why = f"owned by uid {st.st_uid}, not by the store's user or root; walq refuses it"
+            else:
+                continue
+            problems.append(Problem(DAMAGE, path, None, None, why))
+    return problems
 
 
 def count_files(store: str) -> int:
