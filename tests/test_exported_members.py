@@ -16,6 +16,7 @@ EXPORTED = {
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "pattern_matches",
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",
@@ -23,6 +24,7 @@ EXPORTED = {
     "MessageTooLarge",
     "InvalidReceipt",
     "BatchError",
+    "InvalidPattern",
     "MessageNotInflight",
     "CorruptionError",
     "BrokerClosed",
@@ -54,6 +56,7 @@ def test_errors_form_one_tree_and_inherit_the_builtins_api_md_names():
         "MessageTooLarge": walq.InvalidParameter,
         "InvalidReceipt": walq.InvalidParameter,
         "BatchError": walq.InvalidParameter,
+        "InvalidPattern": walq.InvalidParameter,
         "LockTimeout": TimeoutError,
         "LogPoisoned": OSError,
     }

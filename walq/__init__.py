@@ -11,6 +11,7 @@
 from walq.broker import Broker, open
 from walq import errors as _errors
 from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
+from walq.match import pattern_matches
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
@@ -26,5 +27,6 @@ __all__ = [
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "pattern_matches",
     *_errors.__all__,
 ]
