@@ -36,21 +36,67 @@ from walq.match.values import flatten_attributes, flatten_document
 _RANK = {EXACT: 0, IGNORE_CASE: 1, PREFIX: 2, SUFFIX: 3, NUMERIC: 4, PRESENT: 5}
 
 
-def choose_anchor(branch):
-    """``(path, [(kind, key), ...])`` for the branch's most selective test, or
-    None when every test can pass with its field absent."""
+def test_anchors(test):
+    """The anchors of one field test: one per condition, or presence alone when
+    some condition cannot be indexed; None for a test its field's absence can pass."""
+    if test.absent_ok:
+        return None
+    anchors = []
+    for condition in test.conditions:
+        anchor = condition.anchor
+        if anchor is None or anchor[0] == PRESENT:
+            return [(PRESENT, None)]
+        anchors.append(anchor)
+    return anchors
+
+
+class _Stats:
+    """What all filed policies name at one field: the basis of the selectivity
+    estimate (a value out of many distinct ones is rare; a field that only
+    ever takes a handful of values, like a tier, is a weak anchor)."""
+
+    __slots__ = ("keys", "low", "high")
+
+    def __init__(self):
+        self.keys = {EXACT: set(), IGNORE_CASE: set(), PREFIX: set(), SUFFIX: set(), NUMERIC: set()}
+        self.low = self.high = None
+
+    def note(self, kind, key) -> None:
+        if kind == PRESENT:
+            return
+        self.keys[kind].add(key)
+        if kind == NUMERIC:
+            for bound in (key[0], key[2]):
+                if bound is not None:
+                    self.low = bound if self.low is None else min(self.low, bound)
+                    self.high = bound if self.high is None else max(self.high, bound)
+
+    def estimate(self, kind, key) -> float:
+        """Guessed fraction of messages that meet this anchor."""
+        if kind == PRESENT:
+            return 1.0
+        if kind != NUMERIC:
+            return 1.0 / len(self.keys[kind])
+        low, _, high, _ = key
+        if low is not None and low == high:
+            return 1.0 / len(self.keys[NUMERIC])
+        if low is None or high is None or self.high == self.low:
+            return 0.5
+        return (high - low) / (self.high - self.low)
+
+
+def choose_anchor(branch, stats: dict):
+    """``(path, [(kind, key), ...])`` for the test of ``branch`` that the fewest
+    messages are expected to meet (by ``stats``, path -> _Stats), or None when
+    every test can pass with its field absent."""
     best = None
     for test in branch:
-        if test.absent_ok:
+        anchors = test_anchors(test)
+        if anchors is None:
             continue
-        anchors = []
-        for condition in test.conditions:
-            anchor = condition.anchor
-            if anchor is None or anchor[0] == PRESENT:
-                anchors = [(PRESENT, None)]
-                break
-            anchors.append(anchor)
-        rank = (max(_RANK[kind] for kind, _ in anchors), len(anchors))
+        field = stats[test.path]
+        guess = min(1.0, sum(field.estimate(kind, key) for kind, key in anchors))
+        rank = (guess, max(_RANK[kind] for kind, _ in anchors), len(anchors))
         if best is None or rank < best[0]:
             best = (rank, test.path, anchors)
     return None if best is None else (best[1], best[2])
@@ -75,38 +121,28 @@ class _Field:
         self._segments = None
         self._lengths_cache = None
 
-    def __bool__(self) -> bool:
-        return bool(self.exact or self.ignore_case or self.prefix or self.suffix or self.ranges or self.present)
-
-    def file(self, kind, key, branch: int, add: bool) -> None:
-        """Adds (or removes) ``branch`` under anchor ``(kind, key)``."""
+    def file(self, kind, key, branch: int) -> None:
+        """Files ``branch`` under anchor ``(kind, key)``."""
         if kind == PRESENT:
-            _edit(self.present, branch, add)
+            self.present.append(branch)
             return
         if kind == NUMERIC:
-            entry = (*key, branch)
-            if add:
-                self.ranges.append(entry)
-            else:
-                self.ranges.remove(entry)
+            self.ranges.append((*key, branch))
             self._points = self._segments = None
             return
         if kind in (PREFIX, SUFFIX):
             table, lengths = ((self.prefix, self.prefix_lengths) if kind == PREFIX
                               else (self.suffix, self.suffix_lengths))
             length = (key[0], len(key[1]))
-            lengths[length] = lengths.get(length, 0) + (1 if add else -1)
-            if not lengths[length]:
-                del lengths[length]
+            lengths[length] = lengths.get(length, 0) + 1
             self._lengths_cache = None
         else:
             table = self.exact if kind == EXACT else self.ignore_case
         bucket = table.get(key)
         if bucket is None:
-            bucket = table[key] = []
-        _edit(bucket, branch, add)
-        if not bucket:
-            del table[key]
+            table[key] = [branch]
+        else:
+            bucket.append(branch)
 
     def _lengths(self):
         if self._lengths_cache is None:
@@ -195,13 +231,6 @@ class _Field:
                     out.update(hit)
 
 
-def _edit(bucket: list, branch: int, add: bool) -> None:
-    if add:
-        bucket.append(branch)
-    else:
-        bucket.remove(branch)
-
-
 class Matcher:
     """Many compiled policies of one scope, indexed; ``match`` returns the keys
     of those a message passes, exactly as ``{k for k, p in ... if p.matches(m)}``
@@ -218,10 +247,10 @@ class Matcher:
         self.scope = scope
         self._policies: dict = {}  # key -> (Policy, [branch ids])
         self._branches: dict = {}  # branch id -> (key, branch)
-        self._anchors: dict = {}  # branch id -> (path, anchors) or None
-        self._fields: dict = {}  # path -> _Field
+        self._fields: dict = {}  # path -> _Field, rebuilt when _dirty
         self._unanchored: set = set()
         self._match_all: set = set()
+        self._dirty = False
         self._next_id = 0
 
     def __len__(self) -> int:
@@ -249,24 +278,13 @@ class Matcher:
             self.remove(key)
         ids = []
         for branch in compiled.branches:
-            bid = self._next_id
+            self._branches[self._next_id] = (key, branch)
+            ids.append(self._next_id)
             self._next_id += 1
-            ids.append(bid)
-            self._branches[bid] = (key, branch)
-            anchor = choose_anchor(branch)
-            self._anchors[bid] = anchor
-            if anchor is None:
-                self._unanchored.add(bid)
-            else:
-                path, anchors = anchor
-                field = self._fields.get(path)
-                if field is None:
-                    field = self._fields[path] = _Field()
-                for kind, akey in anchors:
-                    field.file(kind, akey, bid, add=True)
         if compiled.match_all:
             self._match_all.add(key)
         self._policies[key] = (compiled, ids)
+        self._dirty = True
         return compiled
 
     def remove(self, key) -> None:
@@ -275,16 +293,34 @@ class Matcher:
         self._match_all.discard(key)
         for bid in ids:
             del self._branches[bid]
-            anchor = self._anchors.pop(bid)
+        self._dirty = True
+
+    def _reindex(self) -> None:
+        # Anchors depend on what every policy names (the statistics), so a
+        # change re-chooses them all: O(conditions), paid at the first match
+        # after a change, as a subscription change is rare next to publishes.
+        stats: dict = {}
+        for _, branch in self._branches.values():
+            for test in branch:
+                field = stats.get(test.path)
+                if field is None:
+                    field = stats[test.path] = _Stats()
+                for kind, akey in test_anchors(test) or ():
+                    field.note(kind, akey)
+        fields: dict = {}
+        unanchored = set()
+        for bid, (_, branch) in self._branches.items():
+            anchor = choose_anchor(branch, stats)
             if anchor is None:
-                self._unanchored.discard(bid)
+                unanchored.add(bid)
                 continue
             path, anchors = anchor
-            field = self._fields[path]
+            field = fields.get(path)
+            if field is None:
+                field = fields[path] = _Field()
             for kind, akey in anchors:
-                field.file(kind, akey, bid, add=False)
-            if not field:
-                del self._fields[path]
+                field.file(kind, akey, bid)
+        self._fields, self._unanchored, self._dirty = fields, unanchored, False
 
     def flatten(self, message):
         """The message as this scope's matcher sees it (see walq.match.values)."""
@@ -302,6 +338,8 @@ class Matcher:
         """Like :meth:`match`, on a message already flattened."""
         if flat is None:
             return set(self._match_all)
+        if self._dirty:
+            self._reindex()
         candidates = set(self._unanchored)
         fields = self._fields
         if len(flat) <= len(fields):
