@@ -264,3 +264,9 @@ def test_matcher_equals_one_by_one_evaluation(patterns, events):
         m.add(key, policy)
     for event in events:
         assert m.match(event) == {k for k, p in compiled.items() if p.matches(event)}
+
+
+def test_or_expansion_is_bounded():
+    alternatives = [{"a": ["x"]}, {"b": ["y"]}, {"c": ["z"]}, {"d": ["w"]}]
+    pattern = {f"k{i}": {"$or": alternatives} for i in range(7)}  # 4**7 branches
+    assert refused(pattern).startswith(PREFIX + "Rule is too complex")

@@ -30,6 +30,7 @@ SNS_MAX_KEYS = 5
 SNS_MAX_COMBINATIONS = 150
 SNS_NUMBER_LIMIT = 1_000_000_000
 MAX_WILDCARDS = 5  # EventBridge refuses patterns with more (its "too complex")
+MAX_BRANCHES = 10_000  # $or expansions beyond this are refused rather than built
 
 _NUMERIC_OPS = ("<", "<=", "=", ">", ">=")
 _SNS_ANYTHING_BUT = ("prefix", "suffix")
@@ -115,6 +116,7 @@ def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
                 raise InvalidPattern(f'{dialect.error_prefix}"$or" must be an array of objects')
             alternatives = [b for sub in value for b in _walk(sub, prefix, depth, dialect)]
             branches = [b + alt for b in branches for alt in alternatives]
+            _check_branches(branches, dialect)
             continue
         if not isinstance(key, str):
             raise InvalidPattern(f"{dialect.error_prefix}field names must be strings; got {key!r}")
@@ -127,6 +129,7 @@ def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
                 )
             nested = _walk(value, path, depth + 1, dialect)
             branches = [b + n for b in branches for n in nested]
+            _check_branches(branches, dialect)
         elif isinstance(value, list):
             if not value:
                 raise InvalidPattern(f"{dialect.error_prefix}Empty arrays are not allowed")
@@ -135,6 +138,11 @@ def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
         else:
             raise InvalidPattern(f'{dialect.error_prefix}"{key}" must be an object or an array')
     return branches
+
+
+def _check_branches(branches: list, dialect: Dialect) -> None:
+    if len(branches) > MAX_BRANCHES:
+        raise InvalidPattern(f"{dialect.error_prefix}Rule is too complex: more than {MAX_BRANCHES} $or combinations")
 
 
 def _combinations(obj: dict, depth: int, acc: int) -> int:
