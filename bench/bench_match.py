@@ -1,7 +1,7 @@
 """Filter-policy matching: walq's indexed Matcher against moto's SNS matcher.
 
     python bench/bench_match.py [--policies 1000] [--messages 100000]
-                                [--moto-messages 1000] [--rounds 3] [--seed 7]
+                                [--moto-messages 500] [--rounds 3] [--seed 7]
 
 1. Throughput: ``--policies`` distinct SNS filter policies (attribute scope; a
    mix of exact values, prefixes, numeric ranges, anything-but and exists)
@@ -126,7 +126,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--messages", type=int, default=100_000)
-    ap.add_argument("--moto-messages", type=int, default=1000)
+    ap.add_argument("--moto-messages", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
