@@ -55,24 +55,39 @@ EVENTBRIDGE = Dialect("pattern", "Event pattern is not valid. Reason: ")
 DIALECTS = {d.name: d for d in (SNS_ATTRIBUTES, SNS_BODY, EVENTBRIDGE)}
 
 
-@dataclass(frozen=True)
 class FieldTest:
     """One field of a branch: some leaf at ``path`` meets some condition, or
     (``absent_ok``, from ``{"exists": false}``) the field has no leaf at all."""
 
-    path: str
-    conditions: tuple
-    absent_ok: bool
+    __slots__ = ("path", "conditions", "absent_ok", "_strings", "_keys", "_others")
+
+    def __init__(self, path: str, conditions: tuple, absent_ok: bool):
+        self.path, self.conditions, self.absent_ok = path, conditions, absent_ok
+        # Exact values are tested by one set lookup; the rest one by one.
+        exact = [cond.key for cond in conditions if type(cond) is c.Exact]
+        self._strings = frozenset(k for k in exact if type(k) is str)
+        self._keys = frozenset(k for k in exact if type(k) is not str)
+        self._others = tuple(cond for cond in conditions if type(cond) is not c.Exact)
 
     def satisfied(self, leaves) -> bool:
         """True if the leaves found at ``path`` (None when absent) pass."""
         if not leaves:
             return self.absent_ok
-        for condition in self.conditions:
+        strings, keys = self._strings, self._keys
+        for leaf in leaves:
+            if type(leaf) is str:
+                if leaf in strings:
+                    return True
+            elif keys and c.leaf_key(leaf) in keys:
+                return True
+        for condition in self._others:
             for leaf in leaves:
                 if condition.test(leaf):
                     return True
         return False
+
+    def __repr__(self) -> str:
+        return f"FieldTest({self.path!r}, {self.conditions!r}, absent_ok={self.absent_ok})"
 
 
 def load(policy, dialect: Dialect) -> dict:
