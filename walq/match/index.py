@@ -17,7 +17,8 @@ branch must meet - in a per-field index:
 
 The anchor chosen is the branch's most selective test (exact first, presence
 last), so a branch is looked at only when its rarest condition already holds;
-the fired branches are then checked in full against the flattened message. A
+the fired branches are then checked against the flattened message (all but
+the anchor's test, when meeting the anchor already decides that test). A
 branch that can match with every field absent (only ``exists: false``) is
 checked on every message. Like event-ruler's single state machine for all
 rules, the cost follows the message (its fields and the branches they fire),
@@ -29,7 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from walq.errors import InvalidParameter
-from walq.match.conditions import EXACT, IGNORE_CASE, NUMERIC, PREFIX, PRESENT, SUFFIX, leaf_key
+from walq.match.conditions import EXACT, IGNORE_CASE, NUMERIC, PREFIX, PRESENT, SUFFIX, Wildcard, leaf_key
 from walq.match.policy import SCOPES, Policy, compile_for_scope
 from walq.match.values import flatten_attributes, flatten_document
 
@@ -86,7 +87,7 @@ class _Stats:
 
 
 def choose_anchor(branch, stats: dict):
-    """``(path, [(kind, key), ...])`` for the test of ``branch`` that the fewest
+    """``(test, [(kind, key), ...])`` for the test of ``branch`` that the fewest
     messages are expected to meet (by ``stats``, path -> _Stats), or None when
     every test can pass with its field absent."""
     best = None
@@ -98,8 +99,15 @@ def choose_anchor(branch, stats: dict):
         guess = min(1.0, sum(field.estimate(kind, key) for kind, key in anchors))
         rank = (guess, max(_RANK[kind] for kind, _ in anchors), len(anchors))
         if best is None or rank < best[0]:
-            best = (rank, test.path, anchors)
+            best = (rank, test, anchors)
     return None if best is None else (best[1], best[2])
+
+
+def anchor_decides(test, anchors) -> bool:
+    """True when meeting one of ``anchors`` already means ``test`` holds, so the
+    full check can skip it: not for presence, nor for a wildcard's literal head."""
+    return all(kind != PRESENT for kind, _ in anchors) and not any(
+        type(cond) is Wildcard for cond in test.conditions)
 
 
 class _Field:
@@ -249,6 +257,7 @@ class Matcher:
         self._branches: dict = {}  # branch id -> (key, branch)
         self._fields: dict = {}  # path -> _Field, rebuilt when _dirty
         self._unanchored: set = set()
+        self._checks: dict = {}
         self._match_all: set = set()
         self._dirty = False
         self._next_id = 0
@@ -309,18 +318,22 @@ class Matcher:
                     field.note(kind, akey)
         fields: dict = {}
         unanchored = set()
-        for bid, (_, branch) in self._branches.items():
+        checks: dict = {}  # branch id -> (key, the tests left to check once it fires)
+        for bid, (key, branch) in self._branches.items():
             anchor = choose_anchor(branch, stats)
             if anchor is None:
                 unanchored.add(bid)
+                checks[bid] = (key, branch)
                 continue
-            path, anchors = anchor
-            field = fields.get(path)
+            test, anchors = anchor
+            field = fields.get(test.path)
             if field is None:
-                field = fields[path] = _Field()
+                field = fields[test.path] = _Field()
             for kind, akey in anchors:
                 field.file(kind, akey, bid)
-        self._fields, self._unanchored, self._dirty = fields, unanchored, False
+            rest = tuple(t for t in branch if t is not test) if anchor_decides(test, anchors) else branch
+            checks[bid] = (key, rest)
+        self._fields, self._unanchored, self._checks, self._dirty = fields, unanchored, checks, False
 
     def flatten(self, message):
         """The message as this scope's matcher sees it (see walq.match.values)."""
@@ -353,9 +366,9 @@ class Matcher:
                 if leaves:
                     field.collect(leaves, candidates)
         matched = set()
-        branches = self._branches
+        checks = self._checks
         for bid in candidates:
-            key, branch = branches[bid]
+            key, branch = checks[bid]
             if key in matched:
                 continue
             for test in branch:
