@@ -207,11 +207,16 @@ def test_at_most_five_keys():
     assert refused(policy) == PREFIX + "Filter policy can not have more than 5 keys"
 
 
-def test_body_scope_counts_leaf_keys():
-    ok = {"a": {"b": ["1"], "c": ["1"]}, "d": {"e": ["1"], "f": ["1"], "g": ["1"]}}
-    compile_filter_policy(ok, scope="body")
-    ok["d"]["h"] = ["1"]
-    assert refused(ok, "body") == PREFIX + "Filter policy can not have more than 5 keys"
+def test_body_scope_counts_parent_keys_only():
+    compile_filter_policy({"a": {f"k{i}": ["1"] for i in range(6)}}, scope="body")
+    policy = {f"p{i}": {"k": ["1"]} for i in range(6)}
+    assert refused(policy, "body") == PREFIX + "Filter policy can not have more than 5 keys"
+
+
+def test_keys_counted_per_or_branch():
+    compile_filter_policy({"$or": [{"a": ["1"], "b": ["1"]}, {"c": ["1"]}], "d": ["1"], "e": ["1"], "f": ["1"]})
+    text = refused({"$or": [{"a": ["1"], "b": ["1"], "c": ["1"]}, {"x": ["1"]}], "d": ["1"], "e": ["1"], "f": ["1"]})
+    assert text == PREFIX + "Filter policy can not have more than 5 keys"
 
 
 def test_at_most_150_combinations():

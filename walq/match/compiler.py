@@ -9,7 +9,7 @@ field test of some branch does. The two dialects differ only in which
 operators they accept, their limits and the wording of their errors:
 
 - SNS: errors read ``Invalid parameter: FilterPolicy: <reason>``; at most 5
-  fields per branch, at most 150 value combinations, numbers within
+  top-level keys per branch (nested fields count as their parent), at most 150 value combinations, numbers within
   -1,000,000,000..1,000,000,000; no ``wildcard``, no ``equals-ignore-case``
   inside ``prefix``/``suffix``; ``anything-but`` takes values, ``prefix`` or
   ``suffix``; attribute scope refuses nesting.
@@ -111,16 +111,18 @@ def compile_branches(policy: dict, dialect: Dialect) -> list[tuple[FieldTest, ..
         if _combinations(policy, 1, 1) > SNS_MAX_COMBINATIONS:
             raise InvalidPattern(f"{dialect.error_prefix}Filter policy is too complex")
         for branch in branches:
-            if len({path for path, _, _ in branch}) > SNS_MAX_KEYS:
+            # "For a nested policy, only parent keys are counted" (SNS's docs).
+            if len({top for _, _, _, top in branch}) > SNS_MAX_KEYS:
                 raise InvalidPattern(
                     f"{dialect.error_prefix}Filter policy can not have more than {SNS_MAX_KEYS} keys"
                 )
-    return [tuple(FieldTest(path, tuple(conds), absent_ok) for path, conds, absent_ok in b)
+    return [tuple(FieldTest(path, tuple(conds), absent_ok) for path, conds, absent_ok, _ in b)
             for b in branches]
 
 
-def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
-    """DNF of one object: a list of branches, each a list of (path, [conditions], absent_ok).
+def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect, top: str | None = None) -> list[list]:
+    """DNF of one object: a list of branches, each a list of
+    (path, [conditions], absent_ok, top-level key it sits under).
 
     A field may appear twice in a branch (named directly and inside ``$or``):
     both tests must then hold, so they stay separate."""
@@ -129,7 +131,7 @@ def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
         if key == "$or":
             if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
                 raise InvalidPattern(f'{dialect.error_prefix}"$or" must be an array of objects')
-            alternatives = [b for sub in value for b in _walk(sub, prefix, depth, dialect)]
+            alternatives = [b for sub in value for b in _walk(sub, prefix, depth, dialect, top)]
             branches = [b + alt for b in branches for alt in alternatives]
             _check_branches(branches, dialect)
             continue
@@ -142,14 +144,15 @@ def _walk(obj: dict, prefix: str, depth: int, dialect: Dialect) -> list[list]:
                 raise InvalidPattern(
                     "Invalid parameter: Filter policy scope MessageAttributes does not support nested filter policy"
                 )
-            nested = _walk(value, path, depth + 1, dialect)
+            nested = _walk(value, path, depth + 1, dialect, key if top is None else top)
             branches = [b + n for b in branches for n in nested]
             _check_branches(branches, dialect)
         elif isinstance(value, list):
             if not value:
                 raise InvalidPattern(f"{dialect.error_prefix}Empty arrays are not allowed")
             conds, absent_ok = _field(value, dialect)
-            branches = [b + [(path, conds, absent_ok)] for b in branches]
+            entry = (path, conds, absent_ok, key if top is None else top)
+            branches = [b + [entry] for b in branches]
         else:
             raise InvalidPattern(f'{dialect.error_prefix}"{key}" must be an object or an array')
     return branches
