@@ -149,8 +149,21 @@ def test_nested_or():
 def test_arrays_match_if_any_element_matches():
     assert ok({"detail": {"tags": ["prod-eu"]}})
     assert ok({"detail": {"tags": [{"prefix": "prod"}]}})
-    assert ok({"detail": {"items": {"sku": [{"prefix": "B-"}], "qty": [{"numeric": [">", 1]}]}}})
+    assert ok({"detail": {"items": {"sku": [{"prefix": "B-"}], "qty": [{"numeric": [">=", 0]}]}}})
     assert not ok({"detail": {"items": {"sku": ["C-1"]}}})
+
+
+def test_fields_in_one_array_of_objects_must_match_in_the_same_element():
+    # event-ruler's array consistency: A-1 has qty 2, B-7 has qty 0.
+    assert ok({"detail": {"items": {"sku": ["A-1"], "qty": [2]}}})
+    assert not ok({"detail": {"items": {"sku": ["A-1"], "qty": [0]}}})
+    assert not ok({"detail": {"items": {"sku": [{"prefix": "B-"}], "qty": [{"numeric": [">", 1]}]}}})
+    # Fields outside the array, or in different arrays, are not tied to an element.
+    assert ok({"detail": {"state": ["terminated"], "items": {"qty": [0]}, "tags": ["blue"]}})
+    nested = {"a": [{"b": [{"c": 1, "d": 2}, {"c": 3, "d": 4}]}, {"b": [{"c": 5, "d": 6}]}]}
+    assert ok({"a": {"b": {"c": [3], "d": [4]}}}, nested)
+    assert not ok({"a": {"b": {"c": [3], "d": [6]}}}, nested)
+    assert not ok({"a": {"b": {"c": [1], "d": [4]}}}, nested)
 
 
 def test_dotted_keys_name_nested_fields():
@@ -247,7 +260,9 @@ _event_value = st.recursive(
     lambda inner: st.dictionaries(st.sampled_from(["p", "q", "n"]), inner, max_size=3) | st.lists(inner, max_size=2),
     max_leaves=5,
 )
-_event = st.dictionaries(st.sampled_from(["p", "q", "n"]), _event_value, max_size=3)
+# Arrays of objects with the same keys, so that array consistency gets exercised.
+_records = st.lists(st.dictionaries(st.sampled_from(["p", "q"]), _scalar, min_size=1), min_size=2, max_size=3)
+_event = st.dictionaries(st.sampled_from(["p", "q", "n"]), st.one_of(_event_value, _records), max_size=3)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -191,6 +191,14 @@ def test_body_scope_arrays_of_objects():
     assert not matches(policy, body, "body")
 
 
+def test_body_scope_fields_of_one_array_element_match_together():
+    policy = {"Records": {"eventName": ["Put"], "size": [{"numeric": [">", 10]}]}}
+    body = {"Records": [{"eventName": "Put", "size": 5}, {"eventName": "Delete", "size": 50}]}
+    assert not matches(policy, body, "body")
+    body["Records"][0]["size"] = 11
+    assert matches(policy, body, "body")
+
+
 def test_body_scope_booleans_and_null():
     assert matches({"ok": [True]}, {"ok": True}, "body")
     assert not matches({"ok": [True]}, {"ok": 1}, "body")

@@ -86,6 +86,19 @@ class FieldTest:
                     return True
         return False
 
+    def matching(self, leaves) -> list:
+        """Indexes of the leaves that meet some condition."""
+        strings, keys, others = self._strings, self._keys, self._others
+        found = []
+        for i, leaf in enumerate(leaves):
+            if type(leaf) is str and leaf in strings:
+                found.append(i)
+            elif keys and type(leaf) is not str and c.leaf_key(leaf) in keys:
+                found.append(i)
+            elif any(condition.test(leaf) for condition in others):
+                found.append(i)
+        return found
+
     def __repr__(self) -> str:
         return f"FieldTest({self.path!r}, {self.conditions!r}, absent_ok={self.absent_ok})"
 

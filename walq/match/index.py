@@ -30,6 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left
 
 from walq.errors import InvalidParameter
+from walq.match.arrays import consistent
 from walq.match.conditions import EXACT, IGNORE_CASE, NUMERIC, PREFIX, PRESENT, SUFFIX, Wildcard, leaf_key
 from walq.match.policy import SCOPES, Policy, compile_for_scope
 from walq.match.values import flatten_attributes, flatten_document
@@ -318,12 +319,12 @@ class Matcher:
                     field.note(kind, akey)
         fields: dict = {}
         unanchored = set()
-        checks: dict = {}  # branch id -> (key, the tests left to check once it fires)
+        checks: dict = {}  # branch id -> (key, the tests left to check once it fires, all tests)
         for bid, (key, branch) in self._branches.items():
             anchor = choose_anchor(branch, stats)
             if anchor is None:
                 unanchored.add(bid)
-                checks[bid] = (key, branch)
+                checks[bid] = (key, branch, branch)
                 continue
             test, anchors = anchor
             field = fields.get(test.path)
@@ -332,7 +333,7 @@ class Matcher:
             for kind, akey in anchors:
                 field.file(kind, akey, bid)
             rest = tuple(t for t in branch if t is not test) if anchor_decides(test, anchors) else branch
-            checks[bid] = (key, rest)
+            checks[bid] = (key, rest, branch)
         self._fields, self._unanchored, self._checks, self._dirty = fields, unanchored, checks, False
 
     def flatten(self, message):
@@ -367,13 +368,15 @@ class Matcher:
                     field.collect(leaves, candidates)
         matched = set()
         checks = self._checks
+        arrays = getattr(flat, "members", None)
         for bid in candidates:
-            key, branch = checks[bid]
+            key, rest, branch = checks[bid]
             if key in matched:
                 continue
-            for test in branch:
+            for test in rest:
                 if not test.satisfied(flat.get(test.path)):
                     break
             else:
-                matched.add(key)
+                if arrays is None or consistent(branch, flat):
+                    matched.add(key)
         return matched

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from walq.errors import InvalidParameter
 from walq.match import compiler
+from walq.match.arrays import consistent
 from walq.match.values import flatten_attributes, flatten_document
 
 SCOPES = ("attributes", "body", "pattern")
@@ -43,12 +44,14 @@ class Policy:
         """Like :meth:`matches`, on a message already flattened."""
         if flat is None:
             return self.match_all
+        arrays = getattr(flat, "members", None)
         for branch in self.branches:
             for test in branch:
                 if not test.satisfied(flat.get(test.path)):
                     break
             else:
-                return True
+                if arrays is None or consistent(branch, flat):
+                    return True
         return False
 
     def __repr__(self) -> str:

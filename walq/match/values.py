@@ -16,7 +16,8 @@ SNS compares policies with String, String.Array and Number attributes only, so a
 Binary attribute contributes no leaf (and counts as absent). A String.Array
 matches when any element does. A JSON body or an EventBridge event is flattened
 the way event-ruler flattens: nested keys joined with ``.``, every element of an
-array (at any depth) a leaf of the same path.
+array (at any depth) a leaf of the same path. Each leaf also records which array
+elements it sits in (event-ruler's "array consistency", see walq/match/arrays.py).
 """
 
 from __future__ import annotations
@@ -104,7 +105,16 @@ def flatten_attributes(attributes) -> dict:
     return flat
 
 
-def flatten_document(document) -> dict | None:
+class Flat(dict):
+    """``path -> [leaf, ...]`` of a JSON document; ``members`` holds, per path, each
+    leaf's array membership - a tuple of ``(array id, index)``, outermost first -
+    or is None when the document has no array, so that matching can insist
+    that fields met inside an array of objects come from the same element."""
+
+    __slots__ = ("members",)
+
+
+def flatten_document(document) -> Flat | None:
     """``path -> [leaf, ...]`` for a JSON object (dict, or JSON text); None when
     it is not a JSON object, which no non-empty policy matches."""
     if isinstance(document, (str, bytes, bytearray)):
@@ -114,27 +124,30 @@ def flatten_document(document) -> dict | None:
             return None
     if not isinstance(document, dict):
         return None
-    flat: dict = {}
-    _flatten(document, "", flat)
+    flat = Flat()
+    members: dict = {}
+    arrays = [0]
+    for key, value in document.items():
+        _add(value, key, flat, members, (), arrays)
+    flat.members = members if arrays[0] else None
     return flat
 
 
-def _flatten(node: dict, prefix: str, flat: dict) -> None:
-    for key, value in node.items():
-        path = f"{prefix}.{key}" if prefix else key
-        _add(value, path, flat)
-
-
-def _add(value, path: str, flat: dict) -> None:
+def _add(value, path: str, flat: dict, members: dict, member: tuple, arrays: list) -> None:
     kind = type(value)
     if kind is dict:
-        _flatten(value, path, flat)
+        for key, child in value.items():
+            _add(child, f"{path}.{key}", flat, members, member, arrays)
     elif kind is list:
-        for element in value:
-            _add(element, path, flat)
+        arrays[0] += 1
+        array = arrays[0]
+        for index, element in enumerate(value):
+            _add(element, path, flat, members, member + ((array, index),), arrays)
     elif kind in _SCALARS:
         leaves = flat.get(path)
         if leaves is None:
             flat[path] = [value]
+            members[path] = [member]
         else:
             leaves.append(value)
+            members[path].append(member)
