@@ -9,7 +9,8 @@
 
 Modules: ``compiler`` (parsing, validation, SNS's and EventBridge's error texts),
 ``conditions`` (one class per operator), ``values`` (messages flattened to
-``path -> [leaf]``), ``policy`` (one compiled policy), ``index`` (the Matcher).
+``path -> [leaf]``), ``arrays`` (array consistency), ``policy`` (one compiled
+policy), ``index`` (the Matcher).
 See docs/match.md.
 """
 

@@ -18,7 +18,8 @@ branch must meet - in a per-field index:
 The anchor chosen is the branch's most selective test (exact first, presence
 last), so a branch is looked at only when its rarest condition already holds;
 the fired branches are then checked against the flattened message (all but
-the anchor's test, when meeting the anchor already decides that test). A
+the anchor's test, when meeting the anchor already decides that test; and
+array consistency, walq/match/arrays.py, when the message has arrays). A
 branch that can match with every field absent (only ``exists: false``) is
 checked on every message. Like event-ruler's single state machine for all
 rules, the cost follows the message (its fields and the branches they fire),
