@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import walq
 from walq import crashbench as cb
 from walq.cli import main
-from walq.inspect import queue_dir
+from walq.tools.inspect import queue_dir
 
 
 def bench(tmp_path, *args):

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 import walq
 from helpers import flip_byte, frames, segment_paths, write_at
-from walq import inspect as winspect
+from walq.tools import inspect as winspect
 from walq.cli import main
 from walq.log import Log, LogOptions
 
@@ -298,14 +298,18 @@ def test_dump_catalog_and_segment(store):
     assert json.loads(run(store, "dump", "--segment", seg).stdout.splitlines()[0])["type"] == "catalog"
 
 
-def test_dump_stops_at_damage_with_exit_1_after_the_records_before_it(store):
+def test_dump_reads_past_damage_reporting_it_inline_and_exits_1(store):
     seg = segment_paths(queue_dir(store))[0]
-    victim = frames(seg)[2]
+    all_frames = frames(seg)
+    victim = all_frames[2]
     flip_byte(seg, victim.offset + 28)
     r = run(store, "dump", "orders")
     assert r.exit_code == 1
-    assert len(r.stdout.splitlines()) == 2
-    assert f"offset {victim.offset}" in r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == len(all_frames)  # every record but one, and the damage in its place
+    assert lines[2]["offset"] == victim.offset and lines[2]["seq"] == victim.seq and "damage" in lines[2]
+    assert [x["seq"] for x in lines if "damage" not in x] == [f.seq for f in all_frames if f.seq != victim.seq]
+    assert "walq repair" in r.stderr
 
 
 def test_dump_needs_exactly_one_target_and_an_existing_queue(store):
@@ -335,3 +339,71 @@ def test_a_checkpoint_whose_tables_contradict_each_other_is_reported(store):
     r = run(store, "verify")
     assert r.exit_code == 1
     assert "checkpoint checksum matches but its contents do not decode" in r.output
+
+
+# -- a live store ---------------------------------------------------------------------------------
+
+
+def test_verify_beside_a_live_writer_that_rolls_and_trims_reports_no_damage(tmp_path):
+    """verify's help says it is safe on a live store: 40 verifies while a
+    writer appends, rolls segments, checkpoints and trims them.  Each verify
+    starts after the writer reports another round done (an observable event,
+    not a timer), so they land at different points of its work."""
+    path = tmp_path / "s"
+    walq.open(path).close()
+    writer = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "live_writer.py"), str(path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        damage = []
+        for _ in range(40):
+            line = writer.stdout.readline()
+            assert line.startswith("round"), "the writer stopped"
+            report = winspect.verify_store(str(path))
+            damage += [p.describe() for p in report.damage]
+        assert damage == []
+        assert report.logs == 2
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=60)
+
+
+def test_a_queue_directory_the_catalog_never_listed_is_damage(store):
+    cat = os.path.join(store, "catalog")
+    for n in os.listdir(cat):
+        os.unlink(os.path.join(cat, n))
+    walq_dirs = winspect.queue_dirs(str(store))
+    report = winspect.verify_store(str(store))
+    unlisted = [p for p in report.damage if "not listed in the catalog" in p.message]
+    assert sorted(p.path for p in unlisted) == sorted(walq_dirs)
+    assert any("queue 'orders'" in p.message for p in unlisted)
+
+
+def test_deleted_queue_directories_and_renamed_ones_are_not_damage(store):
+    with walq.open(store) as b:
+        q = b.create_queue("doomed")
+        q.send("x")
+        doomed = q._dir
+        b.delete_queue("doomed")
+    os.makedirs(doomed)  # as if its removal had not happened yet
+    with open(os.path.join(doomed, "queue.json"), "w") as f:
+        f.write('{"name": "doomed"}')
+    os.makedirs(os.path.join(store, "queues", "0123456789abcdef.deleted"))
+    os.makedirs(os.path.join(store, "queues", ".trash", "0123456789abcdef"))
+    report = winspect.verify_store(str(store))
+    assert report.ok, [p.describe() for p in report.damage]
+    assert any(p.path == doomed and "deleted queue" in p.message for p in report.problems)
+
+
+def test_a_flipped_first_record_of_a_synced_batch_is_damage_not_a_torn_tail(tmp_path):
+    path = tmp_path / "s"
+    with walq.open(path) as b:
+        q = b.create_queue("orders")
+        q.send_batch([f"m{i}" for i in range(10)])
+        d = q._dir
+    seg = segment_paths(d)[0]
+    first = frames(seg)[0]
+    flip_byte(seg, first.offset + 30)
+    r = run(path, "verify")
+    assert r.exit_code == 1
+    assert f"record {first.seq} does not validate" in r.output and "not a torn tail" in r.output

@@ -9,12 +9,14 @@
 """
 
 from walq.broker import Broker, open
+from walq.clock import StoreClock
 from walq import errors as _errors
 from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
 from walq.match import pattern_matches
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
+from walq.tools.repair import RepairReport, repair
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,6 +29,9 @@ __all__ = [
     "QueueStats",
     "QueueAttributes",
     "RedrivePolicy",
+    "StoreClock",
+    "repair",
+    "RepairReport",
     "pattern_matches",
     *_errors.__all__,
 ]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-import time
 
 from walq.catalog import Catalog
-from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist, WalqError
+from walq.clock import StoreClock
+from walq.errors import (BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
+                         WalqError)
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
@@ -54,7 +55,9 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     durability: ``"always"`` (fdatasync before a write returns, shared by
     concurrent writers), ``"batch"`` (synced within ``sync_interval``
     seconds), or ``"os"`` (never fsyncs).  Every mode survives kill -9.
-    clock: a ``time.time``-like function (tests inject a fake one).
+    clock: a ``time.time``-like function, used as is (tests inject a fake
+    one); default: the store's own time (``walq.StoreClock``), which no
+    wall-clock step moves.
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
                   segment_size=segment_size)
@@ -75,8 +78,11 @@ class Broker:
         self._log_options = LogOptions(durability=durability, sync_interval=sync_interval,
                                        segment_size=segment_size)
         self.path = os.fspath(path)
-        self._clock = clock or time.time
         _make_dirs(os.path.join(self.path, "queues"))
+        # The default clock is the broker's to close (it records the store's
+        # high-water mark); a given one is the caller's.
+        self._store_clock = StoreClock(self.path) if clock is None else None
+        self._clock = clock if clock is not None else self._store_clock.now
         self._catalog = Catalog(self.path, self._log_options, self._log_io(os.path.join(self.path, "catalog")))
         self._queues: dict[str, Queue] = {}
         self._mu = threading.RLock()
@@ -152,14 +158,39 @@ class Broker:
                 q._close(deleted=True)
                 q = None
             if q is None:
+                self._check_queue_dir(name, entry.uid)
                 try:
                     q = Queue(self, name, entry.uid, self._queue_dir(entry.uid))
                 except OSError as exc:
-                    # Deleted (by another process) since the lookup above?
+                    # Deleted (by another process) since the check above?
                     self._raise_if_deleted(_Unopened(name, entry.uid), exc)
                     raise
                 self._queues[name] = q
             return q
+
+    def _check_queue_dir(self, name: str, uid: int) -> None:
+        """CorruptionError if a listed queue's directory is gone (opening
+        it would silently start an empty queue).  A delete appends its
+        catalog record before removing the directory, so a directory missing
+        while the catalog still lists the queue is damage."""
+        qdir = self._queue_dir(uid)
+        if os.path.exists(os.path.join(qdir, "repair.tmp", "READY")):
+            raise CorruptionError(f"queue {name!r}: a repair of it was interrupted (its new segments wait in "
+                                  f"{qdir}/repair.tmp)", qdir)
+        if os.path.isdir(qdir):
+            return
+        # A delete may be moving the directory aside right now: it holds the
+        # catalog's append lock until its record is in, so look again under it.
+        with self._catalog.log.locked(wait_durable=False):
+            self._catalog.replay()
+            present = os.path.isdir(qdir)
+        if present:
+            return
+        entry = self._catalog.queues.get(name)
+        if entry is None or entry.uid != uid:
+            raise QueueDoesNotExist(f"queue {name!r} does not exist (it was deleted)")
+        raise CorruptionError(f"queue {name!r}: its directory {qdir} is missing (every message in it is "
+                              "lost)", qdir)
 
     def list_queues(self, prefix: str = "") -> list[str]:
         """Queue names starting with ``prefix``, sorted."""
@@ -332,6 +363,8 @@ class Broker:
                 q._close()
             self._queues.clear()
             self._catalog.close()
+            if self._store_clock is not None:
+                self._store_clock.close()
 
     def __enter__(self) -> "Broker":
         return self

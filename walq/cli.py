@@ -23,7 +23,7 @@ from dataclasses import asdict
 import click
 
 import walq
-from walq import inspect as winspect
+from walq.tools import inspect as winspect
 from walq.errors import CorruptionError, QueueDoesNotExist, WalqError
 from walq.progress import Progress
 
@@ -71,7 +71,7 @@ class WalqGroup(click.Group):
         except QueueDoesNotExist as exc:
             raise CliError(_one_line(exc), EXIT_NO_QUEUE) from None
         except CorruptionError as exc:
-            raise CliError(f"damaged store: {_one_line(exc)} (run walq verify)", EXIT_DAMAGE) from None
+            raise CliError(f"damaged store: {_one_line(exc)}", EXIT_DAMAGE) from None
         except WalqError as exc:
             raise CliError(_one_line(exc), EXIT_ERROR) from None
         except OSError as exc:
@@ -603,8 +603,9 @@ def verify(ctx, as_json, strict, quiet, data):
     checkpoint, and prints each problem with its file, offset and bytes.
     DAMAGE lines make the exit code 1; TORN and NOTE lines are what a crash
     normally leaves (the next open sets torn tails aside) and do not.
-    Safe to run while other processes use the store: it takes no lock and
-    writes nothing.
+    Safe to run while other processes use the store: it writes nothing, and
+    reads each log as of one moment (holding its append lock while it maps
+    the files, so a segment trimmed meanwhile is not mistaken for damage).
     """
     path = _data(ctx, data)
     if not winspect.is_store(path):
@@ -639,7 +640,8 @@ def dump(ctx, queue_name, catalog, segment, start, limit, no_body, data):
     """Print the records of QUEUE's log (or --catalog, or --segment FILE) as
     JSON lines: sends with their bodies, leases, deletes, visibility changes.
 
-    Reads the files directly, without locks or recovery.
+    Reads the files directly, without locks or recovery. Damage is printed
+    inline as a {"damage": ...} line and reading goes on past it (exit 1).
     """
     if sum(bool(x) for x in (queue_name, catalog, segment)) != 1:
         raise click.UsageError("give exactly one of QUEUE, --catalog or --segment FILE")
@@ -658,10 +660,44 @@ def dump(ctx, queue_name, catalog, segment, start, limit, no_body, data):
         else:
             records = winspect.dump_log(winspect.queue_dir(path, queue_name), kind="queue", start=start,
                                         bodies=not no_body)
+    damaged = False
     for i, rec in enumerate(records):
         if limit is not None and i >= limit:
             break
+        damaged = damaged or "damage" in rec
         _echo_json(rec)
+    if damaged:
+        click.echo(f"damage found (reported inline); run `walq repair --data {path}`", err=True)
+        ctx.exit(EXIT_DAMAGE)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be done and lost; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@data_option
+@click.pass_context
+def repair(ctx, dry_run, as_json, data):
+    """Make a damaged store usable again, keeping every record that validates.
+
+    Needs the store to itself (refused while any other process has it
+    open). Damaged and replaced files go to DIR/quarantine/<time>/ with a
+    report (report.json, report.txt) naming every lost record by sequence,
+    and message ids where readable. Records set aside as torn tails that
+    still validate come back; a damaged checkpoint falls back to an older
+    one or a full replay; the catalog is rebuilt from each queue's
+    queue.json. Exit code 0 when the store was intact or is now repaired.
+    """
+    from walq.tools.repair import repair as repair_store
+
+    path = _data(ctx, data)
+    if not winspect.is_store(path):
+        raise CliError(f"no walq store at {path}")
+    report = repair_store(path, dry_run=dry_run)
+    if as_json:
+        _echo_json(report.to_json())
+    else:
+        click.echo(report.to_text(), nl=False)
+    ctx.exit(EXIT_OK)
 
 
 # -- demonstrations and benchmarks -------------------------------------------------------

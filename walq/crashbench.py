@@ -10,7 +10,7 @@ Then, with no process left, it
    record may fail its checksum (a torn tail past the published end is fine);
 2. reopens the store and times it (recovery plus loading the queue's index);
 3. rebuilds the queue's live messages from its files (the newest checkpoint,
-   then every later record, read with walq/inspect.py's raw reader) and
+   then every later record, read with walq/tools/inspect.py's raw reader) and
    checks that every confirmed send that no consumer tried to delete is still
    stored, intact, and counted by the library's index.
 
@@ -46,7 +46,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import walq
-from walq import inspect as winspect
+from walq.tools import inspect as winspect
 from walq.subprocesses import module_command
 from walq.errors import CorruptionError, WalqError
 from walq.queue import checkpoint as ckpt
@@ -508,7 +508,8 @@ def _drain(data: str, ledger: Ledger, result: BenchResult, opts: dict, vt: int) 
     """Receives every message left, with a clock past every lease."""
     shift = vt + 60.0
     drained: set[str] = set()
-    with walq.open(data, clock=lambda: time.time() + shift, **opts) as b:
+    store_now = walq.StoreClock(data).now  # the store's time, as the workers' leases were
+    with walq.open(data, clock=lambda: store_now() + shift, **opts) as b:
         q = b.get_queue(QUEUE)
         while True:
             msgs = q.receive(1000, wait=0)

@@ -104,9 +104,34 @@ class CorruptionError(WalqError):
     code = "InternalError"
 
     def __init__(self, message: str, path: str | None = None, offset: int | None = None):
+        # Every message names the queue (not only its directory) and ends
+        # with the way forward; the damage itself stays in the files.
+        from walq.catalog import queue_label, repair_hint  # late: catalog imports this module
+
+        if path is not None and "queue '" not in message:
+            qdir = _queue_dir_of(path)
+            if qdir is not None:
+                message = f"{queue_label(qdir)}: {message}"
+        if "walq repair --data" not in message:
+            message = f"{message}; {repair_hint(path)}"
         super().__init__(message)
         self.path = path
         self.offset = offset
+
+
+def _queue_dir_of(path: str) -> str | None:
+    """``<store>/queues/<uid>`` when ``path`` is that directory or inside it."""
+    import os
+
+    p = os.path.abspath(path)
+    for _ in range(3):
+        parent = os.path.dirname(p)
+        if os.path.basename(parent) == "queues":
+            return p
+        if parent == p:
+            return None
+        p = parent
+    return None
 
 
 class BrokerClosed(WalqError):

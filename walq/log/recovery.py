@@ -11,6 +11,9 @@ Runs only when no other process has the log open (the caller holds
   their frames are verified whenever they are read.  Those that may hold
   records above the last durable point (appenders killed between a roll and
   their sync) are fdatasynced before everything is declared durable.
+* Every segment but the newest must end with the record just below the next
+  one's base (looked for near the end of its data); a gap - a segment file
+  deleted from the middle - is CorruptionError naming the missing range.
 * The active (last) segment is scanned in C from its header.  Where the scan
   stops - on a frame that does not validate, or on a zero header with valid
   frames after it - the rest of the segment decides:
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import struct
 import time
 
 from walq.errors import CorruptionError
@@ -78,6 +82,12 @@ def recover(log) -> None:
             decoded = decode_segment_header(f.read(SEGMENT_HEADER_SIZE))
         if decoded is None or decoded[0] != base:
             raise CorruptionError(f"segment header does not validate: {seg_path} at offset 0", seg_path, 0)
+    # Invariant: the log is dense - every segment but the newest ends with
+    # the record just below the next one's base.  A segment file deleted
+    # from the middle leaves a gap that nothing else would notice: a reader
+    # past a checkpoint never reads it, and the messages it held vanish.
+    for i, base in enumerate(bases[:-1]):
+        _check_reaches(os.path.join(path, segment_name(base)), base, bases[i + 1], io)
 
     seg = Segment.open(os.path.join(path, segment_name(bases[-1])), io, expected_base=bases[-1]) if bases else None
     if seg is None:
@@ -206,6 +216,58 @@ def _find_end(seg: Segment, io) -> tuple[int, int]:
     io.write_file_atomic(aside, tail)
     io.zero(seg.fd, end_off, len(tail))
     return end_off, end_seq
+
+
+def _check_reaches(seg_path: str, base: int, next_base: int, io) -> None:
+    """CorruptionError unless the segment at ``seg_path`` holds the record
+    ``next_base - 1``.  Looks for that record near the end of the data only
+    (records are found by their checksum at any 8-aligned offset), widening
+    the window until it covers the segment: an intact log costs a few
+    kilobytes per segment, not a scan of every byte."""
+    want = next_base - 1
+    seg = Segment.open(seg_path, io, expected_base=base)
+    try:
+        data_end = _last_nonzero(seg)
+        window = 1 << 16
+        while True:
+            start = max(SEGMENT_HEADER_SIZE, (data_end - window) & ~7)
+            # Up to the file's end, not data_end: a record's payload may end
+            # in zero bytes, past the last non-zero one.
+            at = lib.walq_find_valid(seg.ptr, seg.size, start, seg.salt, want)
+            if at != 0xFFFFFFFFFFFFFFFF:
+                (found,) = struct.unpack_from("<Q", seg.mm, at + 16)
+                if found == want:
+                    return
+                break  # a record past the next base: reported below
+            if start == SEGMENT_HEADER_SIZE:
+                break
+            window <<= 3
+        seg.index_to(next_base)
+        end = seg.next_seq
+    finally:
+        seg.close()
+    if end < next_base:
+        raise CorruptionError(
+            f"records {end}-{want} are missing: segment {seg_path} ends after record {end - 1} but the "
+            f"next segment starts at {next_base} (a segment file was deleted, or its records damaged)",
+            seg_path, None)
+    raise CorruptionError(f"segment {seg_path} holds records past {want}, overlapping the next segment",
+                          seg_path, None)
+
+
+def _last_nonzero(seg: Segment) -> int:
+    """One past the last non-zero byte of ``seg`` (its header's end if none)."""
+    last = SEGMENT_HEADER_SIZE
+    for start, stop in _data_regions(seg.fd, SEGMENT_HEADER_SIZE, seg.size):
+        pos = stop
+        while pos > start:
+            lo = max(start, pos - (1 << 20))
+            tail = len(seg.mm[lo:pos].rstrip(b"\0"))
+            if tail:
+                last = lo + tail
+                break
+            pos = lo
+    return last
 
 
 def _aside_path(directory: str, stem: str, content: bytes | None = None) -> str:

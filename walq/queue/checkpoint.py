@@ -356,10 +356,26 @@ def _build(applied: int, meta: dict, c: dict) -> Index | NativeIndex:
 # -- files ---------------------------------------------------------------------
 
 
-def load_newest(directory: str) -> Index | NativeIndex | None:
-    """The newest checkpoint's index, or None if there is none."""
+def load_newest(directory: str, first: int | None = None) -> Index | NativeIndex | None:
+    """The newest checkpoint's index, or None if there is none.
+
+    ``first`` is the log's first record, read before this call: the
+    checkpoint must cover every record below it (CorruptionError naming the
+    lost range if none does - a deleted checkpoint file must not open as a
+    queue without the messages it held).  A trim raises the first record
+    only after writing a checkpoint at least that new, so reading ``first``
+    before listing never sees a live compaction as a gap.
+    """
     for _attempt in range(20):
         positions = list_checkpoints(directory)
+        if first is not None and first > (positions[-1] if positions else 0):
+            covered = positions[-1] if positions else 0
+            raise CorruptionError(
+                f"the log in {directory} starts at record {first}, but "
+                + (f"the newest checkpoint covers only records below {covered}"
+                   if positions else "there is no checkpoint")
+                + f": records {covered}-{first - 1} are gone (a checkpoint or segment file was deleted)",
+                directory)
         if not positions:
             return None
         path = os.path.join(directory, checkpoint_name(positions[-1]))
@@ -369,6 +385,15 @@ def load_newest(directory: str) -> Index | NativeIndex | None:
             return _build(*parsed)
         except FileNotFoundError:
             continue  # a newer one replaced it between the listing and the open
+        except CorruptionError as exc:
+            if first == 0:
+                why = ("the log still holds every record from 0, so nothing is lost: `walq repair` sets the "
+                       "checkpoint aside and replays the log")
+            else:
+                why = ("`walq repair` falls back to an older checkpoint, or to the records the log still "
+                       f"holds from {first}" if first is not None else "")
+            raise CorruptionError(f"{exc.args[0].split('; run `walq repair')[0]}: {why}" if why else str(exc),
+                                  exc.path, exc.offset) from None
     raise CorruptionError(f"checkpoints in {directory} keep vanishing while being read", directory)
 
 

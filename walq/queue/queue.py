@@ -174,12 +174,19 @@ class Queue:
         self._cat_ctl, self._cat_end = cat_log._ctl_buf, cat_log._p_end_seq
         self._log_ctl = self._log._ctl_buf  # the same for _receive_now's load of the log's end
         self._attrs_memo = (-1, None)  # one attribute: threads read it whole
-        with self._mu:
-            self._index = self._load_index()
-            self._last_ckpt = self._index.ops
-            self._ckpt_pos = self._index.applied
-            self._ckpt_base = self._log.active_base
-            self._catch_up()
+        try:
+            with self._mu:
+                self._index = self._load_index()
+                self._last_ckpt = self._index.ops
+                self._ckpt_pos = self._index.applied
+                self._ckpt_base = self._log.active_base
+                self._catch_up()
+        except BaseException:
+            # A queue that fails to open (damage) must not keep its log open:
+            # the error's traceback may outlive it, holding lock.users.
+            self._ckpt_fh.close()
+            self._log.close()
+            raise
 
     def _after_recovery(self, io, end: int) -> None:
         """Log.open's on_recover: no checkpoint may claim records the log
@@ -213,7 +220,8 @@ class Queue:
         return attrs
 
     def _load_index(self) -> Index | NativeIndex:
-        idx = checkpoint.load_newest(self._dir)
+        first = self._log.first  # before listing checkpoints (see load_newest)
+        idx = checkpoint.load_newest(self._dir, first)
         if idx is None:
             attrs = self._attrs()
             idx = new_index(attrs.fifo, attrs.dedup_scope)

@@ -1,10 +1,14 @@
 """Reading a store's files without opening it: ``walq verify`` and ``walq dump``.
 
-Nothing here takes a lock, runs recovery or writes a byte, so both commands
-are safe on a store other processes are using, and on a damaged store that
-``walq.open`` would refuse.  The bytes are read as docs/format.md specifies
-them; frames are checked by the same native code the log uses
-(``walq_scan``, ``walq_find_valid``, ``walq_durable_after``).
+Nothing here runs recovery or writes a byte, so both commands are safe on a
+damaged store that ``walq.open`` would refuse.  Verify is safe on a store
+other processes are using: it reads each log as of one moment, holding that
+log's ``lock.open`` and ``lock.append`` (read-only descriptors, never
+created) while it maps the segments and reads ``log.ctl`` and the
+checkpoints, and judges the active segment only up to the end published
+then (docs/format.md, "Verify on a live store").  The bytes are read as
+docs/format.md specifies them; frames are checked by the same native code
+the log uses (``walq_scan``, ``walq_find_valid``, ``walq_durable_after``).
 
 What verify calls damage (exit 1) and what it only notes, following the
 recovery rules of docs/format.md ("Recovery"):
@@ -16,6 +20,10 @@ recovery rules of docs/format.md ("Recovery"):
   when a later valid record shows it had been synced (its ``seq - lag`` is
   above the bad record); otherwise it is a torn tail - writes a crash cut
   short, which the next open sets aside in ``torn-*.bin`` - and is noted.
+  Valid records after the bad one are damage even so: they were written
+  whole, so the bad one was not a write cut short (recovery would cut them
+  aside as a torn tail; ``walq repair`` keeps them), and a ``torn-*.bin``
+  file holding records that still validate is damage for the same reason.
   With ``strict=True`` (for use when the machine has not lost power since
   the last writer ran, as after kill -9), a torn tail below the end that
   ``log.ctl`` says was published is damage too: a process crash alone never
@@ -24,18 +32,26 @@ recovery rules of docs/format.md ("Recovery"):
   cover the records the log no longer holds and no records it does not hold.
 * Every queue record must decode (docs/format.md, "Queue records"), and
   every catalog record must be a JSON catalog entry.
+* Every queue directory must be listed in the catalog (checked again
+  holding the catalog's append lock); one whose uid a delete record names is
+  a deleted queue not yet removed (a note), and names that are not 16 hex
+  digits (``<uid>.deleted``, ``.trash``) are not queues.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple
 
+from walq.catalog import DEFINITION, queue_label, queue_uid
 from walq.errors import CorruptionError, InvalidParameter, QueueDoesNotExist
 from walq.log._native import ffi, lib
 from walq.log.format import (
@@ -294,9 +310,10 @@ class _Mapped:
         return found, durable
 
 
-def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool):
+def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool, limit: int | None = None):
     """Scans frames from ``off``; yields ``(seq, offset, length, type)`` and
-    finally returns the ``walq_scan_t`` where the scan stopped."""
+    finally returns the ``walq_scan_t`` where the scan stopped (status
+    WALQ_SCAN_LIMIT at sequence ``limit``, if given)."""
     res = ffi.new("walq_scan_t *")
     if want_records:
         offs = ffi.new("uint64_t[]", _SCAN_CHUNK)
@@ -305,8 +322,13 @@ def _scan(m: _Mapped, off: int, salt: int, seq: int, want_records: bool):
     else:
         offs = lens = types = ffi.NULL
     while True:
-        lib.walq_scan(m.ptr, m.size, off, salt, seq, _SCAN_CHUNK if want_records else 1 << 62,
-                      offs, lens, types, res)
+        most = _SCAN_CHUNK if want_records else 1 << 62
+        if limit is not None:
+            most = min(most, limit - seq)
+            if most <= 0:
+                res.status, res.count, res.next_off, res.next_seq = lib.WALQ_SCAN_LIMIT, 0, off, seq
+                return res
+        lib.walq_scan(m.ptr, m.size, off, salt, seq, most, offs, lens, types, res)
         if want_records:
             for i in range(res.count):
                 yield seq + i, offs[i], lens[i], types[i]
@@ -322,13 +344,18 @@ class _SegmentResult(NamedTuple):
 
 
 def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base: int | None,
-                   ctl_end: int | None, problems: list[Problem], on_record=None) -> _SegmentResult:
+                   ctl_end: int | None, problems: list[Problem], on_record=None,
+                   live_end: int | None = None) -> _SegmentResult:
     """Validates every frame of one mapped segment; appends what it finds to
-    ``problems`` and hands valid records to ``on_record(seq, type, off, len)``."""
+    ``problems`` and hands valid records to ``on_record(seq, type, off, len)``.
+
+    ``live_end``: the log is open in another process and had published
+    records below this when the snapshot was taken; what lies past it is
+    being written and is not judged."""
     path = m.path
     off, seq, count = SEGMENT_HEADER_SIZE, base, 0
     while True:
-        gen = _scan(m, off, salt, seq, on_record is not None)
+        gen = _scan(m, off, salt, seq, on_record is not None, live_end if active else None)
         while True:
             try:
                 s, o, n, t = next(gen)
@@ -340,11 +367,27 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
         if on_record is None:
             count += res.count
         off, seq = res.next_off, res.next_seq
+        if active and live_end is not None and seq >= live_end:
+            return _SegmentResult(seq, count, off)
         if res.status == lib.WALQ_SCAN_BAD:
             nxt = m.find_valid(off + 8, salt, seq)
             if active:
                 found, durable = m.durable_after(off + 8, salt, seq)
                 synced = bool(found) and durable > seq
+                if not synced and nxt is not None and live_end is None:
+                    # Records that validate after the bad one were written
+                    # whole, so it was not a write cut short: within one
+                    # synced batch every record has the same lag, and a
+                    # flipped byte in its first record looks like a tear.
+                    (resume,) = struct.unpack_from("<Q", m.mm, nxt + 16)
+                    problems.append(Problem(
+                        DAMAGE, path, off, nxt - off,
+                        f"record {seq} does not validate ({_why_bad(m, off, salt, seq)}), but {found} valid "
+                        f"records follow it from record {resume}: written whole, so this is damage, not a "
+                        "torn tail (the next open would cut them all aside; `walq repair` keeps them)",
+                        m.excerpt(off)))
+                    off, seq = nxt, resume
+                    continue
                 if not synced:
                     tail = m.last_nonzero(off) - off
                     if ctl_end is not None and ctl_end > seq:
@@ -378,6 +421,13 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
             continue
         break
     # End of data (a zero header) or end of file.  Nothing valid may follow.
+    if active and live_end is not None:
+        if seq < live_end:
+            problems.append(Problem(
+                DAMAGE, path, off, None,
+                f"end of data after record {seq - 1}, but log.ctl says records up to {live_end - 1} were "
+                "published (the log is open in another process)", m.excerpt(off)))
+        return _SegmentResult(seq, count, off)
     if res.status == lib.WALQ_SCAN_END:
         if active:
             found, durable = m.durable_after(off + 8, salt, seq)
@@ -417,22 +467,19 @@ def _check_segment(m: _Mapped, base: int, salt: int, *, active: bool, next_base:
     return _SegmentResult(seq, count, off)
 
 
-def _header_state(path: str, base: int) -> str:
+def _header_state(m: "_Mapped | OSError", base: int) -> str:
     """``"ok"``, ``"unwritten"`` (a bad header with nothing after it: a
     creation cut short), ``"zeroed"`` (an all-zero header with data after
     it) or ``"damaged"``."""
-    try:
-        m = _Mapped(path)
-    except OSError:
+    if isinstance(m, OSError):
         return "damaged"
-    with m:
-        header = m.excerpt(0, SEGMENT_HEADER_SIZE)
-        decoded = decode_segment_header(header)
-        if decoded is not None and decoded[0] == base:
-            return "ok"
-        if not m.any_data(SEGMENT_HEADER_SIZE):
-            return "unwritten"
-        return "zeroed" if not any(header) else "damaged"
+    header = m.excerpt(0, SEGMENT_HEADER_SIZE)
+    decoded = decode_segment_header(header)
+    if decoded is not None and decoded[0] == base:
+        return "ok"
+    if not m.any_data(SEGMENT_HEADER_SIZE):
+        return "unwritten"
+    return "zeroed" if not any(header) else "damaged"
 
 
 def _why_bad(m: _Mapped, off: int, salt: int, seq: int) -> str:
@@ -473,30 +520,154 @@ class LogSummary(NamedTuple):
     end: int  # sequence after the last valid record
 
 
+class _Snapshot:
+    """One log's files as of one moment: taken while holding ``lock.open``
+    (no recovery runs) and ``lock.append`` (no append, roll or trim), so a
+    live store is seen consistent.  Segments are mapped and checkpoints read
+    under the locks; a segment trimmed afterwards stays readable through its
+    map, so only damage that was there at that moment is reported."""
+
+    def __init__(self, directory: str, with_checkpoints: bool):
+        self.directory = directory
+        self.segs: list[tuple[int, str, _Mapped | OSError]] = []
+        self.ckpts: list[tuple[int, str, bytes | OSError]] = []
+        self.names: list[str] = []
+        self.ctl: dict | None = None
+        self.live = False
+        self.consistent = True
+        with _log_locks(directory) as (held, live):
+            self.consistent, self.live = held, live
+            self.names = sorted(os.listdir(directory))
+            for base, path in segment_files(directory):
+                try:
+                    self.segs.append((base, path, _Mapped(path)))
+                except OSError as exc:
+                    self.segs.append((base, path, exc))
+            self.ctl = _read_ctl(directory)
+            if with_checkpoints:
+                for pos in ckpt.list_checkpoints(directory):
+                    path = os.path.join(directory, ckpt.checkpoint_name(pos))
+                    try:
+                        with open(path, "rb") as f:
+                            self.ckpts.append((pos, path, f.read()))
+                    except FileNotFoundError:
+                        continue  # replaced by a newer one since the listing
+                    except OSError as exc:
+                        self.ckpts.append((pos, path, exc))
+
+    def close(self) -> None:
+        for _b, _p, m in self.segs:
+            if isinstance(m, _Mapped):
+                m.close()
+
+
+#: How long verify waits for a log's locks before reading it without them.
+LOCK_WAIT = 30.0
+
+
+@contextlib.contextmanager
+def _flocked(path: str, deadline: float):
+    """``flock(LOCK_EX)`` on ``path`` (opened read-only, never created),
+    waiting until ``deadline``; yields whether it is held."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True  # no process ever opened the log: nothing to exclude
+        return
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    yield False
+                    return
+                time.sleep(0.002)
+        yield True
+    finally:
+        os.close(fd)  # drops the lock
+
+
+@contextlib.contextmanager
+def _log_locks(directory: str):
+    """Holds ``lock.open`` then ``lock.append`` of one log; yields
+    ``(held, live)``: whether both are held, and whether another process has
+    the log open (its ``lock.users`` is held)."""
+    deadline = time.monotonic() + LOCK_WAIT
+    with _flocked(os.path.join(directory, "lock.open"), deadline) as a, \
+            _flocked(os.path.join(directory, "lock.append"), deadline) as b:
+        live = False
+        try:
+            fd = os.open(os.path.join(directory, "lock.users"), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                live = True
+            finally:
+                os.close(fd)
+        yield a and b, live
+
+
 def verify_log(directory: str, *, kind: str, strict: bool = False, report: VerifyReport,
                progress: Callable[[str], None] | None = None) -> LogSummary | None:
     """Checks every segment of one log; returns its extent (None if it has none)."""
+    summary, _snap = _verify_log(directory, kind=kind, strict=strict, report=report, progress=progress)
+    return summary
+
+
+def _verify_log(directory: str, *, kind: str, strict: bool, report: VerifyReport,
+                progress: Callable[[str], None] | None) -> tuple[LogSummary | None, _Snapshot | None]:
+    try:
+        snap = _Snapshot(directory, with_checkpoints=kind == "queue")
+    except FileNotFoundError:
+        return None, None  # the directory went away (a queue deleted meanwhile)
+    try:
+        return _verify_snapshot(snap, kind=kind, strict=strict, report=report, progress=progress), snap
+    finally:
+        snap.close()
+
+
+def _verify_snapshot(snap: _Snapshot, *, kind: str, strict: bool, report: VerifyReport,
+                     progress: Callable[[str], None] | None) -> LogSummary | None:
+    directory = snap.directory
     problems = report.problems
-    segs = segment_files(directory)
-    for name in sorted(os.listdir(directory)):
+    if not snap.consistent:
+        problems.append(Problem(NOTE, directory, None, None,
+                                f"could not take this log's locks within {LOCK_WAIT:.0f} s: read without a "
+                                "consistent view"))
+    segs = [(b, p) for b, p, _m in snap.segs]
+    maps = {b: m for b, _p, m in snap.segs}
+    salts = {}
+    for base, _p, m in snap.segs:
+        if isinstance(m, _Mapped):
+            header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
+            if header is not None and header[0] == base:
+                salts[base] = header[1]
+    for name in snap.names:
         p = os.path.join(directory, name)
         if name.startswith("torn-") and name.endswith(".bin"):
-            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
-                                    "bytes recovery set aside after a crash (never returned)"))
+            problems.append(_check_torn_file(p, name, salts))
         elif name.endswith(".seg.tmp"):
-            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
+            problems.append(Problem(NOTE, p, None, None,
                                     "a segment creation cut short (removed on the next open)"))
     if not segs:
         return None
     report.logs += 1
-    ctl = _read_ctl(directory) if strict else None
+    live_end = None
+    if snap.live and snap.consistent and snap.ctl is not None and snap.ctl["seg_base"] == segs[-1][0]:
+        live_end = snap.ctl["end_seq"]
+    ctl = snap.ctl if strict else None
     check_record = _check_queue_record if kind == "queue" else _check_catalog_record
     # Newest segments whose creation never reached the disk (an all-zero
     # header, or a torn one with nothing after it) are what a crash leaves;
     # the next open sets them aside.  The newest other one is the active one.
-    while segs:
+    while segs and live_end is None:
         base, path = segs[-1]
-        state = _header_state(path, base)
+        state = _header_state(maps[base], base)
         if state == "ok":
             break
         if state == "damaged" or (state == "zeroed" and strict):
@@ -519,39 +690,72 @@ def verify_log(directory: str, *, kind: str, strict: bool = False, report: Verif
         active = i == len(segs) - 1
         next_base = None if active else segs[i + 1][0]
         report.segments += 1
-        try:
-            m = _Mapped(path)
-        except OSError as exc:
-            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {exc.strerror or exc}"))
+        m = maps[base]
+        if isinstance(m, OSError):
+            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {m.strerror or m}"))
             continue
-        with m:
-            header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
-            if header is None or header[0] != base:
-                why = "does not validate" if header is None else f"says base {header[0]}, its name says {base}"
-                problems.append(Problem(DAMAGE, path, 0, SEGMENT_HEADER_SIZE, f"segment header {why}",
-                                        m.excerpt(0)))
-                continue
-            salt = header[1]
-            ctl_end = None
-            if ctl is not None and active and ctl["seg_base"] == base:
-                ctl_end = ctl["end_seq"]
+        header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
+        if header is None or header[0] != base:
+            why = "does not validate" if header is None else f"says base {header[0]}, its name says {base}"
+            problems.append(Problem(DAMAGE, path, 0, SEGMENT_HEADER_SIZE, f"segment header {why}",
+                                    m.excerpt(0)))
+            continue
+        salt = header[1]
+        ctl_end = None
+        if ctl is not None and active and ctl["seg_base"] == base:
+            ctl_end = ctl["end_seq"]
 
-            def on_record(seq, type_, off, n, _m=m):
-                try:
-                    check_record(type_, bytes(_m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]))
-                except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
-                    problems.append(Problem(DAMAGE, _m.path, off, lib.walq_frame_size(n),
-                                            f"record {seq} (type {type_}) has a valid checksum but does not "
-                                            f"decode as a {kind} record: {exc}", _m.excerpt(off)))
+        def on_record(seq, type_, off, n, _m=m):
+            try:
+                check_record(type_, bytes(_m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]))
+            except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+                problems.append(Problem(DAMAGE, _m.path, off, lib.walq_frame_size(n),
+                                        f"record {seq} (type {type_}) has a valid checksum but does not "
+                                        f"decode as a {kind} record: {exc}", _m.excerpt(off)))
 
-            res = _check_segment(m, base, salt, active=active, next_base=next_base, ctl_end=ctl_end,
-                                 problems=problems, on_record=on_record)
-            report.records += res.records
-            report.bytes_checked += res.end_off
-            end = res.end_seq
+        res = _check_segment(m, base, salt, active=active, next_base=next_base, ctl_end=ctl_end,
+                             problems=problems, on_record=on_record, live_end=live_end)
+        report.records += res.records
+        report.bytes_checked += res.end_off
+        end = res.end_seq
         if progress:
             progress(path)
     return LogSummary(segs[0][0], end)
+
+
+def _check_torn_file(path: str, name: str, salts: dict[int, int]) -> Problem:
+    """A ``torn-*.bin`` file: NOTE, or DAMAGE when records in it still
+    validate with their segment's salt (synced data cut aside)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        return Problem(NOTE, path, None, None, f"bytes recovery set aside (cannot read: {exc})")
+    parts = name[len("torn-"):-len(".bin")].split("-")
+    try:
+        salt = salts.get(int(parts[0])) if parts[1] != "header" else struct.unpack_from("<Q", raw.ljust(64, b"\0"), 24)[0]
+    except (ValueError, IndexError):
+        salt = None
+    found = []
+    if salt is not None and raw:
+        padded = raw + bytes(-len(raw) % 8 + RECORD_HEADER_SIZE)
+        ptr = ffi.from_buffer(padded)
+        off = SEGMENT_HEADER_SIZE if parts[1:2] == ["header"] else 0
+        while True:
+            at = lib.walq_find_valid(ptr, len(padded), off, salt, found[-1] + 1 if found else 0)
+            if at == _NOT_FOUND:
+                break
+            n, (seq,) = struct.unpack_from("<I", padded, at + 8)[0], struct.unpack_from("<Q", padded, at + 16)
+            if found and seq != found[-1] + 1:
+                break
+            found.append(seq)
+            off = at + lib.walq_frame_size(n)
+    if found:
+        return Problem(DAMAGE, path, None, len(raw),
+                       f"{_span(found[0], found[-1] + 1)} whole and valid in bytes recovery cut aside as a "
+                       "torn tail: they were written whole after a damaged record (synced data, not a torn "
+                       "write); `walq repair` brings them back", raw[:_EXCERPT])
+    return Problem(NOTE, path, None, len(raw), "bytes recovery set aside after a crash (never returned)")
 
 
 def _span(lo: int, hi: int) -> str:
@@ -595,24 +799,20 @@ _DECODERS = {R.LEASE: R.decode_lease, R.HIDE: R.decode_hide, R.DELETE: R.decode_
              R.CHVIS: R.decode_chvis, R.PURGE: R.decode_purge}
 
 
-def _verify_checkpoints(directory: str, extent: LogSummary | None, report: VerifyReport,
+def _verify_checkpoints(snap: _Snapshot, extent: LogSummary | None, report: VerifyReport,
                         progress: Callable[[str], None] | None) -> None:
+    directory = snap.directory
     problems = report.problems
-    for name in sorted(os.listdir(directory)):
-        if name.startswith("checkpoint-") and name.endswith(".tmp"):
+    for name in snap.names:
+        if name.startswith("checkpoint-") and name.endswith(".tmp") and not snap.live:
             p = os.path.join(directory, name)
-            problems.append(Problem(NOTE, p, None, os.path.getsize(p),
-                                    "a checkpoint write cut short (ignored)"))
-    positions = ckpt.list_checkpoints(directory)
+            problems.append(Problem(NOTE, p, None, None, "a checkpoint write cut short (ignored)"))
+    positions = [pos for pos, _p, _r in snap.ckpts]
     newest_ok = None
-    for pos in positions:
-        path = os.path.join(directory, ckpt.checkpoint_name(pos))
+    for pos, path, raw in snap.ckpts:
         report.checkpoints += 1
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as exc:
-            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {exc.strerror or exc}"))
+        if isinstance(raw, OSError):
+            problems.append(Problem(DAMAGE, path, None, None, f"cannot read: {raw.strerror or raw}"))
             continue
         report.bytes_checked += len(raw)
         try:
@@ -662,75 +862,162 @@ def verify_store(store: str, *, strict: bool = False,
                  progress: Callable[[str], None] | None = None) -> VerifyReport:
     """Reads every segment and checkpoint of every log in ``store``.
 
-    ``progress`` is called with each file's path once it is checked.
+    Safe beside live processes: each log is read as of one moment (see
+    ``_Snapshot``).  ``progress`` is called with each file's path once it is
+    checked.
     """
     if not is_store(store):
         raise InvalidParameter(f"no walq store at {store} (no catalog/ directory)")
     report = VerifyReport(store)
-    names = catalog_names(store)
     verify_log(os.path.join(store, "catalog"), kind="catalog", strict=strict, report=report, progress=progress)
+    listed, known = catalog_history(store)
     for d in queue_dirs(store):
-        try:
-            uid = int(os.path.basename(d), 16)
-        except ValueError:
-            uid = None
-        if uid not in names:
-            report.problems.append(Problem(NOTE, d, None, None,
-                                           "directory of a queue the catalog does not list (deleted, its "
-                                           "files not yet removed)"))
-        extent = verify_log(d, kind="queue", strict=strict, report=report, progress=progress)
-        _verify_checkpoints(d, extent, report, progress)
+        uid = queue_uid(os.path.basename(d))
+        if uid is None:
+            continue  # <uid>.deleted, .trash, ...: not a queue
+        if uid not in listed:
+            problem = _unlisted_queue_dir(store, d, uid)
+            if problem is None:
+                continue
+            report.problems.append(problem)
+        extent, snap = _verify_log(d, kind="queue", strict=strict, report=report, progress=progress)
+        if snap is not None:
+            _verify_checkpoints(snap, extent, report, progress)
     return report
+
+
+def catalog_history(store: str) -> tuple[dict[int, str], set[int]]:
+    """``(uid -> name of every queue the catalog lists, every uid any of its
+    records names)``, read raw; stops quietly at damage (verify reports it)."""
+    queues: dict[str, int] = {}
+    known: set[int] = set()
+    try:
+        for rec in iter_log(os.path.join(store, "catalog")):
+            r = json.loads(rec.payload)
+            known.add(r["uid"])
+            _apply_catalog(queues, rec.payload)
+    except (CorruptionError, ValueError, KeyError, TypeError, OSError):
+        pass
+    return {uid: name for name, uid in queues.items()}, known
+
+
+def _unlisted_queue_dir(store: str, d: str, uid: int) -> Problem | None:
+    """What a queue directory the catalog does not list is: looked at again
+    holding the catalog's append lock (a create holds it from making the
+    directory to appending its record).  None if it is listed after all, or
+    gone."""
+    cat = os.path.join(store, "catalog")
+    with _flocked(os.path.join(cat, "lock.append"), time.monotonic() + LOCK_WAIT):
+        listed, known = catalog_history(store)
+        if uid in listed:
+            return None
+        if not os.path.isdir(d):
+            return None  # removed by a delete meanwhile
+        has_def = os.path.exists(os.path.join(d, DEFINITION))
+        try:
+            has_log = bool(segment_files(d))
+        except FileNotFoundError:
+            return None
+    if uid in known:
+        return Problem(NOTE, d, None, None, "directory of a deleted queue (its files not yet removed)")
+    if not has_def and not has_log:
+        return Problem(NOTE, d, None, None, "a queue directory with no definition and no log (a creation "
+                                            "cut short)")
+    label = queue_label(d)
+    return Problem(DAMAGE, d, None, None,
+                   f"{label} is not listed in the catalog, and no catalog record ever named it: catalog "
+                   f"records were lost (its messages are unreachable); run `walq repair --data {store}`")
 
 
 def count_files(store: str) -> int:
     """Segments and checkpoints verify will read (for a progress bar)."""
     n = len(segment_files(os.path.join(store, "catalog"))) if is_store(store) else 0
     for d in queue_dirs(store):
-        n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
+        if queue_uid(os.path.basename(d)) is None:
+            continue
+        try:
+            n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
+        except FileNotFoundError:
+            continue  # deleted meanwhile
     return n
 
 
 # -- dumping -------------------------------------------------------------------------
 
 
-def iter_segment(path: str, *, start: int = 0) -> Iterator[RawRecord]:
+class Damage(NamedTuple):
+    """Bytes of a segment that do not validate, found while reading past damage."""
+
+    path: str
+    offset: int
+    length: int
+    seq: int  # the first record they should hold
+    resume: int | None  # the sequence valid data resumes at, None if nothing valid follows
+
+    def message(self) -> str:
+        if self.resume is None:
+            return f"record {self.seq} does not validate and nothing valid follows (a torn tail or damage)"
+        lost = f"records {self.seq}-{self.resume - 1}" if self.resume - 1 > self.seq else f"record {self.seq}"
+        return f"{lost} unreadable ({self.length} bytes do not validate); reading resumes at record {self.resume}"
+
+
+def iter_segment(path: str, *, start: int = 0, past_damage: bool = False) -> Iterator[RawRecord]:
     """The valid records of one segment file, from sequence ``start``.
 
-    Stops at the end of data or at a torn tail; raises CorruptionError (with
-    file and offset) at a record that does not validate while valid records
-    follow it.
+    Stops at the end of data or at a torn tail.  At a record that does not
+    validate while valid records follow it: raises CorruptionError (with
+    file and offset), or with ``past_damage`` yields a ``Damage`` and goes on
+    at the next valid record (``walq dump``).
     """
     with _Mapped(path) as m:
         header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
         if header is None:
             raise CorruptionError(f"segment header does not validate: {path} at offset 0", path, 0)
         base, salt = header
-        gen = _scan(m, SEGMENT_HEADER_SIZE, salt, base, True)
+        off, next_seq = SEGMENT_HEADER_SIZE, base
         while True:
-            try:
-                seq, off, n, t = next(gen)
-            except StopIteration as stop:
-                res = stop.value
-                break
-            if seq >= start:
-                yield RawRecord(seq, t, bytes(m.mm[off + RECORD_HEADER_SIZE : off + RECORD_HEADER_SIZE + n]),
-                                path, off)
-        if res.status == lib.WALQ_SCAN_BAD:
+            gen = _scan(m, off, salt, next_seq, True)
+            while True:
+                try:
+                    seq, roff, n, t = next(gen)
+                except StopIteration as stop:
+                    res = stop.value
+                    break
+                if seq >= start:
+                    yield RawRecord(seq, t, bytes(m.mm[roff + RECORD_HEADER_SIZE : roff + RECORD_HEADER_SIZE + n]),
+                                    path, roff)
+            if res.status not in (lib.WALQ_SCAN_BAD, lib.WALQ_SCAN_END):
+                return
             nxt = m.find_valid(res.next_off + 8, salt, res.next_seq)
-            if nxt is not None:
+            if nxt is None:
+                if past_damage and res.status == lib.WALQ_SCAN_BAD:
+                    yield Damage(path, res.next_off, m.last_nonzero(res.next_off) - res.next_off, res.next_seq, None)
+                return
+            if not past_damage:
                 raise CorruptionError(
                     f"record {res.next_seq} in {path} at offset {res.next_off} does not validate "
                     f"(valid data resumes at offset {nxt})", path, res.next_off)
+            (resume,) = struct.unpack_from("<Q", m.mm, nxt + 16)
+            yield Damage(path, res.next_off, nxt - res.next_off, res.next_seq, resume)
+            off, next_seq = nxt, resume
 
 
-def iter_log(directory: str, *, start: int = 0) -> Iterator[RawRecord]:
-    """The valid records of every segment of a log, oldest first."""
+def iter_log(directory: str, *, start: int = 0, past_damage: bool = False) -> Iterator[RawRecord]:
+    """The valid records of every segment of a log, oldest first (with
+    ``past_damage``, a ``Damage`` for each unreadable stretch, and for each
+    gap between segments)."""
     segs = segment_files(directory)
+    expect = None
     for i, (base, path) in enumerate(segs):
         if i + 1 < len(segs) and segs[i + 1][0] <= start:
             continue
-        yield from iter_segment(path, start=start)
+        if past_damage and expect is not None and base > expect and base > start:
+            yield Damage(directory, 0, 0, expect, base)
+        expect = None
+        for rec in iter_segment(path, start=start, past_damage=past_damage):
+            if isinstance(rec, RawRecord):
+                expect = rec.seq + 1
+            yield rec
 
 
 def body_json(body: bytes, *, include: bool = True) -> dict:
@@ -801,15 +1088,34 @@ def catalog_record_json(rec: RawRecord) -> dict:
     return out
 
 
+def damage_json(d: Damage) -> dict:
+    """A ``Damage`` as a dump line: ``{"damage": ..., ...}``."""
+    if d.offset == 0 and d.length == 0:
+        msg = (f"records {d.seq}-{d.resume - 1} are missing: no segment holds them" if d.resume - 1 > d.seq
+               else f"record {d.seq} is missing: no segment holds it")
+        return {"damage": msg, "log": d.path, "seq": d.seq, "resume": d.resume}
+    return {"damage": d.message(), "segment": os.path.basename(d.path), "offset": d.offset, "length": d.length,
+            "seq": d.seq, "resume": d.resume}
+
+
 def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) -> Iterator[dict]:
-    """Every record of a log (``kind`` "queue" or "catalog") as JSON-able dicts."""
-    for rec in iter_log(directory, start=start):
-        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    """Every record of a log (``kind`` "queue" or "catalog") as JSON-able
+    dicts; damage is reported inline (a ``{"damage": ...}`` line) and
+    reading goes on past it."""
+    for rec in iter_log(directory, start=start, past_damage=True):
+        if isinstance(rec, Damage):
+            yield damage_json(rec)
+        else:
+            yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
 
 
 def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:
     """Every record of one segment file; decoded as catalog records when the
-    file lies in a ``catalog`` directory, else as queue records."""
+    file lies in a ``catalog`` directory, else as queue records.  Damage is
+    reported inline, as by dump_log."""
     kind = "catalog" if os.path.basename(os.path.dirname(os.path.abspath(path))) == "catalog" else "queue"
-    for rec in iter_segment(path, start=start):
-        yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    for rec in iter_segment(path, start=start, past_damage=True):
+        if isinstance(rec, Damage):
+            yield damage_json(rec)
+        else:
+            yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
