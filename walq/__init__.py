@@ -12,6 +12,7 @@ from walq.broker import Broker, open
 from walq.clock import StoreClock
 from walq import errors as _errors
 from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
+from walq.match import pattern_matches
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
@@ -35,5 +36,6 @@ __all__ = [
     "Worker",
     "RetryPolicy",
     "Notification",
+    "pattern_matches",
     *_errors.__all__,
 ]

@@ -10,7 +10,8 @@ keeps working for callers that do not know walq::
     ├── InvalidParameter (ValueError)
     │   ├── MessageTooLarge
     │   ├── InvalidReceipt
-    │   └── BatchError           (empty, too many or duplicate batch entries)
+    │   ├── BatchError           (empty, too many or duplicate batch entries)
+    │   └── InvalidPattern       (an SNS filter policy or EventBridge pattern AWS would refuse)
     ├── MessageNotInflight
     ├── CorruptionError          (damaged file: names the file and offset)
     ├── BrokerClosed
@@ -31,6 +32,7 @@ __all__ = [
     "MessageTooLarge",
     "InvalidReceipt",
     "BatchError",
+    "InvalidPattern",
     "MessageNotInflight",
     "CorruptionError",
     "BrokerClosed",
@@ -81,6 +83,16 @@ class BatchError(InvalidParameter):
     """A batch request that is empty, too long, or has duplicate entry ids."""
 
     code = "AWS.SimpleQueueService.TooManyEntriesInBatchRequest"
+
+
+class InvalidPattern(InvalidParameter):
+    """An SNS filter policy or EventBridge event pattern that AWS would refuse.
+
+    The message is AWS's reason text (``Invalid parameter: FilterPolicy: ...``
+    or ``Event pattern is not valid. Reason: ...``).
+    """
+
+    code = "InvalidParameter"
 
 
 class MessageNotInflight(WalqError):
