@@ -11,7 +11,7 @@
 * When the orders are done, this process sends one "closing time" message
   per barista and shows the dead-letter queue.
 
-The worker processes are started as ``python -m walq.demo ROLE --data DIR``
+The worker processes are started as ``python -m walq.tools.demo ROLE --data DIR``
 and print what they do; the parent prefixes and forwards their lines.
 """
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 import walq
-from walq.subprocesses import module_command
+from walq.tools.subprocesses import module_command
 
 PREFIX = "coffee-orders"
 ORDERS = "coffee-orders"
@@ -93,7 +93,7 @@ def run(data: str, *, baristas: int = 3, orders: int = 12, seed: int | None = No
                 echo(line)
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = module_command("walq.demo")
+    cmd = module_command("walq.tools.demo")
     procs = [subprocess.Popen(cmd + ["barista", "--data", data, "--name", str(i + 1), "--seed", str(seed + i)],
                               stdout=subprocess.PIPE, text=True, env=env) for i in range(baristas)]
     procs.append(subprocess.Popen(cmd + ["order-taker", "--data", data, "--orders", str(orders),
@@ -197,7 +197,7 @@ def barista(data: str, name: str, seed: int) -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m walq.demo", description="walq demo worker processes")
+    ap = argparse.ArgumentParser(prog="python -m walq.tools.demo", description="walq demo worker processes")
     ap.add_argument("role", choices=["order-taker", "barista"])
     ap.add_argument("--data", required=True)
     ap.add_argument("--orders", type=int, default=12)
