@@ -23,27 +23,28 @@ from walq.cli import messages as _messages
 from walq.cli import queue as _queue
 from walq.cli import stats as _stats
 from walq.cli import tools as _tools
-from walq.cli.common import (DEFAULT_DATA, EXIT_DAMAGE, EXIT_ERROR, EXIT_NO_QUEUE, EXIT_OK, EXIT_USAGE, CliError,
-                             WalqGroup)
+from walq.cli.common import (DEFAULT_DATA, EXIT_DAMAGE, EXIT_ERROR, EXIT_NO_QUEUE, EXIT_OK, EXIT_PIPE, EXIT_USAGE,
+                             CliError, RootGroup)
 
-__all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_USAGE", "EXIT_NO_QUEUE", "EXIT_ERROR", "CliError"]
+__all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_USAGE", "EXIT_NO_QUEUE", "EXIT_ERROR", "EXIT_PIPE", "CliError"]
 
 _GROUPS = (_queue, _messages, _stats, _dlq, _tools)
 
 _EPILOG = f"""\b
-Every command takes --data DIR (default: $WALQ_DATA, else {DEFAULT_DATA}).
+Every command that works on a store takes --data DIR (default: $WALQ_DATA,
+else {DEFAULT_DATA}).
 \b
 Exit codes:
-  0  success
-  1  damage found (verify, a damaged store) or an invariant violated (crash-bench)
-  2  usage error: unknown option, missing or malformed argument
-  3  the named queue does not exist
-  4  any other error (walq refused the request, I/O error, missing extra)
+  0    success
+  1    damage found (verify, a damaged store) or an invariant violated (crash-bench)
+  2    usage error: unknown option, missing, malformed or out-of-range value
+  3    the named queue does not exist
+  4    any other error (a queue exists with other attributes, no store, I/O error)
+  141  standard output closed early (walq receive ... | head -1), as for cat
 """
 
 
-
-@click.group(cls=WalqGroup, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RootGroup, epilog=_EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", metavar="DIR", envvar="WALQ_DATA", default=DEFAULT_DATA, show_default=True,
               help="Store directory [env: WALQ_DATA].")
 @click.version_option(walq.__version__, prog_name="walq")

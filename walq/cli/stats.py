@@ -8,7 +8,7 @@ import time
 
 import click
 
-from walq.cli.common import data_option, echo_json, human_age, human_bytes, open_store, store_path
+from walq.cli.common import Seconds, WalqCommand, data_option, echo_json, human_age, human_bytes, open_store, store_path
 from walq.errors import QueueDoesNotExist
 from walq.tools.progress import Progress
 from walq.tools.table import format_table
@@ -44,19 +44,18 @@ def stats_table(rows: list[dict]) -> str:
 
 
 
-@click.command()
+@click.command(cls=WalqCommand)
 @click.option("--prefix", default="", help="Only queues whose name starts with this.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per queue instead of a table.")
 @click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
-@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
-@click.option("--count", type=int, default=None, help="With --watch: stop after this many refreshes.")
+@click.option("--interval", type=Seconds(0.01, 86400), default=2.0, show_default=True,
+              help="Seconds between refreshes (0.01-86400).")
+@click.option("--count", type=click.IntRange(1), default=None, help="With --watch: stop after this many refreshes.")
 @data_option
 @click.pass_context
 def stats(ctx, prefix, as_json, watch, interval, count, data):
     """Show every queue: visible, in flight, delayed, oldest age, disk use."""
     path = store_path(ctx, data)
-    if interval <= 0:
-        raise click.BadParameter("must be positive", param_hint="--interval")
     tty = sys.stdout.isatty()
     with open_store(path) as b:
         n = 0
@@ -82,7 +81,7 @@ def stats(ctx, prefix, as_json, watch, interval, count, data):
             return
 
 
-@click.command()
+@click.command(cls=WalqCommand)
 @click.argument("queue_names", metavar="[QUEUE]...", nargs=-1)
 @data_option
 @click.pass_context

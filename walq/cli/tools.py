@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import click
 
 from walq import inspect as winspect
-from walq.cli.common import (EXIT_DAMAGE, EXIT_OK, CliError, data_option, echo_json, human_bytes, open_store,
+from walq.cli.common import (EXIT_DAMAGE, EXIT_OK, CliError, Seconds, WalqCommand, data_option, echo_json, human_bytes, open_store,
                              store_path)
 from walq.cli.stats import stats_rows, stats_table
 from walq.errors import QueueDoesNotExist
 from walq.tools.progress import Progress
 
 
-@click.command()
+@click.command(cls=WalqCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--strict", is_flag=True,
               help="Also call a torn record damage when log.ctl says it was published (use after kill -9, "
@@ -54,12 +56,12 @@ def verify(ctx, as_json, strict, quiet, data):
     ctx.exit(EXIT_OK if report.ok else EXIT_DAMAGE)
 
 
-@click.command()
+@click.command(cls=WalqCommand)
 @click.argument("queue_name", metavar="[QUEUE]", required=False)
 @click.option("--catalog", is_flag=True, help="Dump the catalog log instead of a queue.")
 @click.option("--segment", type=click.Path(exists=True, dir_okay=False), help="Dump one segment file.")
-@click.option("--from", "start", type=int, default=0, help="First sequence number to print.")
-@click.option("--limit", type=int, default=None, help="Print at most this many records.")
+@click.option("--from", "start", type=click.IntRange(0), default=0, help="First sequence number to print.")
+@click.option("--limit", type=click.IntRange(0), default=None, help="Print at most this many records.")
 @click.option("--no-body", is_flag=True, help="Print body sizes instead of bodies.")
 @data_option
 @click.pass_context
@@ -71,8 +73,6 @@ def dump(ctx, queue_name, catalog, segment, start, limit, no_body, data):
     """
     if sum(bool(x) for x in (queue_name, catalog, segment)) != 1:
         raise click.UsageError("give exactly one of QUEUE, --catalog or --segment FILE")
-    if limit is not None and limit < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--limit")
     path = store_path(ctx, data)
     if segment:
         records = winspect.dump_segment(segment, start=start, bodies=not no_body)
@@ -95,7 +95,7 @@ def dump(ctx, queue_name, catalog, segment, start, limit, no_body, data):
 # -- demonstrations and benchmarks -------------------------------------------------------
 
 
-@click.command()
+@click.command(cls=WalqCommand)
 @click.option("--baristas", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Barista (consumer) processes.")
 @click.option("--orders", type=click.IntRange(1, 1000), default=12, show_default=True, help="Orders to take.")
@@ -123,14 +123,14 @@ def demo(ctx, baristas, orders, seed, data):
         raise CliError(f"the demo did not finish as expected: {result.problem}")
 
 
-@click.command("crash-bench")
+@click.command("crash-bench", cls=WalqCommand)
 @click.option("--cycles", type=click.IntRange(1), default=20, show_default=True, help="Kill-and-recover cycles.")
 @click.option("--producers", type=click.IntRange(0, 64), default=2, show_default=True,
               help="Producer processes per cycle (send and send_batch).")
 @click.option("--consumers", type=click.IntRange(0, 64), default=2, show_default=True,
               help="Consumer processes per cycle (receive, delete_batch, checkpoint).")
-@click.option("--run-time", type=click.FloatRange(0.01), default=1.0, show_default=True,
-              help="Longest a worker runs before it is killed (seconds).")
+@click.option("--run-time", type=Seconds(0.01, 3600), default=1.0, show_default=True,
+              help="Longest a worker runs before it is killed (seconds, 0.01-3600).")
 @click.option("--kill-group", is_flag=True,
               help="Kill all workers at one moment with killpg (default: each at its own random moment).")
 @click.option("--durability", type=click.Choice(["always", "batch", "os"]), default="always", show_default=True)
@@ -145,15 +145,18 @@ def demo(ctx, baristas, orders, seed, data):
               show_default=True, help="Where to write the JSON report.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Draw recovery time against store size to this PNG (needs the 'plot' extra).")
-@data_option
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Store to crash (absent, empty, or one an earlier crash-bench made; kept afterwards). "
+                   "Default: a fresh temporary directory, removed unless an invariant was violated.")
 @click.pass_context
 def crash_bench(ctx, cycles, producers, consumers, run_time, kill_group, durability, segment_size,
-                visibility_timeout, checkpoint_every, seed, report_path, plot_path, data):
+                visibility_timeout, checkpoint_every, seed, report_path, plot_path, directory):
     """Kill producers and consumers with SIGKILL over and over, recover, and
     check that no confirmed send is lost, no deleted message comes back and
     no corrupt record is returned.
 
-    Runs on the queue "crashbench" in the store (recreated first).  Each
+    Runs in a store of its own (never the --data store): a fresh temporary
+    directory, or --dir; the queue there is "crashbench".  Each
     cycle starts the worker processes, kills them at random moments, then
     checks every file (verify --strict), reopens the store (timing the
     recovery) and compares the queue's contents with what the workers
@@ -168,7 +171,7 @@ def crash_bench(ctx, cycles, producers, consumers, run_time, kill_group, durabil
         problem = crashbench.plotting_error()  # fail before the run, not after it
         if problem:
             raise CliError(problem)
-    path = store_path(ctx, data)
+    path = _crash_dir(directory)
     with Progress(cycles, "crash-bench") as bar:
         result = crashbench.run(
             path, cycles=cycles, producers=producers, consumers=consumers, run_time=run_time,
@@ -186,13 +189,34 @@ def crash_bench(ctx, cycles, producers, consumers, run_time, kill_group, durabil
         click.echo(f"plot: {plot_path}")
     if not result.ok:
         n = len(result.violations)
-        raise CliError(f"{n} invariant violation{'s' if n != 1 else ''} (listed above and in {report_path})",
-                       EXIT_DAMAGE)
+        raise CliError(f"{n} invariant violation{'s' if n != 1 else ''} (listed above and in {report_path}; "
+                       f"the store is kept in {path})", EXIT_DAMAGE)
+    if directory is None:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-@click.command()
-@click.option("--seconds", type=click.FloatRange(0.01), default=1.0, show_default=True,
-              help="Seconds per measurement.")
+def _crash_dir(directory: str | None) -> str:
+    """The store crash-bench may wreck: a new temporary directory, or
+    ``--dir`` if it holds nothing else (an absent or empty directory, or a
+    store whose only queue is crash-bench's own)."""
+    from walq.tools import crashbench
+
+    if directory is None:
+        return tempfile.mkdtemp(prefix="walq-crash-bench-")
+    if os.path.isdir(directory) and os.listdir(directory):
+        queues = None
+        if winspect.is_store(directory):
+            with open_store(directory) as b:
+                queues = b.list_queues()
+        if queues is None or set(queues) - {crashbench.QUEUE}:
+            raise click.BadParameter(f"{directory} holds other data; give an absent or empty directory",
+                                     param_hint="--dir")
+    return directory
+
+
+@click.command(cls=WalqCommand)
+@click.option("--seconds", type=Seconds(0.01, 600), default=1.0, show_default=True,
+              help="Seconds per measurement (0.01-600).")
 @click.option("--mode", "modes", type=click.Choice(["always", "batch", "os"]), multiple=True,
               help="Durability modes to measure (repeatable; default all three).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per measurement instead of a table.")
