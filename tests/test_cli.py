@@ -313,12 +313,18 @@ def test_demo_runs_the_coffee_shop_and_ends_with_one_dead_letter(cli):
     assert out.count("closing time") == 2
     assert "dead-letter queue: order #3 (unicorn frappuccino" in out
     assert "5 drinks made, 1 order in the dead-letter queue" in out
+    # A barista is killed with SIGKILL holding an order; another makes it.
+    assert "*** kill -9 barista" in out and "*** barista 3 starts in the killed barista's place" in out
+    assert "which the killed barista held, was made after its lease ran out" in out
+    assert "every one of the 6 confirmed orders was made exactly once or dead-lettered" in out
+    assert "nothing lost" in out
     table = out[out.index("QUEUE"):].splitlines()
     assert table[1].split()[:5] == ["coffee-orders", "standard", "0", "0", "0"]
     assert table[2].split()[:3] == ["coffee-orders-dlq", "standard", "1"]
     assert "mine" in cli.ok("queue", "list").stdout
-    # Running it again starts from fresh demo queues.
-    assert "5 drinks made" in cli.ok("demo", "--orders", "6", "--baristas", "2").stdout
+    # Running it again starts from fresh demo queues; --no-kill spares the baristas.
+    again = cli.ok("demo", "--orders", "6", "--baristas", "1", "--no-kill").stdout
+    assert "5 drinks made" in again and "kill -9" not in again
 
 
 def test_bench_prints_a_table_and_json(cli, tmp_path):

@@ -100,12 +100,16 @@ def dump(ctx, queue_name, catalog, segment, start, limit, no_body, data):
               help="Barista (consumer) processes.")
 @click.option("--orders", type=click.IntRange(1, 1000), default=12, show_default=True, help="Orders to take.")
 @click.option("--seed", type=int, default=None, help="Random seed (same seed, same orders).")
+@click.option("--kill/--no-kill", default=True, show_default=True,
+              help="kill -9 a barista in the middle of an order (and start another).")
 @data_option
 @click.pass_context
-def demo(ctx, baristas, orders, seed, data):
+def demo(ctx, baristas, orders, seed, kill, data):
     """Run the coffee-shop example: an order-taker process sends orders,
-    barista processes make them, an order nobody can make ends in the
-    dead-letter queue, and the stats are shown at the end.
+    barista processes make them, one barista is killed with SIGKILL while
+    it holds an order (which comes back when its lease ends and is made by
+    another), an order nobody can make ends in the dead-letter queue, and
+    the demo checks that every confirmed order was made exactly once.
 
     Uses (and first recreates) the queues coffee-orders and
     coffee-orders-dlq in the store; other queues are left alone.
@@ -113,7 +117,7 @@ def demo(ctx, baristas, orders, seed, data):
     from walq.tools import demo as wdemo
 
     path = store_path(ctx, data)
-    result = wdemo.run(path, baristas=baristas, orders=orders, seed=seed, echo=click.echo)
+    result = wdemo.run(path, baristas=baristas, orders=orders, seed=seed, kill=kill, echo=click.echo)
     click.echo("")
     with open_store(path) as b:
         click.echo(stats_table(stats_rows(b, wdemo.PREFIX)))
