@@ -14,7 +14,9 @@ from walq.cli.common import (EXIT_ERROR, EXIT_USAGE, CliError, Seconds, WalqComm
 from walq.cli.signals import StopSignals, stdout_closed
 from walq.errors import InvalidParameter
 
+
 def _message_json(m) -> dict:
+    """A received message as the JSON object ``walq receive`` prints."""
     out = {"message_id": m.message_id}
     out.update(winspect.body_json(m.body))
     out["attributes"] = winspect.attributes_json(m.attributes)
@@ -121,6 +123,7 @@ def _refusal_code(errors: list) -> int:
 
 
 def _send_json(r) -> dict:
+    """A SendResult as the JSON object ``walq send`` prints."""
     out = {"message_id": r.message_id}
     if r.sequence is not None:
         out["sequence"] = r.sequence
