@@ -65,17 +65,19 @@ def test_help_lists_commands_and_exit_codes(cli):
     for command in ("queue", "send", "receive", "ack", "purge", "stats", "compact", "dlq", "verify", "dump",
                     "demo", "crash-bench", "bench"):
         assert command in r.output
-    for line in ("0  success", "1  damage found", "2  usage error", "3  the named queue does not exist",
-                 "4  any other error"):
+    for line in ("0    success", "1    damage found", "2    usage error", "3    the named queue does not exist",
+                 "4    any other error", "141  standard output closed early"):
         assert line in r.output
 
 
-def test_every_subcommand_has_help_and_takes_data(cli):
+def test_every_store_subcommand_has_help_and_takes_data(cli):
     for cmd in (["queue", "create"], ["queue", "list"], ["queue", "delete"], ["queue", "attributes"],
                 ["queue", "set"], ["send"], ["receive"], ["ack"], ["purge"], ["stats"], ["compact"], ["dlq", "sources"],
-                ["dlq", "redrive"], ["verify"], ["dump"], ["demo"], ["crash-bench"], ["bench"]):
+                ["dlq", "redrive"], ["verify"], ["dump"], ["demo"], ["bench"]):
         r = cli.ok(*cmd, "--help", data=False)
         assert "--data DIR" in r.output, cmd
+    r = cli.ok("crash-bench", "--help", data=False)  # crashes a store of its own, never --data's
+    assert "--data DIR" not in r.output and "--dir" in r.output
 
 
 # -- queues --------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def test_queue_create_is_idempotent_but_refuses_different_attributes(cli):
     cli.ok("queue", "create", "orders")
     cli.ok("queue", "create", "orders")
     r = cli("queue", "create", "orders", "--visibility-timeout", "5")
-    assert_one_line_error(r, 4, "exists with different attributes")
+    assert_one_line_error(r, 4, "exists with different attributes: visibility_timeout is 30, not 5")
 
 
 def test_queue_create_with_dead_letter(cli):
@@ -116,13 +118,13 @@ def test_queue_create_with_dead_letter(cli):
 
 
 def test_bad_queue_attributes_are_one_line_errors(cli):
-    assert_one_line_error(cli("queue", "create", "bad name!"), 4, "invalid queue name")
-    assert_one_line_error(cli("queue", "create", "q", "--retention", "5"), 4, "retention must be an integer")
+    assert_one_line_error(cli("queue", "create", "bad name!"), 2, "invalid queue name")
+    assert_one_line_error(cli("queue", "create", "q", "--retention", "5"), 2, "--retention must be an integer")
     cli.ok("queue", "create", "q")
-    assert_one_line_error(cli("queue", "set", "q", "visibility_timeout=99999"), 4,
+    assert_one_line_error(cli("queue", "set", "q", "visibility_timeout=99999"), 2,
                           "visibility_timeout must be an integer 0-43200")
-    assert_one_line_error(cli("queue", "set", "q", "colour=blue"), 4, "unknown queue attribute 'colour'")
-    assert_one_line_error(cli("queue", "set", "q", "fifo=1"), 4, "cannot be changed")
+    assert_one_line_error(cli("queue", "set", "q", "colour=blue"), 2, "unknown queue attribute 'colour'")
+    assert_one_line_error(cli("queue", "set", "q", "fifo=1"), 2, "cannot be changed")
     assert_one_line_error(cli("queue", "set", "q", "delay"), 2, "is not KEY=VALUE")
     assert_one_line_error(cli("queue", "set", "q", "delay=soon"), 2, "is not an integer")
     assert_one_line_error(cli("queue", "set", "q", "dead_letter=q2"), 2, "QUEUE:MAX_RECEIVES")
@@ -176,7 +178,7 @@ def test_send_reads_the_body_from_stdin(cli):
     cli.ok("send", "orders", input="from stdin\nsecond line\n")
     cli.ok("send", "orders", "-", input=b"\xff\x00binary")
     msgs = cli.json_lines("receive", "orders", "--max", "10")
-    assert msgs[0]["body"] == "from stdin\nsecond line\n"
+    assert msgs[0]["body"] == "from stdin\nsecond line"  # one trailing newline dropped
     assert msgs[1]["body_base64"] == "/wBiaW5hcnk="
 
 
@@ -196,7 +198,7 @@ def test_send_fifo_with_group_and_dedup_id(cli):
     assert a["sequence"] >= 0 and b["duplicate"] is True and b["message_id"] == a["message_id"]
     [m] = cli.json_lines("receive", "pay.fifo", "--max", "10")
     assert m["group"] == "alice" and m["dedup_id"] == "p1" and m["sequence"] == a["sequence"]
-    assert_one_line_error(cli("send", "pay.fifo", "x"), 4, "FIFO queues need a message group")
+    assert_one_line_error(cli("send", "pay.fifo", "x"), 2, "FIFO queues need a message group (--group)")
 
 
 def test_send_delay_shows_in_stats(cli):
@@ -212,13 +214,13 @@ def test_bad_messages_are_one_line_errors_and_change_nothing(cli):
     assert_one_line_error(cli("send", "orders", "x", "--attr", "n:Number=many"), 2, "is not a number")
     assert_one_line_error(cli("send", "orders", "x", "--attr", "b:Binary=!!"), 2, "is not base64")
     assert_one_line_error(cli("send", "orders", "x", "--attr", "t:Colour=red"), 2, "String, Number or Binary")
-    assert_one_line_error(cli("send", "orders", "x", "--attr", "AWS.trace=1"), 4, "reserved prefix")
-    assert_one_line_error(cli("send", "orders", "", ), 4, "must not be empty")
-    assert_one_line_error(cli("send", "orders", "x", "--delay", "901"), 4, "delay must be an integer 0-900")
-    assert_one_line_error(cli("send", "orders", "x", "--dedup-id", "d"), 4, "FIFO queues only")
-    assert_one_line_error(cli("receive", "orders", "--max", "0"), 4, "max_messages must be an integer 1-1000")
-    assert_one_line_error(cli("receive", "orders", "--wait", "30"), 4, "wait must be 0-20 seconds")
-    assert_one_line_error(cli("ack", "orders", "not-a-receipt"), 4, "malformed receipt")
+    assert_one_line_error(cli("send", "orders", "x", "--attr", "AWS.trace=1"), 2, "reserved prefix")
+    assert_one_line_error(cli("send", "orders", "", ), 2, "must not be empty")
+    assert_one_line_error(cli("send", "orders", "x", "--delay", "901"), 2, "--delay must be an integer 0-900")
+    assert_one_line_error(cli("send", "orders", "x", "--dedup-id", "d"), 2, "--dedup-id applies to FIFO queues only")
+    assert_one_line_error(cli("receive", "orders", "--max", "0"), 2, "--max must be an integer 1-1000")
+    assert_one_line_error(cli("receive", "orders", "--wait", "30"), 2, "'--wait': 30.0 is not in the range")
+    assert_one_line_error(cli("ack", "orders", "not-a-receipt"), 2, "malformed receipt")
     assert cli.json_lines("stats", "--json")[0]["total"] == 0
 
 
@@ -311,12 +313,18 @@ def test_demo_runs_the_coffee_shop_and_ends_with_one_dead_letter(cli):
     assert out.count("closing time") == 2
     assert "dead-letter queue: order #3 (unicorn frappuccino" in out
     assert "5 drinks made, 1 order in the dead-letter queue" in out
+    # A barista is killed with SIGKILL holding an order; another makes it.
+    assert "*** kill -9 barista" in out and "*** barista 3 starts in the killed barista's place" in out
+    assert "which the killed barista held, was made after its lease ran out" in out
+    assert "every one of the 6 confirmed orders was made exactly once or dead-lettered" in out
+    assert "nothing lost" in out
     table = out[out.index("QUEUE"):].splitlines()
     assert table[1].split()[:5] == ["coffee-orders", "standard", "0", "0", "0"]
     assert table[2].split()[:3] == ["coffee-orders-dlq", "standard", "1"]
     assert "mine" in cli.ok("queue", "list").stdout
-    # Running it again starts from fresh demo queues.
-    assert "5 drinks made" in cli.ok("demo", "--orders", "6", "--baristas", "2").stdout
+    # Running it again starts from fresh demo queues; --no-kill spares the baristas.
+    again = cli.ok("demo", "--orders", "6", "--baristas", "1", "--no-kill").stdout
+    assert "5 drinks made" in again and "kill -9" not in again
 
 
 def test_bench_prints_a_table_and_json(cli, tmp_path):
@@ -355,8 +363,9 @@ def test_walq_process_bad_input_is_one_line_with_the_right_exit_code(tmp_path):
     for args, code, text in (
         (["send", "nope", "x"], 3, "Error: queue 'nope' does not exist"),
         (["send", "orders", "x", "--attr", "oops"], 2, "is not NAME=VALUE"),
-        (["send", "orders", "x", "--attr", "aws.x=1"], 4, "Error: message attribute name 'aws.x' uses a reserved"),
-        (["queue", "set", "orders", "retention=1"], 4, "Error: retention must be an integer 60-1209600"),
+        (["send", "orders", "x", "--attr", "aws.x=1"], 2, "Error: message attribute name 'aws.x' uses a reserved"),
+        (["queue", "set", "orders", "retention=1"], 2, "Error: retention must be an integer 60-1209600"),
+        (["queue", "create", "orders", "--delay", "3"], 4, "Error: queue 'orders' exists with different attributes"),
         (["frobnicate"], 2, "No such command"),
     ):
         p = walq_process("--data", data, *args)

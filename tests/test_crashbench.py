@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import walq
-from walq import crashbench as cb
+from walq.tools import crashbench as cb
 from walq.cli import main
 from walq.tools.inspect import queue_dir
 

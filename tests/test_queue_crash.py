@@ -1,4 +1,4 @@
-"""Crash tier for queues (issue 3 items 4 and 7): producers and consumers are
+"""Crash tier for queues: producers and consumers are
 killed with SIGKILL at random moments, cycle after cycle, while checkpoints,
 compaction and segment rolls run often (small segments, a small
 CHECKPOINT_EVERY).  Afterwards:
@@ -27,6 +27,19 @@ from queue_helpers import read_journal, spawn
 VT = 1.5  # consumers' visibility timeout: a killed consumer's leases come back soon
 SEGMENT = 64 * 1024
 BODY = re.compile(r"^c\d+p\d+:\d+$")
+BOUND = 120  # seconds: generous bounds for a loaded machine
+
+
+def wait_until_working(working: dict[str, str], procs, bound: float = BOUND) -> None:
+    """Waits until each journal has a line of its kind (a producer's send,
+    a consumer's delete returned), failing if a worker exits or ``bound``
+    seconds pass."""
+    deadline = time.monotonic() + bound
+    while not all(any(row[0] == kind for row in read_journal(j)) for j, kind in working.items()):
+        dead = [p.args for p in procs if p.poll() is not None]
+        assert not dead, f"a worker exited before it got going: {dead}"
+        assert time.monotonic() < deadline, f"the workers did not get going within {bound} s"
+        time.sleep(0.01)  # polling the journals, not a timing check
 
 
 def run_crash_cycles(tmp_path, cycles: int, seed: int, fifo: bool = False) -> dict:
@@ -41,32 +54,43 @@ def run_crash_cycles(tmp_path, cycles: int, seed: int, fifo: bool = False) -> di
         common = dict(path=path, queue=name, durability=durability, segment_size=SEGMENT,
                       checkpoint_every=rng.choice([50, 200, 1000]))
         procs = []
+        working = {}  # journal -> the line kind that shows its worker at work
         for i in range(rng.randint(1, 2)):
             j = str(tmp_path / f"c{cycle}p{i}.log")
             journals.append(j)
             extra = {"group": f"g{rng.randint(0, 3)}"} if fifo else {}
             procs.append(spawn("producer", journal=j, tag=f"c{cycle}p{i}", count=10**9,
                                batch=rng.choice([1, 1, 5, 20]), pause=0.004, **extra, **common))
+            working[j] = "S"
         for i in range(rng.randint(1, 2)):
             j = str(tmp_path / f"c{cycle}c{i}.log")
             journals.append(j)
             procs.append(spawn("consumer", journal=j, vt=VT, wait=0.2, max_messages=rng.choice([1, 10, 50]),
                                **common))
-        time.sleep(rng.uniform(0.05, 0.9))
+            working[j] = "D"
+        # Half the cycles (the first always) kill the workers at work: once
+        # each has journaled a send or a delete, however slowly they started
+        # on a loaded machine.  The others kill at a random moment from the
+        # start, which may fall while a worker still opens or recovers.
+        if cycle == 0 or rng.random() < 0.5:
+            wait_until_working(working, procs)
+            time.sleep(rng.uniform(0, 0.5))  # a random moment, not a timing check
+        else:
+            time.sleep(rng.uniform(0.05, 0.9))
         rng.shuffle(procs)
         for p in procs:
             p.send_signal(signal.SIGKILL)
             if rng.random() < 0.3:
                 time.sleep(rng.uniform(0, 0.05))
         for p in procs:
-            p.wait(30)
+            p.wait(BOUND)
             assert p.returncode == -signal.SIGKILL, f"a worker died on its own: {p.args} -> {p.returncode}"
 
     # Drain what is left: leases of killed consumers run out within VT.
     drained = []
     with walq.open(path, durability="os", segment_size=SEGMENT) as b:
         q = b.get_queue(name)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + BOUND
         while q.stats().total and time.monotonic() < deadline:
             msgs = q.receive(1000, wait=1)
             drained += [(m.message_id, m.text) for m in msgs]

@@ -1,4 +1,4 @@
-"""``python -m walq``: the walq command (see walq/cli.py)."""
+"""``python -m walq``: the walq command (see walq/cli/)."""
 
 from walq.cli import main
 

@@ -104,7 +104,9 @@ class Broker:
             cur = cat.queues.get(name)
             if cur is not None:
                 if cur.attrs != attrs:
-                    raise QueueAlreadyExists(f"queue {name!r} exists with different attributes")
+                    differ = ", ".join(f"{k} is {getattr(cur.attrs, k)!r}, not {getattr(attrs, k)!r}"
+                                       for k in attrs.__dataclass_fields__ if getattr(cur.attrs, k) != getattr(attrs, k))
+                    raise QueueAlreadyExists(f"queue {name!r} exists with different attributes: {differ}")
             else:
                 self._check_dead_letter(attrs)
                 uid = cat.new_uid()

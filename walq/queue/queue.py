@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from array import array
+from collections.abc import Iterator
 from functools import partial, wraps
 from itertools import repeat
 
@@ -1213,3 +1214,37 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"<walq.Queue {self.name!r}>"
+
+    def messages(self, wait: float = 20, max_messages: int = 10, *,
+                 visibility_timeout: float | None = None) -> Iterator[Message]:
+        """Yields messages as they come, long-polling up to ``wait`` seconds
+        (0 < wait <= 20) for up to ``max_messages`` (1-1,000) at a time::
+
+            for m in q.messages():
+                handle(m)
+                m.ack()
+
+        Each message is leased when its batch is received, so a batch's last
+        message has waited for the ones before it: keep ``max_messages``
+        times the handling time well under the visibility timeout.  Never
+        ends by itself; it stops when the broker is closed (from another
+        thread: within ``wait`` seconds) and when the loop breaks.
+        """
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 20:
+            raise InvalidParameter(f"wait must be more than 0 and at most 20 seconds; got {wait!r}")
+        if isinstance(max_messages, bool) or not isinstance(max_messages, int) or not 1 <= max_messages <= MAX_RECEIVE:
+            raise InvalidParameter(f"max_messages must be an integer 1-{MAX_RECEIVE}; got {max_messages!r}")
+
+        def stream() -> Iterator[Message]:
+            while True:
+                try:
+                    batch = self.receive(max_messages, wait=wait, visibility_timeout=visibility_timeout)
+                except Exception:
+                    # BrokerClosed; or, closed by another thread mid-wait,
+                    # whatever the closed log raised (a TypeError today).
+                    if self._broker._closed:
+                        return
+                    raise
+                yield from batch
+
+        return stream()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json as _json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from walq.errors import InvalidParameter
 
 if TYPE_CHECKING:
     from walq.queue.queue import Queue
@@ -83,11 +86,19 @@ class QueueStats:
 
 @dataclass(slots=True)  # slots: a receive builds one per message
 class Message:
-    """A received message, leased to this receiver until its visibility timeout."""
+    """A received message, leased to this receiver until its visibility timeout.
+
+    A Message pickles (to hand it to a process pool, say) as its fields
+    without its queue: the receipt is all another process needs to
+    acknowledge it, through a queue of that process's own broker on the same
+    store - ``m.ack(q)`` or ``m.change_visibility(s, q)``.  Called without a
+    queue, they use the queue the message was received from, and refuse
+    (``InvalidParameter``) on an unpickled message, which has none.
+    """
 
     message_id: str
     body: bytes
-    attributes: dict
+    attributes: dict[str, str | int | float | bytes]
     receipt: str
     receive_count: int
     sent_at: float
@@ -102,10 +113,33 @@ class Message:
         """The body decoded as UTF-8."""
         return self.body.decode("utf-8")
 
-    def ack(self) -> None:
-        """Deletes the message (``queue.delete(self.receipt)``)."""
-        self._queue.delete(self.receipt)
+    def json(self) -> Any:
+        """The body parsed as JSON; ``InvalidParameter`` (a ValueError) if it is not."""
+        try:
+            return _json.loads(self.body)
+        except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are no text
+            where = f" at position {exc.pos}" if isinstance(exc, _json.JSONDecodeError) else ""
+            reason = exc.msg if isinstance(exc, _json.JSONDecodeError) else "not UTF-8, -16 or -32 text"
+            raise InvalidParameter(f"message {self.message_id} body is not JSON: {reason}{where}") from exc
 
-    def change_visibility(self, seconds: int) -> None:
+    def ack(self, queue: "Queue | None" = None) -> None:
+        """Deletes the message (``queue.delete(self.receipt)``), on ``queue``
+        if given, else on the queue it was received from."""
+        self._on(queue).delete(self.receipt)
+
+    def change_visibility(self, seconds: float, queue: "Queue | None" = None) -> None:
         """Extends or ends the lease, counted from now (0 = visible now)."""
-        self._queue.change_visibility(self.receipt, seconds)
+        self._on(queue).change_visibility(self.receipt, seconds)
+
+    def _on(self, queue: "Queue | None") -> "Queue":
+        q = queue if queue is not None else self._queue
+        if q is None:
+            raise InvalidParameter(
+                f"message {self.message_id} has no queue (it was unpickled or built by hand): pass the queue "
+                f"to act on, e.g. m.ack(broker.get_queue(name))")
+        return q
+
+    def __reduce__(self) -> tuple:
+        # Everything but the queue, which holds files and locks of this process.
+        return (Message, (self.message_id, self.body, self.attributes, self.receipt, self.receive_count,
+                          self.sent_at, self.first_received_at, self.group, self.dedup_id, self.sequence))

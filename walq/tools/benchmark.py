@@ -163,7 +163,7 @@ def _raw_fdatasync(work: str, seconds: float) -> Row:
 
 def format_table(r: BenchResult) -> str:
     """The ``walq bench`` table."""
-    from walq.cli import format_table as table
+    from walq.tools.table import format_table as table
 
     rows = [[row.mode, row.operation, f"{row.rate:,.0f}", f"{row.latency(50) * 1000:.3f}",
              f"{row.latency(99) * 1000:.3f}"] for row in r.rows]

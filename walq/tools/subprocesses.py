@@ -1,6 +1,6 @@
 """Starting walq's own worker processes (the demo's, the crash bench's).
 
-``python -m walq.demo`` puts the working directory first on ``sys.path``.
+``python -m walq.tools.demo`` puts the working directory first on ``sys.path``.
 Run from a source checkout after ``pip install .``, that found the checkout's
 ``walq/`` - which has no compiled extension - instead of the installed
 package, and every worker died on import.  The workers are started so that

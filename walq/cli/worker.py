@@ -18,7 +18,7 @@ import threading
 
 import click
 
-__all__ = ["worker"]
+__all__ = ["worker", "COMMANDS"]
 
 _EXIT_NO_QUEUE = 3
 _EXIT_ERROR = 4
@@ -106,3 +106,6 @@ def worker(ctx, handlers, concurrency, batch_size, http_timeout, data, verbose):
     except (WalqError, OSError) as exc:
         raise _Failed(" ".join(str(exc).split()) or type(exc).__name__, _EXIT_ERROR) from None
     click.echo("walq worker: stopped", err=True)
+
+
+COMMANDS = [worker]

@@ -1,7 +1,7 @@
 """``walq crash-bench``: kill -9 producers and consumers, recover, check.
 
 Each cycle starts producer and consumer processes on one queue of a store
-(``python -m walq.crashbench producer|consumer ...``), lets them run, and
+(``python -m walq.tools.crashbench producer|consumer ...``), lets them run, and
 kills them with SIGKILL at random moments - each at its own moment, or all at
 once with ``killpg`` - some of them while they are still opening the store.
 Then, with no process left, it
@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 import walq
 from walq.tools import inspect as winspect
-from walq.subprocesses import module_command
+from walq.tools.subprocesses import module_command
 from walq.errors import CorruptionError, WalqError
 from walq.queue import checkpoint as ckpt
 from walq.queue import records as R
@@ -308,7 +308,7 @@ def _spawn(role: str, wid: str, data: str, work: str, opts: dict, vt: int, check
            pgid: int | None, new_group: bool) -> tuple[subprocess.Popen, str, str]:
     report = os.path.join(work, f"{wid}.{role}.log")
     errpath = os.path.join(work, f"{wid}.{role}.err")
-    cmd = [*module_command("walq.crashbench"), role, "--data", data, "--id", wid, "--report", report,
+    cmd = [*module_command("walq.tools.crashbench"), role, "--data", data, "--id", wid, "--report", report,
            "--durability", opts["durability"], "--segment-size", str(opts["segment_size"]),
            "--visibility-timeout", str(vt), "--checkpoint-every", str(checkpoint_every), "--seed", str(seed)]
     kw: dict = {}
@@ -712,7 +712,7 @@ def consumer(q, report: _Report, rng: random.Random, vt: int, checkpoint_every: 
 def _main(argv: list[str] | None = None) -> int:
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m walq.crashbench", description="walq crash-bench worker")
+    ap = argparse.ArgumentParser(prog="python -m walq.tools.crashbench", description="walq crash-bench worker")
     ap.add_argument("role", choices=["producer", "consumer"])
     ap.add_argument("--data", required=True)
     ap.add_argument("--id", required=True)
