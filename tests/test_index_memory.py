@@ -69,3 +69,18 @@ def test_the_python_index_does_not_grow_with_deleted_leases():
     consume(idx, CYCLES // 3)
     assert not idx.leases
     assert len(idx.lease_heap) <= 2 * 4096, f"{len(idx.lease_heap)} lease entries for no message in flight"
+
+
+def test_a_fifo_group_keeps_one_ready_entry_not_one_per_message(tmp_path):
+    """FIFO: the heap of ready groups gained an entry on every send,
+    receive and delete of one group and dropped only those a receive
+    popped, so each receive walked every message the queue had seen."""
+    import walq
+
+    with walq.open(tmp_path / "data", durability="os") as broker:
+        q = broker.create_queue("q.fifo", visibility_timeout=600, content_based_dedup=True)
+        for i in range(3000):
+            q.send(b"m%d" % i, group="g")
+            [m] = q.receive(1)
+            m.ack()
+        assert len(q._index.ready) <= 2 * 1 + 64 + 2

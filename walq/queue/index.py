@@ -458,6 +458,14 @@ class Index:
                 self.give_back(out)
             return out
         out: list[int] = []
+        if len(self.ready) > 2 * len(self.groups) + 64:
+            # A group's entry is pushed again whenever its head may have
+            # moved, and only the popped ones are dropped: a loop of send,
+            # receive, delete on one group left one more each time, and
+            # every receive went through all of them.  Rebuilt from the
+            # groups (amortized O(1) a push; the loop below skips stale heads).
+            self.ready = [(h[0], g) for g, h in self.groups.items() if h and not self.group_inflight.get(g)]
+            heapq.heapify(self.ready)
         ready = self.ready
         taken: list[str] = []
         while ready and len(out) < n:
