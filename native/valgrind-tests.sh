@@ -12,7 +12,8 @@
 # malloc) so that memcheck sees every allocation; native/valgrind.supp hides
 # CPython's own uninitialised-value noise (errors whose innermost frame is
 # in libpython) and nothing else.  Tests that start subprocesses are run,
-# but only the pytest process is checked (--trace-children=no).  Expect
+# but only the pytest process is checked (--trace-children=no).  WALQ_VALGRIND=1
+# tells tests/conftest.py to drop hypothesis's deadlines (and run 10 examples).  Expect
 # 30-60x the normal run time: the default set takes a few minutes.
 # Exit status: 0 clean, 1 tests failed, 2 memcheck found errors (they are
 # printed, walq's first), 3 usage.
@@ -28,7 +29,7 @@ if [ $# -eq 0 ]; then
 fi
 log=$(mktemp /tmp/walq-valgrind.XXXXXX.log)
 
-PYTHONMALLOC=malloc PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" \
+WALQ_VALGRIND=1 PYTHONMALLOC=malloc PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" \
 valgrind --tool=memcheck --error-exitcode=99 --trace-children=no \
     --suppressions="$root/native/valgrind.supp" --num-callers=30 \
     --leak-check=no --log-file="$log" \
