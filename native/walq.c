@@ -74,7 +74,14 @@ static uint64_t frame_checksum(const char *h, const char *payload, uint32_t len,
 {
     if (payload == h + WALQ_REC_HEADER_SIZE)
         return XXH3_64bits_withSeed(h + 8, (size_t)16 + len, salt);
+    /* A large payload is written from the caller's buffer, away from its
+     * header, so the hash streams over the two pieces.  The state lives on
+     * the stack: XXH3_INITSTATE first, or a reset whose seed equals stale
+     * stack bytes skips deriving the secret and hashes with garbage (only
+     * for records over WALQ_INLINE_MAX; the cost, 192 bytes of secret, is
+     * nothing beside the payload). */
     XXH3_state_t st;
+    XXH3_INITSTATE(&st);
     XXH3_64bits_reset_withSeed(&st, salt);
     XXH3_64bits_update(&st, h + 8, 16);
     XXH3_64bits_update(&st, payload, len);

@@ -3,6 +3,7 @@ long crash-recovery and multi-process tiers (markers ``crash``, ``stress``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import walq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/queue_helpers.py
 from queue_helpers import FakeClock  # noqa: E402
+
+if os.environ.get("WALQ_VALGRIND"):
+    # native/valgrind-tests.sh: 30-60x slower, so no deadlines and fewer examples.
+    from hypothesis import settings
+
+    settings.register_profile("valgrind", deadline=None, max_examples=10)
+    settings.load_profile("valgrind")
 
 
 def pytest_addoption(parser):

@@ -703,7 +703,12 @@ class Log:
             bases = bases[max(0, bisect.bisect_right(bases, done) - 1):]
         try:
             for base in bases:
-                seg = self._segment(base)
+                try:
+                    seg = self._segment(base)
+                except RecordGone:
+                    # Trimmed by another process meanwhile: a durable
+                    # checkpoint holds everything it held (delete_below).
+                    continue
                 self.io.fdatasync(seg.fd, seg.path)
             if active > lib.walq_load(self._p_dir_synced):
                 self.io.fsync_dir(self.path)

@@ -25,6 +25,8 @@ VISIBLE, DELAYED, INFLIGHT = 0, 1, 2
 #: How far out of send-time order a message may arrive and still join the
 #: retention order (rather than the heap of late arrivals).
 RET_SLACK_S = 1.0
+#: Stale heap entries tolerated beyond the live ones before a heap is filtered.
+HEAP_SLACK = 4096
 
 
 class Index:
@@ -87,6 +89,7 @@ class Index:
                 if cur is not None and cur[0] == lease_seq:
                     self.leases[m] = (lease_seq, deadline)
                     heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
+                    self._trim_leases()
         elif type == R.DELETE and not self.fifo and not self.aliases:
             self._apply_delete(payload)
         elif type in (R.DELETE, R.MOVED):
@@ -200,6 +203,7 @@ class Index:
                 state[m] = INFLIGHT
             leases[m] = (seq, deadline)
             heapq.heappush(heap, (deadline, m, seq))
+        self._trim_leases()
 
     def _apply_delete(self, payload: bytes) -> None:
         """apply() of a standard queue's DELETE when no message has been
@@ -301,6 +305,16 @@ class Index:
         self._set(m, INFLIGHT)
         self.leases[m] = (lease_seq, deadline)
         heapq.heappush(self.lease_heap, (deadline, m, lease_seq))
+        self._trim_leases()
+
+    def _trim_leases(self) -> None:
+        # A lease's entry stays until its deadline even after its message
+        # is deleted: receive rate x visibility timeout of them, without
+        # bound for long timeouts.  Dropped once they outnumber the live
+        # ones (amortized O(1) a lease; native/qindex.c does the same).
+        if len(self.lease_heap) > 2 * len(self.leases) + HEAP_SLACK:
+            self.lease_heap = [e for e in self.lease_heap if self.leases.get(e[1]) == (e[2], e[0])]
+            heapq.heapify(self.lease_heap)
 
     def _unlease(self, m: int) -> None:
         del self.leases[m]
@@ -444,6 +458,14 @@ class Index:
                 self.give_back(out)
             return out
         out: list[int] = []
+        if len(self.ready) > 2 * len(self.groups) + 64:
+            # A group's entry is pushed again whenever its head may have
+            # moved, and only the popped ones are dropped: a loop of send,
+            # receive, delete on one group left one more each time, and
+            # every receive went through all of them.  Rebuilt from the
+            # groups (amortized O(1) a push; the loop below skips stale heads).
+            self.ready = [(h[0], g) for g, h in self.groups.items() if h and not self.group_inflight.get(g)]
+            heapq.heapify(self.ready)
         ready = self.ready
         taken: list[str] = []
         while ready and len(out) < n:
