@@ -249,8 +249,9 @@ class Broker:
                 self._remove_queue_dir(uid)
 
     def _raise_if_deleted(self, q, exc: BaseException) -> None:
-        """Raises QueueDoesNotExist (from ``exc``) if ``q`` was deleted,
-        and retires this process's handle of it; returns otherwise."""
+        """Raises QueueDoesNotExist (from ``exc``, unless it is one) if
+        ``q`` was deleted, and retires this process's handle of it (the
+        caller holds none of its locks); returns otherwise."""
         if self._closed:
             return
         try:
@@ -260,6 +261,8 @@ class Broker:
         entry = self._catalog.queues.get(q.name)
         if entry is None or entry.uid != q._uid:
             self._retire(q.name, q._uid)
+            if isinstance(exc, QueueDoesNotExist):
+                raise exc
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)") from exc
 
     # -- dead letters ------------------------------------------------------------
@@ -308,7 +311,9 @@ class Broker:
         self._catalog.refresh()
         entry = self._catalog.queues.get(q.name)
         if entry is None or entry.uid != q._uid:
-            self._retire(q.name, q._uid)
+            # Not retired here: a caller may hold the queue's locks (a
+            # catch-up reloading its index); Queue's methods retire the
+            # handle once the call has unwound (_names_the_queue).
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)")
         return entry
 

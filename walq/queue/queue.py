@@ -107,8 +107,10 @@ def _names_the_queue(method):
         try:
             return method(self, *args, **kwargs)
         except (OSError, WalqError) as exc:
-            if not isinstance(exc, QueueDoesNotExist):
-                self._broker._raise_if_deleted(self, exc)
+            # Here, with every lock of the call released: retiring the
+            # handle closes its log, which must not wait for a lock this
+            # thread holds.
+            self._broker._raise_if_deleted(self, exc)
             raise
 
     return call
