@@ -15,6 +15,8 @@ from walq.errors import *  # noqa: F401,F403  (the exception tree; names in erro
 from walq.queue.attributes import QueueAttributes, RedrivePolicy
 from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
+from walq.topic.results import PublishResult
+from walq.topic.topic import Subscription, Topic
 
 __version__ = "0.1.0"
 __all__ = [
@@ -28,5 +30,8 @@ __all__ = [
     "QueueAttributes",
     "RedrivePolicy",
     "StoreClock",
+    "Topic",
+    "Subscription",
+    "PublishResult",
     *_errors.__all__,
 ]

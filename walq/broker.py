@@ -12,6 +12,8 @@ from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, Queu
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
+from walq.topic.identity import check_identity
+from walq.topic.topics import INTERNAL_PREFIX, Topics
 
 
 #: Suffix of a deleted queue's directory while it is being removed.
@@ -48,6 +50,7 @@ def _make_dirs(path: str) -> None:
 
 
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
+         region: str = "us-east-1", account: str = "000000000000",
          segment_size: int = 64 * 1024 * 1024) -> "Broker":
     """Opens (creating if missing) the store at ``path``.
 
@@ -57,9 +60,10 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     clock: a ``time.time``-like function, used as is (tests inject a fake
     one); default: the store's own time (``walq.StoreClock``), which no
     wall-clock step moves.
+    region, account: what ARNs name (``q.arn``, ``t.arn``, envelopes).
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
-                  segment_size=segment_size)
+                  region=region, account=account, segment_size=segment_size)
 
 
 class Broker:
@@ -69,9 +73,10 @@ class Broker:
     """
 
     def __init__(self, path, *, durability="always", sync_interval=0.01, clock=None,
-                 segment_size=64 * 1024 * 1024):
+                 region="us-east-1", account="000000000000", segment_size=64 * 1024 * 1024):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
+        self.region, self.account = check_identity(region, account)
         if clock is not None and not callable(clock):
             raise InvalidParameter("clock must be a callable returning epoch seconds")
         self._log_options = LogOptions(durability=durability, sync_interval=sync_interval,
@@ -87,6 +92,9 @@ class Broker:
         self._mu = threading.RLock()
         self._closed = False
         self._remove_deleted_dirs()
+        self._topics = None
+        if Topics.any_cut_short(self.path):
+            self._topic_service().complete_cut_short()
 
     # -- queues ----------------------------------------------------------------
 
@@ -172,7 +180,7 @@ class Broker:
         if not isinstance(prefix, str):
             raise InvalidParameter("prefix must be a str")
         self._catalog.refresh()
-        return sorted(n for n in self._catalog.queues if n.startswith(prefix))
+        return sorted(n for n in self._catalog.queues if n.startswith(prefix) and not n.startswith(INTERNAL_PREFIX))
 
     def delete_queue(self, name) -> None:
         """Deletes a queue and its messages; QueueDoesNotExist if absent."""
@@ -246,6 +254,48 @@ class Broker:
         if entry is None or entry.uid != q._uid:
             self._retire(q.name, q._uid)
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)") from exc
+
+    def _create_internal_queue(self, name: str, fifo: bool) -> Queue:
+        """Creates a queue of a name users cannot give (a subscription's,
+        walq/topic/topics.py); it never shows in list_queues."""
+        attrs = QueueAttributes(name=name, fifo=fifo, retention=1_209_600)
+        cat = self._catalog
+        with cat.locked() as tx:
+            cat.replay()
+            if name not in cat.queues:
+                uid = cat.new_uid()
+                _make_dirs(self._queue_dir(uid))
+                cat.write(tx, "create", name, uid, attrs)
+        return self.get_queue(name)
+
+    # -- topics (walq/topic) ---------------------------------------------------------
+
+    def _topic_service(self) -> Topics:
+        self._check()
+        with self._mu:
+            if self._topics is None:
+                self._topics = Topics(self)
+            return self._topics
+
+    def create_topic(self, name, *, fifo=None, content_based_dedup=False):
+        """Creates a topic, or returns it if it exists with the same attributes."""
+        return self._topic_service().create_topic(name, fifo, content_based_dedup)
+
+    def get_topic(self, name):
+        """The named topic; TopicDoesNotExist if absent."""
+        return self._topic_service().get_topic(name)
+
+    def list_topics(self, prefix: str = "") -> list[str]:
+        """Topic names starting with ``prefix``, sorted."""
+        return self._topic_service().list_topics(prefix)
+
+    def delete_topic(self, name) -> None:
+        """Deletes a topic and its subscriptions; TopicDoesNotExist if absent."""
+        self._topic_service().delete_topic(name)
+
+    def _delivery_targets(self) -> list:
+        """One walq.worker DeliveryTarget per HTTP or handler subscription."""
+        return self._topic_service().delivery_targets()
 
     # -- dead letters ------------------------------------------------------------
 
@@ -332,6 +382,8 @@ class Broker:
         if self._closed:
             return
         with self._mu:
+            if self._topics is not None:
+                self._topics.close()  # first: their last cursors sync the queues
             self._closed = True
             for q in self._queues.values():
                 q._close()

@@ -7,7 +7,9 @@ keeps working for callers that do not know walq::
     WalqError
     ├── QueueDoesNotExist (LookupError)
     ├── QueueAlreadyExists
+    ├── TopicDoesNotExist (LookupError)
     ├── InvalidParameter (ValueError)
+    │   ├── InvalidPattern       (a filter policy SNS would refuse; says why)
     │   ├── MessageTooLarge
     │   ├── InvalidReceipt
     │   └── BatchError           (empty, too many or duplicate batch entries)
@@ -24,7 +26,9 @@ __all__ = [
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",
+    "TopicDoesNotExist",
     "InvalidParameter",
+    "InvalidPattern",
     "MessageTooLarge",
     "InvalidReceipt",
     "BatchError",
@@ -59,6 +63,19 @@ class InvalidParameter(WalqError, ValueError):
     """A name, range, attribute or argument is not acceptable."""
 
     code = "InvalidParameterValue"
+
+
+class TopicDoesNotExist(WalqError, LookupError):
+    """The named topic does not exist (or was deleted by another process)."""
+
+    code = "NotFound"
+
+
+class InvalidPattern(InvalidParameter):
+    """A filter policy (or event pattern) that SNS or EventBridge would
+    refuse; the message says why, in their words."""
+
+    code = "InvalidParameter"
 
 
 class MessageTooLarge(InvalidParameter):

@@ -196,6 +196,11 @@ class Queue:
         """The queue's current attributes (a frozen dataclass)."""
         return self._attrs()
 
+    @property
+    def arn(self) -> str:
+        """``arn:aws:sqs:{region}:{account}:{name}``, with the broker's region and account."""
+        return f"arn:aws:sqs:{self._broker.region}:{self._broker.account}:{self.name}"
+
     def _attrs(self) -> QueueAttributes:
         """The queue's attributes; BrokerClosed or QueueDoesNotExist.
 
@@ -539,6 +544,37 @@ class Queue:
                     results[i] = SendResult(first.message_id, first.sequence, duplicate=True)
         self._maintain()
         return results
+
+    def _store_copies(self, copies: list[tuple]) -> int:
+        """Writes a topic's fan-out copies, each ``(message_id (16 raw
+        bytes), body, encoded attributes, group, dedup_id)``, with the ids
+        given and without waiting for durability (the topic makes them
+        durable before its cursor passes them: walq/topic/fanout.py).
+        A FIFO queue decides under its lock, as a send: a copy whose dedup
+        id is in the window is dropped, as SQS drops a duplicate.  Returns
+        how many were written."""
+        attrs = self._attrs()
+        now = self._clock()
+        payloads = []
+        if not attrs.fifo:
+            for mid, body, encoded, group, _dedup in copies:
+                payloads.append(R.encode_send(mid, now, now + attrs.delay, body, encoded, group))
+            with self._log.locked(wait_durable=False) as tx:
+                tx.append_batch(payloads, R.SEND)
+            self._count_blind(len(payloads))
+            return len(payloads)
+        with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, _now):
+            seen = set()
+            for mid, body, encoded, group, dedup in copies:
+                key = idx.dedup_key(group, dedup)
+                if key in seen or idx.dedup.get(key) is not None:
+                    continue
+                seen.add(key)
+                payloads.append(R.encode_send(mid, now, now + attrs.delay, body, encoded, group, dedup))
+            if payloads:
+                self._write(tx, payloads, R.SEND)
+        self._maintain()
+        return len(payloads)
 
     # -- receiving -------------------------------------------------------------
 
