@@ -788,3 +788,7 @@ def bench(ctx, seconds, modes, as_json, data):
             _echo_json(row.to_json())
     else:
         click.echo(benchmark.format_table(result))
+
+
+from walq.cli_topic import topic as _topic_group  # noqa: E402  (walq topic ...)
+main.add_command(_topic_group)
