@@ -680,6 +680,8 @@ def verify_store(store: str, *, strict: bool = False,
                                            "files not yet removed)"))
         extent = verify_log(d, kind="queue", strict=strict, report=report, progress=progress)
         _verify_checkpoints(d, extent, report, progress)
+    from walq.topic import inspect as topic_inspect  # topics: catalog, logs, cursors, leftovers
+    report.problems += topic_inspect.verify(store, report)
     return report
 
 
@@ -805,6 +807,9 @@ def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) 
     """Every record of a log (``kind`` "queue" or "catalog") as JSON-able dicts."""
     for rec in iter_log(directory, start=start):
         yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    if kind == "catalog":  # then the topics and their subscriptions (walq/topic/inspect.py)
+        from walq.topic import inspect as topic_inspect
+        yield from topic_inspect.describe(os.path.dirname(os.path.abspath(directory)))
 
 
 def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:
