@@ -49,7 +49,8 @@ def publisher(args) -> None:
     k = args["start"]
     rng = random.Random(k)
     print("ready", flush=True)
-    while True:
+    stop = k + args["count"] if args.get("count") else None
+    while stop is None or k < stop:
         n = rng.choice((1, 1, 1, 4))
         entries = [{"message": f"{args['tag']}:{i}", "attributes": {"k": "x" if i % 2 == 0 else "y"},
                     **({"group": f"g{i % 3}"} if fifo else {})} for i in range(k, k + n)]
@@ -61,6 +62,7 @@ def publisher(args) -> None:
             assert not res.failed, res.failed
         journal.write_many(("P", e["message"]) for e in entries)
         k += n
+    broker.close()
 
 
 def _messages(q, raw: bool) -> list[str]:
