@@ -19,7 +19,6 @@ from walq.queue.ids import IdGenerator, format_id
 from walq.queue.results import BatchResult
 from walq.topic import records as P
 from walq.topic.catalog import SubEntry
-from walq.topic.endpoints import classify
 from walq.topic.envelope import Envelope
 from walq.topic.fanout import DEDUP_WINDOW_S, Fanout
 from walq.topic.filters import SCOPES, compile_policy, parse_policy
@@ -108,6 +107,8 @@ class Topic:
         attributes are the same, else InvalidParameter.  A refused call
         changes nothing.
         """
+        from walq.topic.endpoints import classify  # imports handlers' modules: only when subscribing
+
         self._entry()
         kind = classify(self._broker, endpoint)
         fields = self._sub_fields(filter_policy, filter_scope, raw, dead_letter, retry)
@@ -138,6 +139,8 @@ class Topic:
             from walq.queue.queue import Queue
             if not isinstance(dead_letter, Queue):
                 raise InvalidParameter("dead_letter must be a walq.Queue of this store, or None")
+            from walq.topic.endpoints import classify
+
             got = classify(self._broker, dead_letter)
             self._broker.get_queue(got.endpoint)  # QueueDoesNotExist if it is gone
             dl = got.endpoint

@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import secrets
 import threading
-import uuid
 
 from walq.errors import InvalidParameter, QueueDoesNotExist, TopicDoesNotExist
 from walq.topic import fanout
@@ -187,7 +187,7 @@ class Topics:
     def subscribe(self, topic: Topic, kind, fields: dict) -> Subscription:
         """Writes a new subscription (``kind`` from endpoints.classify,
         ``fields`` validated); creates its internal queue first if it needs one."""
-        sid = uuid.uuid4().hex
+        sid = secrets.token_hex(16)
         if kind.protocol == "sqs":
             q = self.broker.get_queue(kind.endpoint)
             qname, internal = kind.endpoint, False
