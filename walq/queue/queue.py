@@ -557,10 +557,15 @@ class Queue:
         now = self._clock()
         payloads = []
         if not attrs.fifo:
+            # Nothing to decide: no lock or catch-up, as a plain send.
+            visible = now + attrs.delay
             for mid, body, encoded, group, _dedup in copies:
-                payloads.append(R.encode_send(mid, now, now + attrs.delay, body, encoded, group))
-            with self._log.locked(wait_durable=False) as tx:
-                tx.append_batch(payloads, R.SEND)
+                payloads.append(R.encode_send(mid, now, visible, body, encoded, group))
+            if len(payloads) == 1:
+                self._log.append(payloads[0], R.SEND, settle=False)
+            else:
+                lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
+                self._log.append_packed(len(payloads), b"".join(payloads), lens, R.SEND, settle=False)
             self._count_blind(len(payloads))
             return len(payloads)
         with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, _now):

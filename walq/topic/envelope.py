@@ -41,7 +41,7 @@ class Envelope:
     """One publish's envelope, built once; ``for_subscription`` adds the
     subscription's own ``UnsubscribeURL``."""
 
-    __slots__ = ("_head", "_tail", "_region")
+    __slots__ = ("_head", "_tail")
 
     def __init__(self, *, message_id: str, topic_arn: str, region: str, message: str, published_at: float,
                  subject: str | None, attributes: bytes, sequence: int | None):
@@ -63,10 +63,14 @@ class Envelope:
                           if attributes else {}, ensure_ascii=False)
         self._head = head[:-1]
         self._tail = ", " + tail[1:] if attributes else "}"
-        self._region = region
 
-    def for_subscription(self, sub_arn: str) -> bytes:
-        """The envelope as a queue message body for the subscription ``sub_arn``."""
-        url = (f"https://sns.{self._region}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn="
-               f"{quote(sub_arn, safe=':')}")
-        return f'{self._head}, "UnsubscribeURL": {json.dumps(url)}{self._tail}'.encode("utf-8")
+    def for_subscription(self, unsubscribe: str) -> bytes:
+        """The envelope as a queue message body for the subscription whose
+        ``unsubscribe_field(region, arn)`` is ``unsubscribe``."""
+        return f"{self._head}{unsubscribe}{self._tail}".encode("utf-8")
+
+
+def unsubscribe_field(region: str, sub_arn: str) -> str:
+    """The envelope's ``"UnsubscribeURL"`` member for one subscription (built once per subscription)."""
+    url = f"https://sns.{region}.amazonaws.com/?Action=Unsubscribe&SubscriptionArn={quote(sub_arn, safe=':')}"
+    return f', "UnsubscribeURL": {json.dumps(url)}'

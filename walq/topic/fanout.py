@@ -52,7 +52,7 @@ from walq.log.fileio import OsIO
 from walq.queue import message_attributes as mattrs
 from walq.queue import records as R
 from walq.topic import records as P
-from walq.topic.envelope import Envelope
+from walq.topic.envelope import unsubscribe_field
 from walq.topic.filters import Matcher, attribute_view, compile_policy
 
 #: Publishes between two cursors (more when there are many targets, so that
@@ -77,13 +77,14 @@ def _boot_id() -> str:
 class Target:
     """One subscription's queue, resolved for a fan-out."""
 
-    __slots__ = ("sub", "arn", "queue", "uid", "fifo", "envelope")
+    __slots__ = ("sub", "arn", "queue", "uid", "uid_bytes", "fifo", "envelope", "unsubscribe")
 
-    def __init__(self, sub, arn: str, queue):
+    def __init__(self, sub, arn: str, queue, region: str):
         self.sub, self.arn, self.queue = sub, arn, queue
         self.uid = queue._uid
         self.fifo = queue.attributes.fifo
         self.envelope = not sub.raw or sub.protocol != "sqs"  # internal queues always get the envelope
+        self.unsubscribe = unsubscribe_field(region, arn)
 
 
 class Fanout:
@@ -107,6 +108,7 @@ class Fanout:
         self._boot_ok = False  # once the mark is this boot's, it stays so
         self._tmu = threading.Lock()
         self._matchers = (-1, None)
+        self._targets_at = (None, [])
         self._since_cursor = 0
         self._cursor_base = topic._log.active_base
 
@@ -184,14 +186,23 @@ class Fanout:
             self._write_cursor(end, targets)
 
     def _targets(self) -> list[Target]:
+        """The subscriptions' queues, resolved again whenever either catalog moved."""
         topic = self._topic
+        entry = topic._entry()
+        broker = topic._broker
+        broker._catalog.refresh()
+        key = (topic._service.catalog.version, broker._catalog.log.end)
+        at, cached = self._targets_at
+        if at == key:
+            return cached
         out = []
-        for sub in topic._entry().subs.values():
+        for sub in entry.subs.values():
             try:
-                q = topic._broker.get_queue(sub.queue)
+                q = broker.get_queue(sub.queue)
             except QueueDoesNotExist:
                 continue  # the subscribed queue was deleted: nothing to deliver to (SNS drops it too)
-            out.append(Target(sub, f"{topic.arn}:{sub.id}", q))
+            out.append(Target(sub, f"{topic.arn}:{sub.id}", q, broker.region))
+        self._targets_at = (key, out)
         return out
 
     def _routing(self, targets: list[Target]):
@@ -247,7 +258,7 @@ class Fanout:
                 if t.envelope:
                     if env is None:
                         env = topic._envelope(pub)
-                    body, encoded = env.for_subscription(t.arn), b""
+                    body, encoded = env.for_subscription(t.unsubscribe), b""
                 else:
                     body, encoded = pub.message, pub.attributes
                 dedup = None
