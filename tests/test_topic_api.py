@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import json
 import re
 
@@ -453,3 +454,12 @@ def test_list_queues_never_shows_internal_queues(broker):
     broker.create_queue("visible")
     assert broker.list_queues() == ["visible"]
     assert broker.list_queues("~") == []
+
+
+def test_looking_up_topics_in_a_store_without_any_creates_nothing(broker):
+    assert broker.list_topics() == [] and broker._delivery_targets() == []
+    with pytest.raises(walq.TopicDoesNotExist):
+        broker.get_topic("t")
+    with pytest.raises(walq.TopicDoesNotExist):
+        broker.delete_topic("t")
+    assert not os.path.exists(os.path.join(broker.path, "topics"))

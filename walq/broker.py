@@ -8,7 +8,8 @@ import threading
 
 from walq.catalog import Catalog
 from walq.clock import StoreClock
-from walq.errors import BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist, WalqError
+from walq.errors import (BrokerClosed, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
+                         TopicDoesNotExist, WalqError)
 from walq.log import LogOptions
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
@@ -270,10 +271,14 @@ class Broker:
 
     # -- topics (walq/topic) ---------------------------------------------------------
 
-    def _topic_service(self) -> Topics:
+    def _topic_service(self, create: bool = True) -> Topics | None:
+        """The store's topics (None if it has none and ``create`` is False:
+        a look-up never creates the topics' files)."""
         self._check()
         with self._mu:
             if self._topics is None:
+                if not create and not os.path.isdir(os.path.join(self.path, "topics")):
+                    return None
                 self._topics = Topics(self)
             return self._topics
 
@@ -283,19 +288,33 @@ class Broker:
 
     def get_topic(self, name):
         """The named topic; TopicDoesNotExist if absent."""
-        return self._topic_service().get_topic(name)
+        svc = self._topic_service(create=False)
+        if svc is None:
+            if not isinstance(name, str):
+                raise InvalidParameter(f"topic name must be a str; got {type(name).__name__}")
+            raise TopicDoesNotExist(f"topic {name!r} does not exist")
+        return svc.get_topic(name)
 
     def list_topics(self, prefix: str = "") -> list[str]:
         """Topic names starting with ``prefix``, sorted."""
-        return self._topic_service().list_topics(prefix)
+        svc = self._topic_service(create=False)
+        if svc is None:
+            if not isinstance(prefix, str):
+                raise InvalidParameter("prefix must be a str")
+            return []
+        return svc.list_topics(prefix)
 
     def delete_topic(self, name) -> None:
         """Deletes a topic and its subscriptions; TopicDoesNotExist if absent."""
-        self._topic_service().delete_topic(name)
+        svc = self._topic_service(create=False)
+        if svc is None:
+            raise TopicDoesNotExist(f"topic {name!r} does not exist")
+        svc.delete_topic(name)
 
     def _delivery_targets(self) -> list:
         """One walq.worker DeliveryTarget per HTTP or handler subscription."""
-        return self._topic_service().delivery_targets()
+        svc = self._topic_service(create=False)
+        return [] if svc is None else svc.delivery_targets()
 
     # -- dead letters ------------------------------------------------------------
 

@@ -45,7 +45,7 @@ import threading
 import portalocker
 
 from walq.clock import _read_boot_id
-from walq.errors import QueueDoesNotExist, WalqError
+from walq.errors import CorruptionError, QueueDoesNotExist, WalqError
 from walq.log import RecordGone
 from walq.log._native import ffi, lib
 from walq.log.fileio import OsIO
@@ -140,7 +140,6 @@ class Fanout:
         except FileNotFoundError:
             return {"upto": 0, "pos": {}, "history": []}
         except ValueError as exc:
-            from walq.errors import CorruptionError
             raise CorruptionError(f"topic cursor {os.path.join(self._dir, CURSOR_FILE)} is damaged: {exc}",
                                   os.path.join(self._dir, CURSOR_FILE)) from None
         return data
