@@ -61,4 +61,4 @@ def test_four_publishers_and_four_consumers_short(tmp_path):
 
 @pytest.mark.stress
 def test_four_publishers_and_four_consumers(tmp_path):
-    run(tmp_path, per_publisher=3000)
+    run(tmp_path, per_publisher=10000)
