@@ -4,6 +4,7 @@ beside a single ``send`` to one queue, in the same run.
     python bench/bench_topic.py [--dir D] [--seconds S] [--rounds N] [--json FILE]
 
 One process, one thread, 100-byte messages, envelope delivery (not raw).
+``--durability os`` measures the same rows without any fsync: the CPU cost.
 Each round runs every row for ``--seconds`` in a rotated order (interleaved
 rounds: drift of the shared disk hits every row alike), timing every call;
 a row's msgs/s is the median over rounds, its p50/p99 come from every call
@@ -31,10 +32,10 @@ BODY = b"x" * 100
 FANOUTS = (1, 10, 100)
 
 
-def setup(base: str) -> tuple:
+def setup(base: str, durability: str = "always") -> tuple:
     """A store with a queue for plain sends and one topic per fan-out width."""
     path = tempfile.mkdtemp(prefix="topic-", dir=base)
-    b = walq.open(path, durability="always")
+    b = walq.open(path, durability=durability)
     q = b.create_queue("direct")
     topics = {}
     for n in FANOUTS:
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="directory on the disk to measure")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per row per round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--durability", default="always", choices=("always", "batch", "os"),
+                    help='"os" shows the CPU cost alone (no fsync)')
     ap.add_argument("--json", help="write every number here")
     ap.add_argument("--max-wait", type=float, default=20.0, help="seconds to wait for quiet CPUs first")
     args = ap.parse_args()
@@ -77,7 +80,8 @@ def main() -> None:
     print_machine(info)
     waited, busy = wait_quiet(max_wait=args.max_wait)
     print(f"waited {waited:.1f}s for quiet CPUs (others' share {busy:.0%})")
-    path, b, q, topics = setup(base)
+    print(f"durability: {args.durability}")
+    path, b, q, topics = setup(base, args.durability)
     rows = {"send (1 queue)": lambda: q.send(BODY)}
     for n in FANOUTS:
         rows[f"publish -> {n} queue{'s' if n > 1 else ''}"] = (lambda t: lambda: t.publish(BODY))(topics[n])

@@ -16,6 +16,9 @@ from urllib.parse import quote
 
 from walq.queue import message_attributes as mattrs
 
+#: JSON string literal of a str (the C encoder json.dumps itself uses).
+_quote = json.encoder.encode_basestring
+
 
 def timestamp(epoch: float) -> str:
     """ISO-8601 UTC with milliseconds and Z, as SNS writes it."""
@@ -45,24 +48,30 @@ class Envelope:
 
     def __init__(self, *, message_id: str, topic_arn: str, region: str, message: str, published_at: float,
                  subject: str | None, attributes: bytes, sequence: int | None):
-        d = {"Type": "Notification", "MessageId": message_id}
-        if sequence is not None:
-            d["SequenceNumber"] = f"{sequence:020d}"
-        d["TopicArn"] = topic_arn
+        # Written member by member (json.dumps of a dict cost a third of a
+        # one-queue publish); the order is SNS's.  Only the message and the
+        # subject need escaping: the other values are ASCII without quotes.
+        stamp = timestamp(published_at)
+        to_sign = f"Message\n{message}\nMessageId\n{message_id}\n"
         if subject is not None:
-            d["Subject"] = subject
-        d["Message"] = message
-        d["Timestamp"] = timestamp(published_at)
-        d["SignatureVersion"] = "1"
-        to_sign = "".join(f"{k}\n{d[k]}\n" for k in ("Message", "MessageId", "Subject", "Timestamp", "TopicArn",
-                                                      "Type") if k in d)
-        d["Signature"] = base64.b64encode(hashlib.sha256(to_sign.encode()).digest()).decode("ascii")
-        d["SigningCertURL"] = f"https://sns.{region}.amazonaws.com/SimpleNotificationService-walq.pem"
-        head = json.dumps(d, ensure_ascii=False)
-        tail = json.dumps({"MessageAttributes": attribute_json(mattrs.decode(attributes))}
-                          if attributes else {}, ensure_ascii=False)
-        self._head = head[:-1]
-        self._tail = ", " + tail[1:] if attributes else "}"
+            to_sign += f"Subject\n{subject}\n"
+        to_sign += f"Timestamp\n{stamp}\nTopicArn\n{topic_arn}\nType\nNotification\n"
+        signature = base64.b64encode(hashlib.sha256(to_sign.encode()).digest()).decode("ascii")
+        parts = ['{"Type": "Notification", "MessageId": "', message_id, '"']
+        if sequence is not None:
+            parts.append(f', "SequenceNumber": "{sequence:020d}"')
+        parts += [', "TopicArn": "', topic_arn, '"']
+        if subject is not None:
+            parts += [', "Subject": ', _quote(subject)]
+        parts += [', "Message": ', _quote(message), ', "Timestamp": "', stamp,
+                  '", "SignatureVersion": "1", "Signature": "', signature,
+                  f'", "SigningCertURL": "https://sns.{region}.amazonaws.com/SimpleNotificationService-walq.pem"']
+        self._head = "".join(parts)
+        if attributes:
+            members = json.dumps(attribute_json(mattrs.decode(attributes)), ensure_ascii=False)
+            self._tail = f', "MessageAttributes": {members}}}'
+        else:
+            self._tail = "}"
 
     def for_subscription(self, unsubscribe: str) -> bytes:
         """The envelope as a queue message body for the subscription whose

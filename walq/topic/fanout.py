@@ -35,14 +35,13 @@ copies, are not durable (the topic log and every queue log are synced first).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import mmap
 import os
 import struct
 import threading
-
-import portalocker
 
 from walq.clock import _read_boot_id
 from walq.errors import CorruptionError, QueueDoesNotExist, WalqError
@@ -146,22 +145,24 @@ class Fanout:
 
     # -- running --------------------------------------------------------------------
 
-    def run(self, upto: int) -> None:
-        """Returns once every publish below ``upto`` is in its queues."""
+    def run(self, upto: int, known: dict | None = None) -> None:
+        """Returns once every publish below ``upto`` is in its queues.
+        ``known``: sequence -> PUBLISH payload of records the caller just
+        wrote (not read back from the log when they are all it has to copy)."""
         if self.done() >= upto:
             return  # another holder copied it
         with self._tmu:
-            portalocker.lock(self._lock_fh, portalocker.LOCK_EX)
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
             try:
-                self._run_locked()
+                self._run_locked(known)
             finally:
-                portalocker.unlock(self._lock_fh)
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
 
     def complete(self) -> None:
         """Completes a fan-out cut short (or unconfirmed since a reboot) now."""
         self.run(self._topic._log.end)
 
-    def _run_locked(self) -> None:
+    def _run_locked(self, known: dict | None = None) -> None:
         log = self._topic._log
         end = log.end
         w = self._words
@@ -177,7 +178,7 @@ class Fanout:
         if done >= end:
             return
         lib.walq_store(w + _BUSY_WORD, max(busy, end))
-        targets = self._copy(done, end, suspect_upto=busy if busy > done else None)
+        targets = self._copy(done, end, busy if busy > done else None, known)
         lib.walq_store(w + _DONE_WORD, end)
         self._since_cursor += end - done
         if self._since_cursor >= max(CURSOR_EVERY, CURSOR_PER_TARGET * len(targets)) \
@@ -225,7 +226,7 @@ class Fanout:
         self._matchers = (version, ([t.sub.id for t in targets],) + routing)
         return routing
 
-    def _copy(self, start: int, end: int, suspect_upto: int | None) -> list[Target]:
+    def _copy(self, start: int, end: int, suspect_upto: int | None, known: dict | None = None) -> list[Target]:
         """Copies the publishes in [start, end) into their queues; for those
         below ``suspect_upto``, only the copies a queue does not hold yet."""
         topic = self._topic
@@ -236,7 +237,11 @@ class Fanout:
         plain, by_attr, by_body = self._routing(targets)
         per_target: list[list] = [[] for _ in targets]
         pub_seq: list[list] = [[] for _ in targets]
-        for pub in topic._read_publishes(start, end):
+        if known is not None and all(seq in known for seq in range(start, end)):
+            pubs = (P.decode(seq, known[seq]) for seq in range(start, end))
+        else:
+            pubs = topic._read_publishes(start, end)
+        for pub in pubs:
             hit = set(plain)
             attrs = None
             if by_attr is not None:
@@ -336,7 +341,7 @@ class Fanout:
         if self._since_cursor == 0:
             return
         with self._tmu:
-            portalocker.lock(self._lock_fh, portalocker.LOCK_EX)
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
             try:
                 if self._mark_current():
                     done = lib.walq_load(self._words + _DONE_WORD)
@@ -345,7 +350,7 @@ class Fanout:
                         self._topic._service.catalog.refresh()
                         self._write_cursor(done, self._targets())
             finally:
-                portalocker.unlock(self._lock_fh)
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
 
     def close(self) -> None:
         """Releases the lock file and the mark."""

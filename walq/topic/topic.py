@@ -250,11 +250,11 @@ class Topic:
         if not self.fifo:
             if len(payloads) == 1:
                 seq = log.append(payloads[0], P.PUBLISH)
-                upto = seq + 1
+                seqs = range(seq, seq + 1)
             else:
-                upto = log.append_batch(payloads, P.PUBLISH).stop
-            # The record is durable (in "always"); copying may begin.
-            self._fan.run(upto)
+                seqs = log.append_batch(payloads, P.PUBLISH)
+            # The records are durable (in "always"); copying may begin.
+            self._fan.run(seqs.stop, dict(zip(seqs, payloads)))
             return [PublishResult(text) for text, _raw in ids]
         results: list = [None] * len(prepared)
         with log.locked() as tx, self._mu:
@@ -271,8 +271,10 @@ class Topic:
                     pending[dedup] = i
                     fresh.append(payloads[i])
                     fresh_at.append(i)
+            known = {}
             if fresh:
                 seqs = tx.append_batch(fresh, P.PUBLISH)
+                known = dict(zip(seqs, fresh))
                 for i, seq in zip(fresh_at, seqs):
                     results[i] = PublishResult(ids[i][0], seq)
             upto = tx.end
@@ -281,7 +283,7 @@ class Topic:
         for i, r in enumerate(results):
             if isinstance(r, int):
                 results[i] = results[r]
-        self._fan.run(upto)
+        self._fan.run(upto, known)
         return results
 
     def _catch_up_window(self) -> None:
