@@ -106,7 +106,7 @@ class Fanout:
         self._boot = _boot_id().encode("ascii")[:40].ljust(40, b"\0")
         self._boot_ok = False  # once the mark is this boot's, it stays so
         self._tmu = threading.Lock()
-        self._matchers = (-1, None)
+        self._matchers = (None, None)
         self._targets_at = (None, [])
         self._since_cursor = 0
         self._cursor_base = topic._log.active_base
@@ -206,11 +206,11 @@ class Fanout:
         return out
 
     def _routing(self, targets: list[Target]):
-        """(targets without a filter, attribute-scope matcher, body-scope matcher)."""
-        version = self._topic._service.catalog.version
+        """(targets without a filter, attribute-scope matcher, body-scope
+        matcher), built again only when _targets resolved a new list."""
         at, cached = self._matchers
-        if at == version and cached[0] == [t.sub.id for t in targets]:
-            return cached[1:]
+        if at is targets:
+            return cached
         plain, by_attr, by_body = [], Matcher(), Matcher()
         n_attr = n_body = 0
         for i, t in enumerate(targets):
@@ -223,7 +223,7 @@ class Fanout:
                 by_attr.add(i, compile_policy(t.sub.filter_policy, "attributes"))
                 n_attr += 1
         routing = (plain, by_attr if n_attr else None, by_body if n_body else None)
-        self._matchers = (version, ([t.sub.id for t in targets],) + routing)
+        self._matchers = (targets, routing)
         return routing
 
     def _copy(self, start: int, end: int, suspect_upto: int | None, known: dict | None = None) -> list[Target]:
