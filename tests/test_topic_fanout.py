@@ -125,3 +125,23 @@ def test_closing_a_broker_writes_the_cursor(tmp_path):
         assert not os.path.exists(os.path.join(d, fanout.CURSOR_FILE))
     with open(os.path.join(d, fanout.CURSOR_FILE)) as f:
         assert json.load(f)["upto"] == 1
+
+
+def test_a_publish_whose_publisher_died_before_copying_is_copied_when_the_topic_is_opened(tmp_path, monkeypatch):
+    b, t = _store(tmp_path / "s")
+
+    def die(self, upto, known=None):
+        raise Cut()
+
+    monkeypatch.setattr(fanout.Fanout, "run", die)
+    with pytest.raises(Cut):
+        t.publish("orphan")  # its record is in the topic's log; no copy was made
+    monkeypatch.undo()
+    b2 = walq.open(tmp_path / "s", durability="os")
+    try:
+        assert all(b2.get_queue(n).stats().visible == 0 for n in "abc")
+        b2.get_topic("t")
+        assert {n: _bodies(b2, n) for n in "abc"} == {n: ["orphan"] for n in "abc"}
+    finally:
+        b2.close()
+        b.close()

@@ -52,7 +52,7 @@ from walq.queue import message_attributes as mattrs
 from walq.queue import records as R
 from walq.topic import records as P
 from walq.topic.envelope import unsubscribe_field
-from walq.topic.filters import Matcher, attribute_view, compile_policy
+from walq.topic.filters import attribute_view, compile_policy, new_matcher
 
 #: Publishes between two cursors (more when there are many targets, so that
 #: the targets' fsyncs stay a small share of the publishes they cover).
@@ -211,7 +211,7 @@ class Fanout:
         at, cached = self._matchers
         if at is targets:
             return cached
-        plain, by_attr, by_body = [], Matcher(), Matcher()
+        plain, by_attr, by_body = [], new_matcher("attributes"), new_matcher("body")
         n_attr = n_body = 0
         for i, t in enumerate(targets):
             if t.sub.filter_policy is None:

@@ -1,8 +1,8 @@
 """The one place walq.topic meets the filter-policy matcher.
 
-Everything in walq/topic calls ``compile_policy``, ``Matcher`` and
+Everything in walq/topic calls ``compile_policy``, ``new_matcher`` and
 ``attribute_view`` from here.  When the ``walq.match`` package is present
-they are its ``compile_filter_policy`` and ``Matcher``; until then a small
+they are its ``compile_filter_policy`` and ``Matcher(scope)``; until then a small
 FALLBACK below stands in for them (exact strings and numbers, ``prefix``,
 ``numeric``, ``exists``, ``anything-but`` values; OR within a list, AND
 across keys; nested keys in body scope).  The fallback is to be replaced by
@@ -48,6 +48,12 @@ def compile_policy(policy, scope: str):
     if not FALLBACK:  # pragma: no cover
         return _compile(policy, scope)
     return _FallbackPolicy(policy, scope)
+
+
+def new_matcher(scope: str):
+    """An empty matcher of ``scope`` ("attributes" or "body"): ``add(key,
+    compiled)``, ``remove(key)``, ``match(attributes or parsed body) -> set of keys``."""
+    return Matcher(scope)
 
 
 def attribute_view(attributes: dict) -> dict:
@@ -109,8 +115,6 @@ class _FallbackPolicy:
     """A filter policy, checked and ready to match (FALLBACK)."""
 
     def __init__(self, policy: dict, scope: str):
-        if not policy:
-            raise InvalidPattern("Invalid parameter: FilterPolicy: the policy must not be empty")
         leaves = _leaves(policy) if scope == "body" else list(((k,), v) for k, v in policy.items())
         if scope == "attributes":
             for (key,), value in leaves:
@@ -190,13 +194,14 @@ class _FallbackMatcher:
     """Keys -> compiled policies; ``match(doc)`` is the set of keys whose
     policy matches (FALLBACK: one policy at a time)."""
 
-    def __init__(self):
+    def __init__(self, scope: str = "attributes"):
+        self.scope = scope
         self._policies: dict = {}
 
     def add(self, key, compiled) -> None:
         """Adds (or replaces) ``key``'s policy (compiled, or a dict)."""
         if not isinstance(compiled, _FallbackPolicy):
-            compiled = _FallbackPolicy(parse_policy(compiled), "attributes")
+            compiled = _FallbackPolicy(parse_policy(compiled), self.scope)
         self._policies[key] = compiled
 
     def remove(self, key) -> None:

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from walq.errors import BatchError, InvalidParameter, MessageTooLarge, QueueDoesNotExist, TopicDoesNotExist
-from walq.log import Log
+from walq.log import Log, RecordGone
 from walq.queue import message_attributes as mattrs
 from walq.queue.ids import IdGenerator, format_id
 from walq.queue.results import BatchResult
@@ -290,13 +290,18 @@ class Topic:
         """Adds the publishes appended since the last look to the FIFO dedup
         window (under the topic log's lock), and forgets expired ones."""
         end = self._log.end
-        if self._win_applied < self._log.first:
-            self._win_applied = self._log.first
-        if self._win_applied < end:
-            for pub in self._read_publishes(self._win_applied, end):
-                if pub.dedup_id is not None:
-                    self._window[pub.dedup_id] = (pub.message_id, pub.seq, pub.published_at)
-            self._win_applied = end
+        for _attempt in range(3):
+            if self._win_applied < self._log.first:
+                self._win_applied = self._log.first  # trimmed: older than the window anyway
+            try:
+                for pub in self._read_publishes(self._win_applied, end):
+                    if pub.dedup_id is not None:
+                        self._window[pub.dedup_id] = (pub.message_id, pub.seq, pub.published_at)
+                    self._win_applied = pub.seq + 1
+                break
+            except RecordGone:
+                continue  # a cursor trimmed the log meanwhile
+        self._win_applied = max(self._win_applied, end)
         if len(self._window) > 1024:
             cutoff = self._clock() - DEDUP_WINDOW_S
             self._window = {k: v for k, v in self._window.items() if v[2] >= cutoff}

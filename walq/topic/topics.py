@@ -108,7 +108,8 @@ class Topics:
 
     def get_topic(self, name) -> Topic:
         """The named topic; TopicDoesNotExist if absent.  Opening a topic in
-        a process completes a fan-out that was cut short."""
+        a process completes a fan-out that was cut short, and copies
+        publishes whose publisher died before copying them."""
         if not isinstance(name, str):
             raise InvalidParameter(f"topic name must be a str; got {type(name).__name__}")
         self.catalog.refresh()
@@ -126,8 +127,8 @@ class Topics:
                 except FileNotFoundError:
                     raise TopicDoesNotExist(f"topic {name!r} does not exist (it was deleted)") from None
                 self._handles[name] = t
-                if t._fan.suspect():
-                    t._fan.complete()
+                if t._fan.suspect() or t._fan.done() < t._log.end:
+                    t._fan.complete()  # cut short, or appended by a publisher that died before copying
             return t
 
     def list_topics(self, prefix: str = "") -> list[str]:
