@@ -42,6 +42,7 @@ class TopicGroup(click.Group):
     """One-line errors and the walq exit codes for every topic command."""
 
     def invoke(self, ctx):
+        """Runs the subcommand; walq errors become one line and an exit code."""
         try:
             return super().invoke(ctx)
         except (TopicDoesNotExist, QueueDoesNotExist) as exc:

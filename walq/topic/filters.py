@@ -131,6 +131,7 @@ class _FallbackPolicy:
         self.leaves = leaves
 
     def matches(self, doc) -> bool:
+        """True if ``doc`` (attributes, or a parsed JSON body) passes every key."""
         for path, rules in self.leaves:
             present, value = _lookup(doc, path)
             if not any(_rule_matches(r, present, value, self.scope) for r in rules):
