@@ -23,7 +23,12 @@ EXPORTED = {
     "RetryPolicy",
     "Notification",
     "pattern_matches",
+    "Topic",
+    "Subscription",
+    "PublishResult",
     "WalqError",
+    "TopicDoesNotExist",
+    "InvalidPattern",
     "QueueDoesNotExist",
     "QueueAlreadyExists",
     "InvalidParameter",
@@ -65,6 +70,7 @@ def test_errors_form_one_tree_and_inherit_the_builtins_api_md_names():
         "MessageTooLarge": walq.InvalidParameter,
         "InvalidReceipt": walq.InvalidParameter,
         "BatchError": walq.InvalidParameter,
+        "TopicDoesNotExist": LookupError,
         "InvalidPattern": walq.InvalidParameter,
         "LockTimeout": TimeoutError,
         "LogPoisoned": OSError,
@@ -88,6 +94,21 @@ def test_open_takes_the_documented_keywords():
     assert params["durability"].default == "always"
     assert params["sync_interval"].default == 0.01
     assert params["durability"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["region"].default == "us-east-1"
+    assert params["account"].default == "000000000000"
+
+
+def test_topic_methods_named_in_api_md_exist():
+    for name in ("create_topic", "get_topic", "list_topics", "delete_topic"):
+        assert hasattr(walq.Broker, name), name
+    for name in ("subscribe", "subscriptions", "publish", "publish_batch", "arn"):
+        assert hasattr(walq.Topic, name), name
+    for name in ("unsubscribe", "set_attributes", "arn", "endpoint", "protocol"):
+        assert hasattr(walq.Subscription, name), name
+    defaults = {k: p.default for k, p in inspect.signature(walq.Topic.subscribe).parameters.items()}
+    assert defaults["filter_policy"] is None and defaults["filter_scope"] == "attributes"
+    assert defaults["raw"] is False and defaults["dead_letter"] is None and defaults["retry"] is None
+    assert set(walq.PublishResult._fields) == {"message_id", "sequence"}
 
 
 def test_queue_methods_named_in_api_md_exist():

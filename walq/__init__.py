@@ -18,6 +18,8 @@ from walq.queue.queue import Queue
 from walq.queue.results import BatchResult, Message, QueueStats, SendResult
 from walq.tools.repair import RepairReport, repair
 from walq.worker import Notification, RetryPolicy, Worker
+from walq.topic.results import PublishResult
+from walq.topic.topic import Subscription, Topic
 
 __version__ = "0.1.0"
 __all__ = [
@@ -37,5 +39,8 @@ __all__ = [
     "RetryPolicy",
     "Notification",
     "pattern_matches",
+    "Topic",
+    "Subscription",
+    "PublishResult",
     *_errors.__all__,
 ]

@@ -9,11 +9,13 @@ import threading
 from walq.catalog import Catalog
 from walq.clock import StoreClock
 from walq.errors import (BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
-                         WalqError)
+                         TopicDoesNotExist, WalqError)
 from walq.log import LogOptions
 from walq.log.access import fsync_dir, prepare_store
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
+from walq.topic.identity import check_identity
+from walq.topic.topics import INTERNAL_PREFIX, Topics
 
 
 #: Suffix of a deleted queue's directory while it is being removed.
@@ -28,6 +30,7 @@ class _Unopened:
 
 
 def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock=None,
+         region: str = "us-east-1", account: str = "000000000000",
          segment_size: int = 64 * 1024 * 1024, group=None, readonly: bool = False) -> "Broker":
     """Opens (creating if missing) the store at ``path``.
 
@@ -37,6 +40,7 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     clock: a ``time.time``-like function, used as is (tests inject a fake
     one); default: the store's own time (``walq.StoreClock``), which no
     wall-clock step moves.
+    region, account: what ARNs name (``q.arn``, ``t.arn``, envelopes).
     group: a group name or gid to share the store with (directories 2770,
     files 0660); by default a new store is its owner's alone (0700/0600).
     readonly: opens an existing store for monitoring by a user who may
@@ -45,7 +49,7 @@ def open(path, *, durability: str = "always", sync_interval: float = 0.01, clock
     left unrecovered is read up to its last valid record).
     """
     return Broker(path, durability=durability, sync_interval=sync_interval, clock=clock,
-                  segment_size=segment_size, group=group, readonly=readonly)
+                  region=region, account=account, segment_size=segment_size, group=group, readonly=readonly)
 
 
 class Broker:
@@ -55,9 +59,11 @@ class Broker:
     """
 
     def __init__(self, path, *, durability="always", sync_interval=0.01, clock=None,
-                 segment_size=64 * 1024 * 1024, group=None, readonly=False):
+                 region="us-east-1", account="000000000000", segment_size=64 * 1024 * 1024, group=None,
+                 readonly=False):
         if not isinstance(path, (str, os.PathLike)):
             raise InvalidParameter(f"path must be a str or os.PathLike; got {type(path).__name__}")
+        self.region, self.account = check_identity(region, account)
         if clock is not None and not callable(clock):
             raise InvalidParameter("clock must be a callable returning epoch seconds")
         self._log_options = LogOptions(durability=durability, sync_interval=sync_interval,
@@ -75,6 +81,9 @@ class Broker:
         self._mu = threading.RLock()
         self._closed = False
         self._remove_deleted_dirs()
+        self._topics = None
+        if Topics.any_cut_short(self.path):
+            self._topic_service().complete_cut_short()
 
     # -- queues ----------------------------------------------------------------
 
@@ -187,7 +196,7 @@ class Broker:
         if not isinstance(prefix, str):
             raise InvalidParameter("prefix must be a str")
         self._catalog.refresh()
-        return sorted(n for n in self._catalog.queues if n.startswith(prefix))
+        return sorted(n for n in self._catalog.queues if n.startswith(prefix) and not n.startswith(INTERNAL_PREFIX))
 
     def delete_queue(self, name) -> None:
         """Deletes a queue and its messages; QueueDoesNotExist if absent."""
@@ -265,6 +274,66 @@ class Broker:
                 raise exc
             raise QueueDoesNotExist(f"queue {q.name!r} does not exist (it was deleted)") from exc
 
+    def _create_internal_queue(self, name: str, fifo: bool) -> Queue:
+        """Creates a queue of a name users cannot give (a subscription's,
+        walq/topic/topics.py); it never shows in list_queues."""
+        attrs = QueueAttributes(name=name, fifo=fifo, retention=1_209_600)
+        cat = self._catalog
+        with cat.locked() as tx:
+            cat.replay()
+            if name not in cat.queues:
+                uid = cat.new_uid()
+                self._access.make_dir(self._queue_dir(uid))
+                cat.write(tx, "create", name, uid, attrs)
+        return self.get_queue(name)
+
+    # -- topics (walq/topic) ---------------------------------------------------------
+
+    def _topic_service(self, create: bool = True) -> Topics | None:
+        """The store's topics (None if it has none and ``create`` is False:
+        a look-up never creates the topics' files)."""
+        self._check()
+        with self._mu:
+            if self._topics is None:
+                if not create and not os.path.isdir(os.path.join(self.path, "topics")):
+                    return None
+                self._topics = Topics(self)
+            return self._topics
+
+    def create_topic(self, name, *, fifo=None, content_based_dedup=False):
+        """Creates a topic, or returns it if it exists with the same attributes."""
+        return self._topic_service().create_topic(name, fifo, content_based_dedup)
+
+    def get_topic(self, name):
+        """The named topic; TopicDoesNotExist if absent."""
+        svc = self._topic_service(create=False)
+        if svc is None:
+            if not isinstance(name, str):
+                raise InvalidParameter(f"topic name must be a str; got {type(name).__name__}")
+            raise TopicDoesNotExist(f"topic {name!r} does not exist")
+        return svc.get_topic(name)
+
+    def list_topics(self, prefix: str = "") -> list[str]:
+        """Topic names starting with ``prefix``, sorted."""
+        svc = self._topic_service(create=False)
+        if svc is None:
+            if not isinstance(prefix, str):
+                raise InvalidParameter("prefix must be a str")
+            return []
+        return svc.list_topics(prefix)
+
+    def delete_topic(self, name) -> None:
+        """Deletes a topic and its subscriptions; TopicDoesNotExist if absent."""
+        svc = self._topic_service(create=False)
+        if svc is None:
+            raise TopicDoesNotExist(f"topic {name!r} does not exist")
+        svc.delete_topic(name)
+
+    def _delivery_targets(self) -> list:
+        """One walq.worker DeliveryTarget per HTTP or handler subscription."""
+        svc = self._topic_service(create=False)
+        return [] if svc is None else svc.delivery_targets()
+
     # -- dead letters ------------------------------------------------------------
 
     def dead_letter_sources(self, name) -> list[str]:
@@ -340,10 +409,6 @@ class Broker:
             if new != entry.attrs:
                 cat.write(tx, "set", q.name, q._uid, new)
 
-    def _delivery_targets(self) -> list:
-        """The HTTP and handler subscriptions a worker delivers (walq.worker.targets)."""
-        return []
-
     def _log_io(self, directory: str):
         """The I/O object for the log in ``directory`` (None: the plain
         one).  The crash tests' power-loss shim replaces this."""
@@ -356,6 +421,8 @@ class Broker:
         if self._closed:
             return
         with self._mu:
+            if self._topics is not None:
+                self._topics.close()  # first: their last cursors sync the queues
             self._closed = True
             for q in self._queues.values():
                 q._close()

@@ -7,6 +7,7 @@ keeps working for callers that do not know walq::
     WalqError
     ├── QueueDoesNotExist (LookupError)
     ├── QueueAlreadyExists
+    ├── TopicDoesNotExist (LookupError)
     ├── InvalidParameter (ValueError)
     │   ├── MessageTooLarge
     │   ├── InvalidReceipt
@@ -28,6 +29,7 @@ __all__ = [
     "WalqError",
     "QueueDoesNotExist",
     "QueueAlreadyExists",
+    "TopicDoesNotExist",
     "InvalidParameter",
     "MessageTooLarge",
     "InvalidReceipt",
@@ -67,6 +69,12 @@ class InvalidParameter(WalqError, ValueError):
     """A name, range, attribute or argument is not acceptable."""
 
     code = "InvalidParameterValue"
+
+
+class TopicDoesNotExist(WalqError, LookupError):
+    """The named topic does not exist (or was deleted by another process)."""
+
+    code = "NotFound"
 
 
 class MessageTooLarge(InvalidParameter):

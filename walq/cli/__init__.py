@@ -23,13 +23,14 @@ from walq.cli import messages as _messages
 from walq.cli import queue as _queue
 from walq.cli import stats as _stats
 from walq.cli import tools as _tools
+from walq.cli import topic as _topic
 from walq.cli import worker as _worker
 from walq.cli.common import (DEFAULT_DATA, EXIT_DAMAGE, EXIT_ERROR, EXIT_NO_QUEUE, EXIT_OK, EXIT_PIPE, EXIT_USAGE,
                              CliError, RootGroup)
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_USAGE", "EXIT_NO_QUEUE", "EXIT_ERROR", "EXIT_PIPE", "CliError"]
 
-_GROUPS = (_queue, _messages, _stats, _dlq, _tools, _worker)
+_GROUPS = (_queue, _messages, _stats, _dlq, _topic, _tools, _worker)
 
 _EPILOG = f"""\b
 Every command that works on a store takes --data DIR (default: $WALQ_DATA,
@@ -53,7 +54,8 @@ Exit codes:
 def main(ctx: click.Context, data: str) -> None:
     """walq: persistent SQS-style message queues in a local directory.
 
-    Operate queues (queue, send, receive, ack, purge, stats, dlq), inspect
+    Operate queues (queue, send, receive, ack, purge, stats, dlq) and topics
+    (topic), run handlers and deliveries (worker), inspect
     the files (verify, dump), and see it work (demo, crash-bench, bench).
     """
     ctx.ensure_object(dict)

@@ -19,6 +19,7 @@ from array import array
 from collections.abc import Iterator
 from functools import partial, wraps
 from itertools import repeat
+from typing import Callable, ParamSpec, TypeVar
 
 import portalocker
 
@@ -97,20 +98,25 @@ def _message_parts(p: bytes) -> tuple:
     return rec.body, mattrs.decode(rec.attributes) if rec.attributes else {}, rec.group, rec.dedup_id
 
 
-def _names_the_queue(method):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _names_the_queue(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Wraps a public Queue method: an error caused by the queue's deletion
     (in another thread or process, part way through the call: its files
     gone, its handle closed) is reported as QueueDoesNotExist."""
 
     @wraps(method)
-    def call(self, *args, **kwargs):
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
-            return method(self, *args, **kwargs)
+            return method(*args, **kwargs)
         except (OSError, WalqError) as exc:
             # Here, with every lock of the call released: retiring the
             # handle closes its log, which must not wait for a lock this
             # thread holds.
-            self._broker._raise_if_deleted(self, exc)
+            queue = args[0]
+            queue._broker._raise_if_deleted(queue, exc)  # type: ignore[attr-defined]
             raise
 
     return call
@@ -207,6 +213,11 @@ class Queue:
     def attributes(self) -> QueueAttributes:
         """The queue's current attributes (a frozen dataclass)."""
         return self._attrs()
+
+    @property
+    def arn(self) -> str:
+        """``arn:aws:sqs:{region}:{account}:{name}``, with the broker's region and account."""
+        return f"arn:aws:sqs:{self._broker.region}:{self._broker.account}:{self.name}"
 
     def _attrs(self) -> QueueAttributes:
         """The queue's attributes; BrokerClosed or QueueDoesNotExist.
@@ -561,6 +572,42 @@ class Queue:
                     results[i] = SendResult(first.message_id, first.sequence, duplicate=True)
         self._maintain()
         return results
+
+    def _store_copies(self, copies: list[tuple]) -> int:
+        """Writes a topic's fan-out copies, each ``(message_id (16 raw
+        bytes), body, encoded attributes, group, dedup_id)``, with the ids
+        given and without waiting for durability (the topic makes them
+        durable before its cursor passes them: walq/topic/fanout.py).
+        A FIFO queue decides under its lock, as a send: a copy whose dedup
+        id is in the window is dropped, as SQS drops a duplicate.  Returns
+        how many were written."""
+        attrs = self._attrs()
+        now = self._clock()
+        payloads = []
+        if not attrs.fifo:
+            # Nothing to decide: no lock or catch-up, as a plain send.
+            visible = now + attrs.delay
+            for mid, body, encoded, group, _dedup in copies:
+                payloads.append(R.encode_send(mid, now, visible, body, encoded, group))
+            if len(payloads) == 1:
+                self._log.append(payloads[0], R.SEND, settle=False)
+            else:
+                lens = ffi.new("uint32_t[]", [len(p) for p in payloads])
+                self._log.append_packed(len(payloads), b"".join(payloads), lens, R.SEND, settle=False)
+            self._count_blind(len(payloads))
+            return len(payloads)
+        with self._deciding(attrs.retention, wait_durable=False) as (tx, idx, _now):
+            seen = set()
+            for mid, body, encoded, group, dedup in copies:
+                key = idx.dedup_key(group, dedup)
+                if key in seen or idx.dedup.get(key) is not None:
+                    continue
+                seen.add(key)
+                payloads.append(R.encode_send(mid, now, now + attrs.delay, body, encoded, group, dedup))
+            if payloads:
+                self._write(tx, payloads, R.SEND)
+        self._maintain()
+        return len(payloads)
 
     # -- receiving -------------------------------------------------------------
 

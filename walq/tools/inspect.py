@@ -885,6 +885,8 @@ def verify_store(store: str, *, strict: bool = False,
         extent, snap = _verify_log(d, kind="queue", strict=strict, report=report, progress=progress)
         if snap is not None:
             _verify_checkpoints(snap, extent, report, progress)
+    from walq.topic import inspect as topic_inspect  # topics: catalog, logs, cursors, leftovers
+    report.problems += topic_inspect.verify(store, report)
     return report
 
 
@@ -1139,6 +1141,9 @@ def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) 
             yield damage_json(rec)
         else:
             yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
+    if kind == "catalog":  # then the topics and their subscriptions (walq/topic/inspect.py)
+        from walq.topic import inspect as topic_inspect
+        yield from topic_inspect.describe(os.path.dirname(os.path.abspath(directory)))
 
 
 def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:

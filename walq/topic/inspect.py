@@ -1,0 +1,130 @@
+"""Topics in ``walq verify`` and ``walq dump``: read the files directly,
+without locks or recovery, as walq/tools/inspect.py does for queues."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from walq.errors import CorruptionError
+from walq.topic import records as P
+from walq.topic.fanout import CURSOR_FILE
+from walq.topic.topics import INTERNAL_PREFIX
+
+
+def _catalog_state(store: str):
+    """``(topics: name -> entry dict with "subs", problems)`` from the raw topics' catalog."""
+    from walq.tools.inspect import DAMAGE, Problem, iter_log
+
+    directory = os.path.join(store, "topics", "catalog")
+    topics: dict[str, dict] = {}
+    problems = []
+    if not os.path.isdir(directory):
+        return topics, problems
+    try:
+        for rec in iter_log(directory):
+            try:
+                r = json.loads(rec.payload)
+                op = r["op"]
+                if op == "topic":
+                    topics[r["name"]] = {"topic": r["name"], "uid": r["uid"], "fifo": r["fifo"],
+                                         "content_based_dedup": r["content_based_dedup"], "subs": {}}
+                elif op == "delete_topic":
+                    if topics.get(r["name"], {}).get("uid") == r["uid"]:
+                        del topics[r["name"]]
+                elif op in ("subscribe", "set", "unsubscribe"):
+                    for t in topics.values():
+                        if t["uid"] == r["topic"]:
+                            if op == "unsubscribe":
+                                t["subs"].pop(r["id"], None)
+                            else:
+                                t["subs"][r["sub"]["id"]] = r["sub"]
+                else:
+                    raise ValueError(f"unknown topic catalog op {op!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                problems.append(Problem(DAMAGE, rec.path, rec.offset, len(rec.payload),
+                                        f"record {rec.seq} does not decode as a topic catalog record: {exc}",
+                                        rec.payload[:32]))
+    except CorruptionError as exc:
+        problems.append(Problem(DAMAGE, exc.path or directory, exc.offset, None, str(exc)))
+    return topics, problems
+
+
+def describe(store: str) -> list[dict]:
+    """Every topic with its subscriptions, as JSON-able dicts (sorted by name)."""
+    topics, _problems = _catalog_state(store)
+    out = []
+    for name in sorted(topics):
+        t = topics[name]
+        out.append({"type": "topic", "topic": name, "uid": f"{t['uid']:016x}", "fifo": t["fifo"],
+                    "content_based_dedup": t["content_based_dedup"],
+                    "subscriptions": [dict(s, filter_policy=json.loads(s["filter_policy"])
+                                           if s.get("filter_policy") else None) for s in t["subs"].values()]})
+    return out
+
+
+def verify(store: str, report=None) -> list:
+    """Problems in the topics' catalog, each topic's log and cursor, and
+    leftovers (topic directories or internal queues nothing names).
+    Counts what it read into ``report`` (a walq.tools.inspect.VerifyReport) if given."""
+    from walq.tools.inspect import DAMAGE, NOTE, Problem, catalog_names, iter_log
+
+    topics, problems = _catalog_state(store)
+    root = os.path.join(store, "topics")
+    if not os.path.isdir(root):
+        return problems
+    if report is not None:
+        report.logs += 1
+    live = {t["uid"]: t for t in topics.values()}
+    for name in sorted(os.listdir(root)):
+        d = os.path.join(root, name)
+        if name == "catalog" or not os.path.isdir(d):
+            continue
+        try:
+            uid = int(name, 16)
+        except ValueError:
+            problems.append(Problem(NOTE, d, None, None, "not a topic directory"))
+            continue
+        if uid not in live:
+            problems.append(Problem(NOTE, d, None, None, "directory of a topic the catalog does not list "
+                                                         "(deleted, its files not yet removed)"))
+            continue
+        end = 0
+        try:
+            for rec in iter_log(d):
+                end = rec.seq + 1
+                if report is not None:
+                    report.records += 1
+                try:
+                    if rec.type != P.PUBLISH:
+                        raise ValueError(f"unknown topic record type {rec.type}")
+                    pub = P.decode(rec.seq, rec.payload)
+                    pub.message.decode("utf-8")
+                except (ValueError, UnicodeDecodeError, Exception) as exc:  # struct.error too
+                    problems.append(Problem(DAMAGE, rec.path, rec.offset, len(rec.payload),
+                                            f"record {rec.seq} does not decode as a publish: {exc}",
+                                            rec.payload[:32]))
+        except CorruptionError as exc:
+            problems.append(Problem(DAMAGE, exc.path or d, exc.offset, None, str(exc)))
+        if report is not None:
+            report.logs += 1
+        cursor = os.path.join(d, CURSOR_FILE)
+        if os.path.exists(cursor):
+            try:
+                with open(cursor, "rb") as f:
+                    c = json.loads(f.read())
+                if not isinstance(c.get("upto"), int) or not isinstance(c.get("pos"), dict):
+                    raise ValueError("needs 'upto' and 'pos'")
+                if end and c["upto"] > end:
+                    problems.append(Problem(DAMAGE, cursor, None, None,
+                                            f"the cursor covers publishes below {c['upto']}, but the topic's "
+                                            f"log holds valid records only below {end}"))
+            except ValueError as exc:
+                problems.append(Problem(DAMAGE, cursor, 0, None, f"topic cursor does not decode: {exc}"))
+    named = {s["queue"] for t in topics.values() for s in t["subs"].values()}
+    for qname in sorted(catalog_names(store).values()):
+        if qname.startswith(INTERNAL_PREFIX) and qname not in named:
+            problems.append(Problem(NOTE, os.path.join(store, "catalog"), None, None,
+                                    f"internal queue {qname} belongs to no subscription (a subscribe or "
+                                    "unsubscribe was cut short); delete it with walq queue delete"))
+    return problems
