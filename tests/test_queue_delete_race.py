@@ -174,3 +174,27 @@ def test_get_queue_never_recreates_a_deleted_queue_directory(tmp_path):
         with pytest.raises(walq.QueueDoesNotExist):
             b.get_queue("q")
         assert f"{uid:016x}" not in _queue_dirs(root)
+
+
+def test_closing_the_broker_under_a_long_poll_raises_broker_closed(tmp_path):
+    # The control block stays mapped after close: a waiter in another
+    # thread gets BrokerClosed, never a TypeError from a dropped handle.
+    for cycle in range(5):
+        broker = walq.open(tmp_path / f"s{cycle}", durability="os")
+        q = broker.create_queue("q")
+        out, started = [], threading.Event()
+
+        def poll():
+            started.set()
+            try:
+                out.append(q.receive(wait=20))
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                out.append(exc)
+
+        t = threading.Thread(target=poll)
+        t.start()
+        started.wait(60)
+        broker.close()
+        t.join(60)
+        assert not t.is_alive()
+        assert out == [[]] or isinstance(out[0], walq.BrokerClosed), repr(out)

@@ -1021,6 +1021,12 @@ class Log:
                     pass
         with self._tlock:
             self._closed = True
+            # Wake this process's long-polls (wait_for_change) so that they
+            # see the close now, not when their wait runs out; waiters in
+            # other processes look again and wait on.  (A read-only handle
+            # maps the block read-only, or privately: it wakes no one.)
+            if not self.readonly:
+                lib.walq_publish(self.ctl)
             # Another thread may be syncing through lock.sync's descriptor:
             # wait for it to let go; no thread tries the lock after this.
             lib.walq_syncer_seize(self._syncer)
