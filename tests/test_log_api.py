@@ -575,7 +575,7 @@ def test_a_segment_removed_elsewhere_stays_readable_by_a_reader_holding_it(tmp_p
     # Another process trims a segment; this process's batch flusher thread
     # refreshes the segment list and drops it while a catch-up on the main
     # thread is between locating the segment and reading it.  Closing the
-    # map there made the read fail with a TypeError (crash-bench, session 7).
+    # map there made the read fail with a TypeError (crash-bench; fixed in 53e5ab7).
     opts = LogOptions(durability="os", segment_size=8192)
     with Log.open(tmp_path / "log", opts) as log:
         log.append_batch([b"a" * 1000] * 20)

@@ -1,4 +1,4 @@
-"""Index, checkpoints and compaction (issue 3 item 5): the index is rebuilt
+"""Index, checkpoints and compaction: the index is rebuilt
 from the newest checkpoint plus the log tail; segments with no live message
 are deleted, the few live messages pinning old segments are rewritten
 forward, and disk use under a steady load stays bounded."""

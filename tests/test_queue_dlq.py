@@ -1,4 +1,4 @@
-"""Dead-letter queues (issue 3 item 3): redrive policy, the move on the receive
+"""Dead-letter queues: redrive policy, the move on the receive
 that would exceed max_receives, dead_letter_sources, move_messages."""
 
 from __future__ import annotations

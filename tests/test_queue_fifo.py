@@ -1,4 +1,4 @@
-"""FIFO queues: one test per rule of issue 3 item 2 (order within a group, one
+"""FIFO queues: one test per FIFO rule (order within a group, one
 group in flight at a time, batches from one group first, the 5-minute dedup
 window, sequence numbers, dedup scope, no per-message delay)."""
 

@@ -1,5 +1,5 @@
 """A stateful Hypothesis test: walq against a small in-memory model of the SQS
-rules (issue 3 item 7).
+rules.
 
 Hypothesis drives one standard and one FIFO queue (each with a dead-letter
 queue) through sends, receives with visibility timeouts, deletes, visibility

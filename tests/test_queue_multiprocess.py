@@ -1,4 +1,4 @@
-"""Many processes on one store (issue 3 item 4): a message is leased to one
+"""Many processes on one store: a message is leased to one
 receiver at a time across processes, leases outlive the process that took
 them, a long-polling receiver wakes when another process sends, and 4
 producers + 4 consumers move 50,000 messages with none lost and none held by

@@ -1,4 +1,4 @@
-"""Standard queues: one test per rule of issue 3 item 1 and API.md.
+"""Standard queues: one test per standard-queue rule of API.md.
 
 Time is a FakeClock injected through ``walq.open(clock=...)``: visibility,
 delay and retention are tested by moving it, never by sleeping.

@@ -1,4 +1,4 @@
-"""Bad input (issue 3 item 6): every case API.md and SQS.md name gets its
+"""Bad input: every case API.md and SQS.md name gets its
 specific error, and a refused call writes nothing - neither the catalog log
 nor the queue's log moves."""
 

@@ -781,7 +781,7 @@ class Log:
             seg.index_to(limit)
             if seq >= seg.next_seq and not _retried:
                 # The list this lookup used may have missed a segment that a
-                # roll had just created (see the closing note of session 5):
+                # roll had just created (the race behind da9b711 and 99cfd4a):
                 # look again once before calling it damage.
                 self._refresh_bases()
                 return self._locate(seq, _retried=True)

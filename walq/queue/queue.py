@@ -707,7 +707,7 @@ class Queue:
 
         This saves the Python around _deciding and _lease_native: a
         receive(10)'s CPU went from ~39 to ~32 us (bench/RESULTS-queue.md,
-        session 13).
+        2026-11-22 17:01-19:05 UTC).
         """
         log = self._log
         r = getattr(self._recv_local, "r", None)
