@@ -518,12 +518,15 @@ class Log:
 
         Never over a record: appends land only below ``alloc_off``, which
         only a holder of lock.alloc raises (here, or _extend), and this
-        zeroes only above it while holding that lock.  A roll meanwhile
-        resets ``alloc_off`` for the new segment; the compare-and-swap
-        then fails (or, should the values coincide, marks blocks of the new
-        segment that read as zeros anyway: a hint lost, not data).
+        zeroes only above it while holding that lock.  The segment and its
+        ``alloc_off`` are read as one: a roll changes them holding
+        lock.alloc too (_roll).  A roll after this released the lock finds
+        blocks zeroed past the old segment's records, which no append
+        will use.
         """
         with self._alloc_locked():
+            if self._load("busy"):
+                return  # a roll under way, or cut short: its fields are not one segment's yet
             base = self._load("seg_base")
             alloc, end, cap = self._load("alloc_off"), self._load("end_off"), self._load("seg_cap")
             chunk = self.options.chunk_at(alloc)
@@ -538,8 +541,7 @@ class Log:
                 if self.options.durability != "os":
                     self.io.fdatasync(seg.fd, seg.path)
                 off += n
-            if self._load("seg_base") == base:
-                lib.walq_cas(self._fields["alloc_off"], alloc, stop)
+            lib.walq_cas(self._fields["alloc_off"], alloc, stop)  # no roll meanwhile: we hold lock.alloc
 
     def _grow(self, seg: Segment, size: int) -> None:
         """Enlarges the empty active segment in place (append lock held).
@@ -575,14 +577,20 @@ class Log:
                 self._store("busy", 0)
             raise
         os.close(fd)
-        self._store("end_off", SEGMENT_HEADER_SIZE)
-        self._store("reserve_off", SEGMENT_HEADER_SIZE)
-        self._store("alloc_off", prealloc)
-        self._store("seg_cap", size)
-        self._store("salt", salt)
-        self._store("reserve_seq", base)
-        self._store("seg_base", base)
-        self._store("busy", 0)
+        # Under lock.alloc too: a zeroer (_zero_ahead) reads the active
+        # segment and its alloc_off as one snapshot under that lock.  Without
+        # it, a zeroer that read the old segment's base and then the new
+        # segment's alloc_off zeroed the old segment from there - over
+        # records (the stress tier, 256 KiB segments, 64 KiB first chunks).
+        with self._alloc_locked():
+            self._store("end_off", SEGMENT_HEADER_SIZE)
+            self._store("reserve_off", SEGMENT_HEADER_SIZE)
+            self._store("alloc_off", prealloc)
+            self._store("seg_cap", size)
+            self._store("salt", salt)
+            self._store("reserve_seq", base)
+            self._store("seg_base", base)
+            self._store("busy", 0)
         self._refresh_bases()
 
     def settle(self, end: int) -> None:

@@ -151,8 +151,9 @@ def repair_active(log) -> None:
     try:
         end_off, end_seq = _find_end(seg, log.io)
         store = _storer(log)
-        _store_active(store, seg, end_off, end_seq)
-        store("busy", 0)
+        with log._alloc_locked():  # as _roll: a zeroer reads these as one snapshot
+            _store_active(store, seg, end_off, end_seq)
+            store("busy", 0)
     finally:
         seg.close()
 
