@@ -1,8 +1,8 @@
-"""The floor under issue 2's multi-process targets: group commit without Python.
+"""The floor under the log's multi-process targets: group commit without Python.
 
     python bench/bench_floor.py [--dir D] [--rounds 3] [--seconds 3] [--json FILE]
 
-Issue 2 asks that 8 appender processes under "always" reach 5x the rate of one,
+The log's target asks that 8 appender processes under "always" reach 5x the rate of one,
 with a p99 latency of at most 4 fdatasync latencies.  This script measures, in
 interleaved rounds on the same disk:
 

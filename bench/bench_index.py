@@ -1,4 +1,4 @@
-"""Index benchmarks of issue 3, item 5: open time, resident memory, disk use.
+"""Index benchmarks: open time, resident memory, disk use.
 
     python bench/bench_index.py [--dir D] [--messages N]
 

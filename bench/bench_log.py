@@ -1,4 +1,4 @@
-"""Log benchmarks (issue 2, item 7): records/s and latency of walq's log beside
+"""Log benchmarks: records/s and latency of walq's log beside
 the disk's raw fdatasync rate and SQLite, all measured in one run.
 
     python bench/bench_log.py [--dir D] [--quick] [--json FILE] [--max-wait S]
@@ -25,7 +25,7 @@ Sections (100-byte records throughout):
    after kill -9 of a writer in the middle of appending, with a warm page
    cache and (as root) a cold one.
 
-Then every target of issue 2 with PASS/FAIL.
+Then every target of the log with PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -553,7 +553,7 @@ def main(argv=None) -> int:
               f"{op['others_cpu']:.0%} of the CPUs meanwhile (the openers' CPU not counted: an upper bound)")
 
         # targets ---------------------------------------------------------------------------------
-        print("\n## Targets (issue 2)")
+        print("\n## Targets (the log)")
         t_rows = []
 
         def target(name, value, goal, ok, *ms):

@@ -1,4 +1,4 @@
-"""Queue benchmarks (issue 3, item 8): walq beside persist-queue's SQLiteAckQueue,
+"""Queue benchmarks: walq beside persist-queue's SQLiteAckQueue,
 litequeue and a plain SQLite table queue, 100-byte messages, in one run.
 
     python bench/bench_queue.py [--dir D] [--quick] [--json FILE]
@@ -26,7 +26,7 @@ Sections:
 
 Durability pairs: walq ``"always"`` vs SQLite ``synchronous=FULL`` (a call
 returns after fdatasync); walq ``"os"`` and ``"batch"`` vs ``NORMAL`` (no sync
-per call).  Then every target of issue 3 item 8 with PASS/FAIL.  A ratio
+per call).  Then every queue target with PASS/FAIL.  A ratio
 target is judged twice - on the pooled rates and on the median of the
 per-round ratios (each round runs both sides within about a minute); it is
 PASS or FAIL when both agree and UNSTABLE when a shared, drifting disk makes
@@ -661,7 +661,7 @@ def main(argv=None) -> int:
         m = lp["always"].pct(50)
         target("long-poll wake-up median ('always') < 5 ms", f"{m * 1e3:.3f} ms (p99 {lp['always'].pct(99) * 1e3:.3f})",
                "< 5 ms", m < 0.005)
-        print("\n## targets (issue 3, item 8)\n")
+        print("\n## targets (queues)\n")
         table(["target", "measured", "goal", "result"], targets)
         report["targets"] = targets
         print(f"\ntotal {time.time() - started:.0f} s; load average at the end "
