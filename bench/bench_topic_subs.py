@@ -199,7 +199,7 @@ if mode in ("build", "reopen"):
         t.publish("x" * 100, attributes=a)
     assert len(t.subscriptions()) == 1000
 for line in open("/proc/self/status"):
-    if line.startswith(("VmHWM", "VmRSS")):
+    if line.startswith(("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem")):
         print(line.split()[0], line.split()[1])
 b.close()
 """
@@ -223,9 +223,13 @@ def bench_rss(args, base: str) -> None:
         if r % 2:
             order = [order[1], order[2], order[0]]  # interleave: the empty run first or last
         for mode, p, name in order:
-            kb = child_rss(mode, p)["VmHWM"]
+            got = child_rss(mode, p)
+            kb = got["VmHWM"]
             rows[name].append(kb)
-            print(f"round {r + 1} {name:40s} VmHWM {kb / 1024:7.1f} MiB", flush=True)
+            # Where it is: the process's own memory, or pages of mapped files (the logs).
+            print(f"round {r + 1} {name:40s} VmHWM {kb / 1024:7.1f} MiB (at exit: anon "
+                  f"{got['RssAnon'] / 1024:.1f}, file {got['RssFile'] / 1024:.1f}, shmem "
+                  f"{got['RssShmem'] / 1024:.1f} MiB)", flush=True)
         shutil.rmtree(empty, ignore_errors=True)
         shutil.rmtree(subs, ignore_errors=True)
     e = median(rows["empty store"])
