@@ -82,6 +82,7 @@ class Target:
     def __init__(self, sub, arn: str, queue, region: str):
         self.sub, self.arn, self.queue = sub, arn, queue
         self.uid = queue._uid
+        self.uid_bytes = self.uid.to_bytes(8, "big")
         self.fifo = queue.attributes.fifo
         self.envelope = not sub.raw or sub.protocol != "sqs"  # internal queues always get the envelope
         self.unsubscribe = unsubscribe_field(region, arn)
@@ -249,7 +250,7 @@ class Fanout:
             pubs = [P.decode(seq, known[seq]) for seq in range(start, end)]
         else:
             pubs = topic._read_publishes(start, end)
-        copy_id = P.copy_id
+        copy_id = P.copy_id_of
         for pub in pubs:
             if filtered:
                 hit = set(plain)
@@ -284,7 +285,7 @@ class Fanout:
                 got = copies.get(i)
                 if got is None:
                     got = copies[i] = []
-                got.append((seq, (copy_id(mid, t.uid), body, encoded, pub.group, dedup)))
+                got.append((seq, (copy_id(mid, t.uid_bytes), body, encoded, pub.group, dedup)))
         cursor = self.read_cursor() if suspect_upto is not None else None
         for i in (sorted(copies) if filtered else copies):
             t = targets[i]
