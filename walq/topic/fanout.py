@@ -82,6 +82,7 @@ class Target:
     def __init__(self, sub, arn: str, queue, region: str):
         self.sub, self.arn, self.queue = sub, arn, queue
         self.uid = queue._uid
+        self.uid_bytes = self.uid.to_bytes(8, "big")
         self.fifo = queue.attributes.fifo
         self.envelope = not sub.raw or sub.protocol != "sqs"  # internal queues always get the envelope
         self.unsubscribe = unsubscribe_field(region, arn)
@@ -191,15 +192,17 @@ class Fanout:
             self._write_cursor(end, targets)
 
     def _targets(self) -> list[Target]:
-        """The subscriptions' queues, resolved again whenever either catalog moved."""
+        """The subscriptions' queues, resolved again whenever either catalog
+        moved (a deleted topic moves its catalog: then _entry raises)."""
         topic = self._topic
-        entry = topic._entry()
         broker = topic._broker
+        topic._service.catalog.refresh()
         broker._catalog.refresh()
         key = (topic._service.catalog.version, broker._catalog.log.end)
         at, cached = self._targets_at
         if at == key:
             return cached
+        entry = topic._entry()
         out = []
         for sub in entry.subs.values():
             try:
@@ -235,34 +238,40 @@ class Fanout:
         """Copies the publishes in [start, end) into their queues; for those
         below ``suspect_upto``, only the copies a queue does not hold yet."""
         topic = self._topic
-        topic._service.catalog.refresh()
         targets = self._targets()
         if not targets:
             return targets
         plain, by_attr, by_body = self._routing(targets)
-        per_target: list[list] = [[] for _ in targets]
-        pub_seq: list[list] = [[] for _ in targets]
+        filtered = by_attr is not None or by_body is not None
+        # Only the targets a publish reaches get an entry: with a thousand
+        # subscriptions and a 1% match, per-target lists cost more than the copies.
+        copies: dict[int, list] = {}
         if known is not None and all(seq in known for seq in range(start, end)):
-            pubs = (P.decode(seq, known[seq]) for seq in range(start, end))
+            pubs = [P.decode(seq, known[seq]) for seq in range(start, end)]
         else:
             pubs = topic._read_publishes(start, end)
+        copy_id = P.copy_id_of
         for pub in pubs:
-            hit = set(plain)
-            attrs = None
-            if by_attr is not None:
-                attrs = mattrs.decode(pub.attributes) if pub.attributes else {}
-                hit |= by_attr.match(attribute_view(attrs))
-            if by_body is not None:
-                try:
-                    doc = json.loads(pub.message)
-                except ValueError:
-                    doc = None
-                if isinstance(doc, dict):
-                    hit |= by_body.match(doc)
-            if not hit:
-                continue
+            if filtered:
+                hit = set(plain)
+                if by_attr is not None:
+                    attrs = mattrs.decode(pub.attributes) if pub.attributes else {}
+                    hit |= by_attr.match(attribute_view(attrs))
+                if by_body is not None:
+                    try:
+                        doc = json.loads(pub.message)
+                    except ValueError:
+                        doc = None
+                    if isinstance(doc, dict):
+                        hit |= by_body.match(doc)
+                if not hit:
+                    continue
+                hit = sorted(hit)
+            else:
+                hit = plain  # already in target order
             env = None
-            for i in sorted(hit):
+            mid, seq = pub.message_id, pub.seq
+            for i in hit:
                 t = targets[i]
                 if t.envelope:
                     if env is None:
@@ -273,19 +282,22 @@ class Fanout:
                 dedup = None
                 if t.fifo:
                     dedup = pub.dedup_id or hashlib.sha256(pub.message).hexdigest()
-                per_target[i].append((P.copy_id(pub.message_id, t.uid), body, encoded, pub.group, dedup))
-                pub_seq[i].append(pub.seq)
+                got = copies.get(i)
+                if got is None:
+                    got = copies[i] = []
+                got.append((seq, (copy_id(mid, t.uid_bytes), body, encoded, pub.group, dedup)))
         cursor = self.read_cursor() if suspect_upto is not None else None
-        for t, copies, seqs in zip(targets, per_target, pub_seq):
-            if not copies:
-                continue
+        for i in (sorted(copies) if filtered else copies):
+            t = targets[i]
             if cursor is not None:
                 held = self._held(t, cursor)
-                copies = [c for c, s in zip(copies, seqs) if s >= suspect_upto or c[0] not in held]
-                if not copies:
+                batch = [c for s, c in copies[i] if s >= suspect_upto or c[0] not in held]
+                if not batch:
                     continue
+            else:
+                batch = [c for _s, c in copies[i]]
             try:
-                t.queue._store_copies(copies)
+                t.queue._store_copies(batch)
             except QueueDoesNotExist:
                 continue  # deleted meanwhile
         return targets

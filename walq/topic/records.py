@@ -63,4 +63,10 @@ def copy_id(message_id: bytes, queue_uid: int) -> bytes:
     """The message id of a publish's copy in the queue ``queue_uid``:
     derived, so that completing an interrupted fan-out can tell which
     copies a queue already holds (docs/format.md, "Fan-out")."""
-    return hashlib.blake2b(message_id + queue_uid.to_bytes(8, "big"), digest_size=16).digest()
+    return copy_id_of(message_id, queue_uid.to_bytes(8, "big"))
+
+
+def copy_id_of(message_id: bytes, queue_uid_bytes: bytes) -> bytes:
+    """copy_id with the queue's uid already as 8 big-endian bytes (a fan-out
+    computes it once per subscription, not once per copy)."""
+    return hashlib.blake2b(message_id + queue_uid_bytes, digest_size=16).digest()
