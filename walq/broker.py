@@ -84,6 +84,7 @@ class Broker:
         self._topics = None
         if Topics.any_cut_short(self.path):
             self._topic_service().complete_cut_short()
+        self._buses = None
 
     # -- queues ----------------------------------------------------------------
 
@@ -334,6 +335,33 @@ class Broker:
         svc = self._topic_service(create=False)
         return [] if svc is None else svc.delivery_targets()
 
+    # -- event buses (walq/bus) -------------------------------------------------------
+
+    def _bus_service(self):
+        """The store's event buses (their files are made at first use)."""
+        self._check()
+        with self._mu:
+            if self._buses is None:
+                from walq.bus.buses import Buses
+                self._buses = Buses(self)
+            return self._buses
+
+    def get_bus(self, name):
+        """The named event bus (``"default"`` always exists); BusDoesNotExist if absent."""
+        return self._bus_service().get_bus(name)
+
+    def create_bus(self, name):
+        """Creates an event bus, or returns it if it exists."""
+        return self._bus_service().create_bus(name)
+
+    def list_buses(self) -> list[str]:
+        """Event bus names, sorted (``"default"`` among them)."""
+        return self._bus_service().list_buses()
+
+    def delete_bus(self, name) -> None:
+        """Deletes an event bus with its rules; BusDoesNotExist if absent."""
+        self._bus_service().delete_bus(name)
+
     # -- dead letters ------------------------------------------------------------
 
     def dead_letter_sources(self, name) -> list[str]:
@@ -423,6 +451,8 @@ class Broker:
         with self._mu:
             if self._topics is not None:
                 self._topics.close()  # first: their last cursors sync the queues
+            if self._buses is not None:
+                self._buses.close()  # likewise
             self._closed = True
             for q in self._queues.values():
                 q._close()
