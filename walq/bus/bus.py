@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -22,6 +24,10 @@ _RULE_NAME = re.compile(r"^[.\-_A-Za-z0-9]{1,64}$")
 MAX_TARGETS = 5  # per rule, as EventBridge
 MAX_ENTRIES = 10  # per put_events, as EventBridge
 MAX_DESCRIPTION = 512
+#: Target kinds a worker delivers, from an internal queue per target.
+DELIVERED = ("http", "https", "handler")
+#: Internal queues' names start with this (not a queue-name character; walq/topic/topics.py).
+INTERNAL_PREFIX = "~"
 
 
 def check_rule_name(name) -> str:
@@ -201,27 +207,46 @@ class Bus:
     # -- targets -----------------------------------------------------------------------
 
     def _target_record(self, t) -> dict:
-        from walq.queue.queue import Queue
+        """The stored form of ``t`` (no internal queue yet); InvalidParameter
+        for a target EventBridge would refuse."""
+        from walq.topic.endpoints import classify
+        from walq.topic.topic import Topic
         from walq.worker.retry import RetryPolicy
-        import os
 
         if not isinstance(t, Target):
             raise InvalidParameter(f"targets must be walq.Target objects; got {type(t).__name__}")
         check_target_id(t.id)
         rec = {"id": t.id}
         ep = t.endpoint
-        if not isinstance(ep, Queue):
-            raise InvalidParameter(f"target {t.id!r}: endpoint must be a walq.Queue (other target kinds are "
-                                   f"not supported yet); got {type(ep).__name__}")
-        mine, theirs = os.path.realpath(self._broker.path), os.path.realpath(ep._broker.path)
-        if mine != theirs:
-            raise InvalidParameter(f"target {t.id!r}: queue {ep.name!r} belongs to the store at {theirs}, "
-                                   f"not this bus's store at {mine}")
-        q = self._broker.get_queue(ep.name)
-        if q.attributes.fifo:
-            raise InvalidParameter(f"target {t.id!r}: FIFO queue {ep.name!r} needs a message group id, "
-                                   "which a walq.Target does not take; use a standard queue")
-        rec.update(kind="sqs", queue=q.name, quid=q._uid)
+        if isinstance(ep, (Topic, Bus)):
+            self._same_store(t.id, ep._broker, f"{type(ep).__name__.lower()} {ep.name!r}")
+            if isinstance(ep, Topic):
+                topic = self._broker.get_topic(ep.name)
+                if topic.fifo:
+                    raise InvalidParameter(f"target {t.id!r}: FIFO topic {ep.name!r} needs a message group id, "
+                                           "which a walq.Target does not take; use a standard topic")
+                rec.update(kind="topic", queue=topic.name, quid=topic._uid)
+            else:
+                target_bus = self._broker.get_bus(ep.name)
+                if target_bus._uid == self._uid:
+                    raise InvalidParameter(f"target {t.id!r}: a rule cannot target its own bus")
+                if t.input is not None or t.input_path is not None or t.input_transformer is not None:
+                    raise InvalidParameter(f"target {t.id!r}: a bus target gets the event itself; "
+                                           "input, input_path and input_transformer do not apply")
+                rec.update(kind="bus", queue=target_bus.name, quid=target_bus._uid)
+        else:
+            try:
+                kind = classify(self._broker, ep)
+            except InvalidParameter as exc:
+                raise InvalidParameter(f"target {t.id!r}: {exc}".replace("topic's store", "bus's store")) from None
+            if kind.protocol == "sqs":
+                q = self._broker.get_queue(kind.endpoint)
+                if q.attributes.fifo:
+                    raise InvalidParameter(f"target {t.id!r}: FIFO queue {q.name!r} needs a message group id, "
+                                           "which a walq.Target does not take; use a standard queue")
+                rec.update(kind="sqs", queue=q.name, quid=q._uid)
+            else:
+                rec.update(kind=kind.protocol, endpoint=kind.endpoint)  # its internal queue comes later
         rec.update(shape_fields(t.input, t.input_path, t.input_transformer))
         if t.retry is not None:
             if not isinstance(t.retry, RetryPolicy):
@@ -229,10 +254,19 @@ class Bus:
             p = RetryPolicy.eventbridge(t.retry.max_retries, t.retry.max_age)  # EventBridge's ranges
             rec["retry"] = {"max_retries": p.max_retries, "max_age": p.max_age}
         if t.dead_letter is not None:
+            from walq.queue.queue import Queue
+
             if not isinstance(t.dead_letter, Queue):
                 raise InvalidParameter(f"target {t.id!r}: dead_letter must be a walq.Queue")
+            self._same_store(t.id, t.dead_letter._broker, f"dead-letter queue {t.dead_letter.name!r}")
             rec["dead_letter"] = self._broker.get_queue(t.dead_letter.name).name
         return rec
+
+    def _same_store(self, tid: str, broker, what: str) -> None:
+        mine, theirs = os.path.realpath(self._broker.path), os.path.realpath(broker.path)
+        if mine != theirs:
+            raise InvalidParameter(f"target {tid!r}: {what} belongs to the store at {theirs}, "
+                                   f"not this bus's store at {mine}")
 
     def put_targets(self, rule_name, targets) -> BatchResult:
         """Adds or replaces targets of a rule (by id).  A target EventBridge
@@ -245,17 +279,47 @@ class Bus:
         if len(set(ids)) != len(ids):
             raise InvalidParameter("put_targets: target ids must be distinct")
         cat = self._service.catalog
-        with cat.locked() as tx:
-            cat.replay()
-            entry = self._entry()
-            if rule_name not in entry.rules:
-                raise RuleDoesNotExist(f"rule {rule_name!r} does not exist on bus {self.name!r}")
-            merged = {t["id"]: t for t in entry.targets.get(rule_name, [])}
-            merged.update((r["id"], r) for r in recs)
-            if len(merged) > MAX_TARGETS:
-                raise InvalidParameter(f"rule {rule_name!r} would have {len(merged)} targets; at most {MAX_TARGETS}")
-            cat.write(tx, {"op": "targets", "bus": self._uid, "rule": rule_name, "targets": list(merged.values())})
+        cat.refresh()
+        self._check_room(self._entry(), rule_name, ids)  # before any internal queue is made
+        made = []
+        try:
+            for r in recs:
+                if r["kind"] in DELIVERED:
+                    name = INTERNAL_PREFIX + secrets.token_hex(16)
+                    q = self._broker._create_internal_queue(name, False)
+                    made.append(name)
+                    r.update(queue=name, quid=q._uid)
+            with cat.locked() as tx:
+                cat.replay()
+                entry = self._entry()
+                self._check_room(entry, rule_name, ids)
+                old = {t["id"]: t for t in entry.targets.get(rule_name, [])}
+                merged = dict(old)
+                merged.update((r["id"], r) for r in recs)
+                cat.write(tx, {"op": "targets", "bus": self._uid, "rule": rule_name,
+                               "targets": list(merged.values())})
+        except BaseException:
+            for name in made:
+                self._drop_queue(name)
+            raise
+        for tid in ids:
+            if tid in old and old[tid].get("kind") in DELIVERED:
+                self._drop_queue(old[tid]["queue"])
         return BatchResult([(i, r["id"]) for i, r in enumerate(recs)])
+
+    def _check_room(self, entry, rule_name: str, ids: list) -> None:
+        if rule_name not in entry.rules:
+            raise RuleDoesNotExist(f"rule {rule_name!r} does not exist on bus {self.name!r}")
+        have = {t["id"] for t in entry.targets.get(rule_name, [])}
+        n = len(have | set(ids))
+        if n > MAX_TARGETS:
+            raise InvalidParameter(f"rule {rule_name!r} would have {n} targets; at most {MAX_TARGETS}")
+
+    def _drop_queue(self, name: str) -> None:
+        try:
+            self._broker.delete_queue(name)
+        except QueueDoesNotExist:
+            pass
 
     def remove_targets(self, rule_name, ids) -> BatchResult:
         """Removes targets of a rule by id; an unknown id fails alone."""
@@ -273,10 +337,13 @@ class Bus:
             ok = [(i, tid) for i, tid in enumerate(ids) if tid in have]
             failed = [(i, InvalidParameter(f"rule {rule_name!r} has no target {tid!r}"))
                       for i, tid in enumerate(ids) if tid not in have]
+            gone = {tid for _, tid in ok}
             if ok:
-                gone = {tid for _, tid in ok}
                 cat.write(tx, {"op": "targets", "bus": self._uid, "rule": rule_name,
                                "targets": [t for t in cur if t["id"] not in gone]})
+        for t in cur:
+            if t["id"] in gone and t.get("kind") in DELIVERED:
+                self._drop_queue(t["queue"])
         return BatchResult(ok, failed)
 
     # -- events ---------------------------------------------------------------------------
@@ -350,31 +417,46 @@ class Bus:
         return BatchResult(ok, failed)
 
     def _deliver(self, events: list, ingestion: str) -> None:
-        matcher, targets = self._matcher()
-        copies, positions, queues = [], {}, {}
-        for ev in events:
-            for rule_name in sorted(matcher.match(ev)):
-                rule_arn = self._rule_arn(rule_name)
-                for t in targets.get(rule_name, []):
-                    key = (t["queue"], t["quid"])
-                    if key not in queues:
-                        try:
-                            q = self._broker.get_queue(t["queue"])
-                        except QueueDoesNotExist:
-                            q = None
-                        queues[key] = q if q is not None and q._uid == t["quid"] else None
-                    q = queues[key]
-                    if q is None:
-                        continue  # the target queue was deleted: EventBridge fails that delivery
-                    positions.setdefault(f"{q._uid:016x}", q._log.end)
-                    cid = hashlib.blake2b(f"{ev['id']}|{rule_name}|{t['id']}|{q._uid}".encode(),
-                                          digest_size=16).hexdigest()
-                    copies.append([q.name, q._uid, cid, render(t, ev, rule_arn, rule_name, ingestion)])
+        copies, positions = self._route(events, ingestion)
         if not copies:
             return
         rec = {"c": copies, "p": positions}
         seq = self._log.append(O.encode(copies, positions), O.ROUTED)
         self._outbox.run({seq: rec})
+
+    def _route(self, events: list, ingestion: str, src: str | None = None) -> tuple[list, dict]:
+        """The copies ``events`` make through the enabled rules, each
+        ``[name, uid, copy id hex, body, kind]``, and each destination log's
+        end before them (where completing a cut-short copy looks)."""
+        matcher, targets = self._matcher()
+        copies, positions, dests = [], {}, {}
+        for ev in events:
+            for rule_name in sorted(matcher.match(ev)):
+                rule_arn = self._rule_arn(rule_name)
+                for t in targets.get(rule_name, []):
+                    kind = O.KIND_OF.get(t["kind"], "q")
+                    key = (kind, t["queue"], t["quid"])
+                    if key not in dests:
+                        dests[key] = O.open_dest(self._broker, kind, t["queue"], t["quid"])
+                    dest = dests[key]
+                    if dest is None:
+                        continue  # deleted: EventBridge fails that delivery
+                    positions.setdefault(O.pos_key(kind, t["quid"]), dest._log.end)
+                    cid = hashlib.blake2b(f"{src or ''}|{ev['id']}|{rule_name}|{t['id']}|{t['quid']}".encode(),
+                                          digest_size=16).hexdigest()
+                    body = json.dumps(ev) if kind == "b" else render(t, ev, rule_arn, rule_name, ingestion)
+                    copies.append([t["queue"], t["quid"], cid, body, kind])
+        return copies, positions
+
+    def _forward(self, records: list) -> None:
+        """Appends what events forwarded from another bus route to here -
+        ``records`` [(copy id hex, event JSON)] - without waiting for
+        durability (the sender's cursor syncs this log)."""
+        now = self._clock()
+        for cid, body in records:
+            copies, positions = self._route([json.loads(body)], iso_time(now), src=cid)
+            rec = {"c": copies, "p": positions, "src": cid}
+            self._log.append(json.dumps(rec, separators=(",", ":")).encode(), O.ROUTED, settle=False)
 
     # -- lifetime ---------------------------------------------------------------------------
 

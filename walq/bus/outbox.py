@@ -37,6 +37,7 @@ from walq.log import RecordGone
 from walq.log.access import Access
 from walq.log.fileio import OsIO
 from walq.queue import records as R
+from walq.topic import records as P
 
 ROUTED = 1
 CURSOR_EVERY = 1024
@@ -47,6 +48,32 @@ _MAGIC = b"WALQBUS1"
 
 def _boot() -> bytes:
     return (_read_boot_id() or "").encode("ascii")[:40].ljust(40, b"\0")
+
+
+#: A target kind's destination: a queue ("q": queue, HTTP and handler
+#: targets' internal queues), a topic ("t") or another bus ("b").
+KIND_OF = {"sqs": "q", "http": "q", "https": "q", "handler": "q", "topic": "t", "bus": "b"}
+
+
+def pos_key(kind: str, uid: int) -> str:
+    """The key of a destination's saved log position in a ROUTED record."""
+    return f"{uid:016x}" if kind == "q" else f"{kind}{uid:016x}"
+
+
+def open_dest(broker, kind: str, name: str, uid: int):
+    """The queue, topic or bus ``name`` if it is still the one with ``uid``, else None."""
+    from walq.errors import BusDoesNotExist, TopicDoesNotExist
+
+    try:
+        if kind == "q":
+            d = broker.get_queue(name)
+        elif kind == "t":
+            d = broker.get_topic(name)
+        else:
+            d = broker.get_bus(name)
+    except (QueueDoesNotExist, TopicDoesNotExist, BusDoesNotExist):
+        return None
+    return d if d._uid == uid else None
 
 
 def encode(copies: list, positions: dict) -> bytes:
@@ -109,9 +136,13 @@ class Outbox:
         with self._tmu:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
             try:
-                self._run_locked(known or {})
+                buses = self._run_locked(known or {})
             finally:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+        # Buses this one forwarded to copy theirs outside this bus's lock: two
+        # buses that target each other never wait on each other's lock.
+        for bus in buses:
+            bus._outbox.run()
 
     def _run_locked(self, known: dict) -> None:
         log = self._log
@@ -122,7 +153,7 @@ class Outbox:
         else:
             done, busy = mark
         if done >= end:
-            return
+            return []
         self._write_mark(done, max(busy, end))
         suspect_upto = busy if busy > done else done
         records = []
@@ -132,11 +163,12 @@ class Outbox:
             records.append((seq, known[seq]))
         if len(records) != end - done:
             records = [(rec.seq, json.loads(rec.payload)) for rec in self._iter(done, end)]
-        self._copy(records, suspect_upto)
+        buses = self._copy(records, suspect_upto)
         self._write_mark(end, max(busy, end))
         self._since_cursor += end - done
         if self._since_cursor >= CURSOR_EVERY:
             self._write_cursor(end)
+        return buses
 
     def _iter(self, start: int, end: int):
         for rec in self._log.iter_from(max(start, self._log.first)):
@@ -145,44 +177,66 @@ class Outbox:
             if rec.type == ROUTED:
                 yield rec
 
-    def _copy(self, records: list, suspect_upto: int) -> None:
+    def _copy(self, records: list, suspect_upto: int) -> list:
+        """Copies the records' copies into their destinations (for records
+        below ``suspect_upto``, only those not there yet); returns the buses
+        that got forwarded events."""
         broker = self._bus._broker
-        per_queue: dict = {}  # (name, uid) -> [copy]
-        held_from: dict = {}  # (name, uid) -> the lowest saved position among suspect records
+        per_dest: dict = {}  # (kind, name, uid) -> [(seq, copy id, body)]
+        held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
         for seq, rec in records:
-            for name, uid, cid, body in rec["c"]:
-                key = (name, uid)
-                per_queue.setdefault(key, []).append((seq, bytes.fromhex(cid), body))
+            for c in rec["c"]:
+                name, uid, cid, body = c[:4]
+                kind = c[4] if len(c) > 4 else "q"
+                key = (kind, name, uid)
+                per_dest.setdefault(key, []).append((seq, cid, body))
                 if seq < suspect_upto:
-                    pos = rec["p"].get(f"{uid:016x}", 0)
+                    pos = rec["p"].get(pos_key(kind, uid), 0)
                     held_from[key] = min(held_from.get(key, pos), pos)
-        for (name, uid), copies in per_queue.items():
-            try:
-                q = broker.get_queue(name)
-            except QueueDoesNotExist:
-                continue  # deleted: nothing to deliver to
-            if q._uid != uid:
-                continue  # deleted and made again: not the queue the rule named
-            if (name, uid) in held_from:
-                held = self._held(q, held_from[(name, uid)])
+        buses = []
+        for (kind, name, uid), copies in per_dest.items():
+            dest = open_dest(broker, kind, name, uid)
+            if dest is None:
+                continue  # deleted (or deleted and made again): nothing to deliver to
+            if (kind, name, uid) in held_from:
+                held = self._held(kind, dest, held_from[(kind, name, uid)])
                 copies = [c for c in copies if c[0] >= suspect_upto or c[1] not in held]
             if not copies:
                 continue
             try:
-                q._store_copies([(cid, body.encode(), b"", None, None) for _seq, cid, body in copies])
-            except QueueDoesNotExist:
-                continue
+                if kind == "q":
+                    dest._store_copies([(bytes.fromhex(cid), body.encode(), b"", None, None)
+                                        for _seq, cid, body in copies])
+                elif kind == "t":
+                    now = self._bus._clock()
+                    for _seq, cid, body in copies:
+                        dest._log.append(P.encode(bytes.fromhex(cid), now, body.encode()), P.PUBLISH, settle=False)
+                    dest._fan.run(dest._log.end)
+                else:
+                    dest._forward([(cid, body) for _seq, cid, body in copies])
+                    buses.append(dest)
+            except (QueueDoesNotExist, WalqError) as exc:
+                if isinstance(exc, CorruptionError):
+                    raise
+                continue  # deleted meanwhile
+        return buses
 
     @staticmethod
-    def _held(q, start: int) -> set:
-        """Message ids in ``q``'s log from ``start`` on."""
-        log = q._log
+    def _held(kind: str, dest, start: int) -> set:
+        """Copy ids already in ``dest``'s log from ``start`` on (hex)."""
+        log = dest._log
         held: set = set()
         for _attempt in range(10):
             try:
                 for rec in log.iter_from(max(start, log.first)):
-                    if rec.type == R.SEND:
-                        held.add(rec.payload[:16])
+                    if kind == "q" and rec.type == R.SEND:
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "t" and rec.type == P.PUBLISH:
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "b" and rec.type == ROUTED:
+                        src = json.loads(rec.payload).get("src")
+                        if src is not None:
+                            held.add(src)
                 return held
             except RecordGone:
                 held.clear()  # compacted meanwhile: what moved kept its id; look again
@@ -194,18 +248,18 @@ class Outbox:
         log = self._log
         log.sync_to(upto)
         start = self.read_cursor()
-        queues = set()
+        dests = set()
         for rec in self._iter(start, upto):
-            for name, uid, _cid, _body in json.loads(rec.payload)["c"]:
-                queues.add((name, uid))
+            for c in json.loads(rec.payload)["c"]:
+                dests.add((c[4] if len(c) > 4 else "q", c[0], c[1]))
         broker = self._bus._broker
-        for name, uid in queues:
+        for kind, name, uid in dests:
             try:
-                q = broker.get_queue(name)
-                if q._uid == uid:
-                    q._log.sync_to(q._log.end)
-            except (QueueDoesNotExist, WalqError, OSError):
-                continue  # deleted: its copies no longer matter
+                d = open_dest(broker, kind, name, uid)
+                if d is not None:
+                    d._log.sync_to(d._log.end)
+            except (WalqError, OSError):
+                continue  # deleted meanwhile: its copies no longer matter
         self._io.write_file_atomic(os.path.join(self._dir, CURSOR_FILE),
                                    json.dumps({"upto": upto}).encode())
         self._since_cursor = 0
