@@ -333,7 +333,10 @@ class Broker:
     def _delivery_targets(self) -> list:
         """One walq.worker DeliveryTarget per HTTP or handler subscription."""
         svc = self._topic_service(create=False)
-        return [] if svc is None else svc.delivery_targets()
+        out = [] if svc is None else svc.delivery_targets()
+        if self._buses is not None or os.path.isdir(os.path.join(self.path, "buses")):
+            out += self._bus_service().delivery_targets()  # event bus HTTP and handler targets
+        return out
 
     # -- event buses (walq/bus) -------------------------------------------------------
 

@@ -11,9 +11,9 @@ import shutil
 import threading
 
 from walq.bus import outbox
-from walq.bus.bus import Bus
+from walq.bus.bus import DELIVERED, Bus
 from walq.bus.catalog import DEFAULT_BUS, BusCatalog
-from walq.errors import BusDoesNotExist, InvalidParameter
+from walq.errors import BusDoesNotExist, InvalidParameter, QueueDoesNotExist
 from walq.log.access import Access, fsync_dir
 
 _NAME = re.compile(r"^[/.\-_A-Za-z0-9]{1,256}$")
@@ -110,7 +110,13 @@ class Buses:
             entry = cat.buses.get(name)
             if entry is None:
                 raise BusDoesNotExist(f"bus {name!r} does not exist")
+            internal = [t["queue"] for ts in entry.targets.values() for t in ts if t["kind"] in DELIVERED]
             cat.write(tx, {"op": "delete_bus", "name": name, "uid": entry.uid})
+        for qname in internal:
+            try:
+                self.broker.delete_queue(qname)
+            except QueueDoesNotExist:
+                pass
         with self._mu:
             b = self._handles.pop(name, None)
         if b is not None:
@@ -141,6 +147,38 @@ class Buses:
                 continue
             if uid in self.catalog.deleted and uid not in live:
                 self._remove_dir(uid)
+
+    def delivery_targets(self) -> list:
+        """One worker DeliveryTarget per HTTP or handler target of every bus."""
+        from walq.errors import QueueDoesNotExist
+        from walq.worker.retry import RetryPolicy
+        from walq.worker.targets import DeliveryTarget
+
+        self.catalog.refresh()
+        b = self.broker
+        out = []
+        for entry in list(self.catalog.buses.values()):
+            for rule_name, targets in list(entry.targets.items()):
+                where = rule_name if entry.name == DEFAULT_BUS else f"{entry.name}/{rule_name}"
+                rule_arn = f"arn:aws:events:{b.region}:{b.account}:rule/{where}"
+                for t in targets:
+                    if t["kind"] not in DELIVERED:
+                        continue
+                    try:
+                        q = b.get_queue(t["queue"])
+                    except QueueDoesNotExist:
+                        continue
+                    dl = None
+                    if t.get("dead_letter") is not None:
+                        try:
+                            dl = b.get_queue(t["dead_letter"])
+                        except QueueDoesNotExist:
+                            dl = None
+                    retry = RetryPolicy.eventbridge(**t["retry"]) if t.get("retry") else RetryPolicy.eventbridge()
+                    out.append(DeliveryTarget(key=f"{rule_arn}:{t['id']}", queue=q, kind=t["kind"],
+                                              endpoint=t["endpoint"], raw=False, retry=retry, dead_letter=dl,
+                                              topic_arn="", rule_arn=rule_arn))
+        return out
 
     def close(self) -> None:
         """Closes every handle (writing their cursors) and the catalog."""
