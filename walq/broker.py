@@ -330,6 +330,12 @@ class Broker:
             raise TopicDoesNotExist(f"topic {name!r} does not exist")
         svc.delete_topic(name)
 
+    def _fire_schedules(self) -> int:
+        """Fires due schedule ticks of the event bus (a worker's chore)."""
+        if self._buses is None and not os.path.isdir(os.path.join(self.path, "buses")):
+            return 0
+        return self._bus_service().fire_schedules()
+
     def _delivery_targets(self) -> list:
         """One walq.worker DeliveryTarget per HTTP or handler subscription."""
         svc = self._topic_service(create=False)

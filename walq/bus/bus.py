@@ -14,6 +14,7 @@ import uuid
 
 from walq.bus import outbox as O
 from walq.bus.catalog import DEFAULT_BUS
+from walq.bus.schedule import parse as parse_schedule
 from walq.bus.targets import Target, check_target_id, render, shape_fields
 from walq.errors import BatchError, InvalidParameter, QueueDoesNotExist, RuleDoesNotExist
 from walq.log import Log
@@ -127,19 +128,24 @@ class Bus:
     # -- rules -----------------------------------------------------------------------
 
     def put_rule(self, name, *, pattern=None, schedule=None, enabled=True, description="") -> Rule:
-        """Creates or replaces a rule (its targets stay); returns it."""
+        """Creates or replaces a rule (its targets stay); returns it.  A
+        schedule rule (default bus only, as EventBridge) is fired by workers."""
         check_rule_name(name)
         if pattern is None and schedule is None:
             raise InvalidParameter(f"rule {name!r} needs a pattern or a schedule")
+        text = None
+        if pattern is not None:
+            compile_pattern(pattern)  # InvalidPattern with EventBridge's reason
+            text = json.dumps(json.loads(pattern) if isinstance(pattern, str) else pattern, sort_keys=True)
         if schedule is not None:
-            raise InvalidParameter("schedule rules are not supported yet; give an event pattern")
-        compile_pattern(pattern)  # InvalidPattern with EventBridge's reason
-        text = json.dumps(json.loads(pattern) if isinstance(pattern, str) else pattern, sort_keys=True)
+            parse_schedule(schedule)
+            if self.name != DEFAULT_BUS:
+                raise InvalidParameter(f"rule {name!r}: schedule rules are supported on the default bus only")
         if not isinstance(enabled, bool):
             raise InvalidParameter("enabled must be True or False")
         if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
             raise InvalidParameter(f"description must be text of at most {MAX_DESCRIPTION} characters")
-        rule = {"name": name, "pattern": text, "schedule": None, "enabled": enabled, "description": description}
+        rule = {"name": name, "pattern": text, "schedule": schedule, "enabled": enabled, "description": description}
         self._write_rule(name, rule, must_exist=False)
         return self._rule(name)
 
@@ -150,7 +156,11 @@ class Bus:
             entry = self._entry()
             if must_exist and name not in entry.rules:
                 raise RuleDoesNotExist(f"rule {name!r} does not exist on bus {self.name!r}")
-            if entry.rules.get(name) != rule:
+            cur = entry.rules.get(name)
+            # A schedule counts from when it was set: the first rate tick is one period later.
+            same = cur is not None and cur.get("schedule") == rule["schedule"] and "created" in cur
+            rule = dict(rule, created=cur["created"] if same else self._clock())
+            if cur != rule:
                 cat.write(tx, {"op": "rule", "bus": self._uid, "rule": rule})
 
     def _rule(self, name: str) -> Rule:
@@ -424,14 +434,15 @@ class Bus:
         seq = self._log.append(O.encode(copies, positions), O.ROUTED)
         self._outbox.run({seq: rec})
 
-    def _route(self, events: list, ingestion: str, src: str | None = None) -> tuple[list, dict]:
+    def _route(self, events: list, ingestion: str, src: str | None = None,
+               rules: list | None = None) -> tuple[list, dict]:
         """The copies ``events`` make through the enabled rules, each
         ``[name, uid, copy id hex, body, kind]``, and each destination log's
         end before them (where completing a cut-short copy looks)."""
         matcher, targets = self._matcher()
         copies, positions, dests = [], {}, {}
         for ev in events:
-            for rule_name in sorted(matcher.match(ev)):
+            for rule_name in sorted(matcher.match(ev)) if rules is None else rules:
                 rule_arn = self._rule_arn(rule_name)
                 for t in targets.get(rule_name, []):
                     kind = O.KIND_OF.get(t["kind"], "q")

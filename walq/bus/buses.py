@@ -148,6 +148,12 @@ class Buses:
             if uid in self.catalog.deleted and uid not in live:
                 self._remove_dir(uid)
 
+    def fire_schedules(self) -> int:
+        """Fires the due ticks of schedule rules (walq/bus/scheduler.py)."""
+        from walq.bus.scheduler import fire_due
+
+        return fire_due(self)
+
     def delivery_targets(self) -> list:
         """One worker DeliveryTarget per HTTP or handler target of every bus."""
         from walq.errors import QueueDoesNotExist

@@ -10,6 +10,7 @@ applies to the next put_events in every other.  Records (docs/format.md,
     {"op": "rule", "bus": U, "rule": {...}}            a rule, whole (new or changed)
     {"op": "delete_rule", "bus": U, "name": R}
     {"op": "targets", "bus": U, "rule": R, "targets": [...]}   the rule's targets, whole
+    {"op": "fired", "bus": U, "rule": R, "tick": T}    a schedule rule's tick, claimed
 
 The default bus has uid 0 and no "bus" record: it always exists.
 """
@@ -36,6 +37,7 @@ class BusEntry:
     uid: int
     rules: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)  # rule name -> [target dict]
+    fired: dict = field(default_factory=dict)  # schedule rule name -> its last fired tick
 
 
 class BusCatalog:
@@ -86,6 +88,9 @@ class BusCatalog:
             elif op == "delete_rule":
                 entry.rules.pop(r["name"], None)
                 entry.targets.pop(r["name"], None)
+                entry.fired.pop(r["name"], None)
+            elif op == "fired":
+                entry.fired[r["rule"]] = max(r["tick"], entry.fired.get(r["rule"], r["tick"]))
             elif op == "targets":
                 entry.targets[r["rule"]] = r["targets"]
 
