@@ -458,10 +458,10 @@ class Broker:
         if self._closed:
             return
         with self._mu:
-            if self._topics is not None:
-                self._topics.close()  # first: their last cursors sync the queues
             if self._buses is not None:
-                self._buses.close()  # likewise
+                self._buses.close()  # first: their last cursors sync the topics and queues they copy into
+            if self._topics is not None:
+                self._topics.close()  # then: their last cursors sync the queues
             self._closed = True
             for q in self._queues.values():
                 q._close()

@@ -110,6 +110,7 @@ class Bus:
             raise
         self._mu = threading.Lock()
         self._routing = (None, None)
+        self._archive_matcher = (None, None)
 
     @property
     def arn(self) -> str:
@@ -435,14 +436,17 @@ class Bus:
         self._outbox.run({seq: rec})
 
     def _route(self, events: list, ingestion: str, src: str | None = None,
-               rules: list | None = None) -> tuple[list, dict]:
+               rules: list | None = None, only: list | None = None, archive: bool = True) -> tuple[list, dict]:
         """The copies ``events`` make through the enabled rules, each
         ``[name, uid, copy id hex, body, kind]``, and each destination log's
         end before them (where completing a cut-short copy looks)."""
         matcher, targets = self._matcher()
         copies, positions, dests = [], {}, {}
         for ev in events:
-            for rule_name in sorted(matcher.match(ev)) if rules is None else rules:
+            if archive and rules is None:
+                self._archive_copies(ev, copies, positions)
+            hit = sorted(matcher.match(ev)) if rules is None else rules
+            for rule_name in hit if only is None else [n for n in hit if n in only]:
                 rule_arn = self._rule_arn(rule_name)
                 for t in targets.get(rule_name, []):
                     kind = O.KIND_OF.get(t["kind"], "q")
@@ -458,6 +462,111 @@ class Bus:
                     body = json.dumps(ev) if kind == "b" else render(t, ev, rule_arn, rule_name, ingestion)
                     copies.append([t["queue"], t["quid"], cid, body, kind])
         return copies, positions
+
+    def _archive_copies(self, ev: dict, copies: list, positions: dict) -> None:
+        cat = self._service.catalog
+        mine = [a for a in cat.archives.values() if a["bus"] == self._uid]
+        if not mine:
+            return
+        at, m = self._archive_matcher
+        if at != cat.version:
+            m = Matcher("pattern")
+            for a in mine:
+                if a["pattern"] is not None:
+                    m.add(a["name"], a["pattern"])
+            self._archive_matcher = (cat.version, m)
+        hit = m.match(ev)
+        for a in mine:
+            if a["pattern"] is not None and a["name"] not in hit:
+                continue
+            dest = self._service.archive_log(a["name"], a["uid"])
+            if dest is None:
+                continue
+            positions.setdefault(O.pos_key("a", a["uid"]), dest._log.end)
+            cid = hashlib.blake2b(f"archive|{ev['id']}|{a['uid']}".encode(), digest_size=16).hexdigest()
+            copies.append([a["name"], a["uid"], cid, json.dumps(ev), "a"])
+
+    # -- archives and replays ----------------------------------------------------------------
+
+    def create_archive(self, name, *, pattern=None, retention_days=0):
+        """Creates an archive of this bus's events (those matching ``pattern``,
+        or all); returns it.  ``retention_days``: 0 keeps them forever."""
+        from walq.bus.archive import Archive, archive_dir
+
+        check_rule_name(name)
+        text = None
+        if pattern is not None:
+            compile_pattern(pattern)
+            text = json.dumps(json.loads(pattern) if isinstance(pattern, str) else pattern, sort_keys=True)
+        if isinstance(retention_days, bool) or not isinstance(retention_days, int) or retention_days < 0:
+            raise InvalidParameter(f"retention_days must be an integer >= 0; got {retention_days!r}")
+        cat = self._service.catalog
+        with cat.locked() as tx:
+            cat.replay()
+            self._entry()
+            cur = cat.archives.get(name)
+            if cur is not None:
+                raise InvalidParameter(f"archive {name!r} already exists")
+            uid = cat.new_uid()
+            d = archive_dir(self._service.root, uid)
+            from walq.log.access import Access
+            parent = os.path.dirname(d)
+            if not os.path.isdir(parent):
+                Access.inherited(parent).make_dir(parent)
+            Access.inherited(d).make_dir(d)
+            rec = {"name": name, "uid": uid, "bus": self._uid, "pattern": text, "retention_days": retention_days}
+            cat.write(tx, {"op": "archive", "archive": rec})
+        return Archive(self, rec)
+
+    def list_archives(self) -> list:
+        """This bus's archives, by name."""
+        from walq.bus.archive import Archive
+
+        cat = self._service.catalog
+        cat.refresh()
+        return [Archive(self, a) for n, a in sorted(cat.archives.items()) if a["bus"] == self._uid]
+
+    def start_replay(self, name, archive, start, end, rules=None):
+        """Starts replaying ``archive``'s events whose time is in [start, end)
+        (datetimes or epoch seconds) to this bus's rules (``rules``: only
+        these); a worker runs it.  Returns the walq Replay."""
+        from walq.bus.archive import Replay, epoch
+
+        check_rule_name(name)
+        aname = archive.name if hasattr(archive, "name") else archive
+        s, e = epoch(start, "start"), epoch(end, "end")
+        if e <= s:
+            raise InvalidParameter("end must be after start")
+        if rules is not None:
+            if isinstance(rules, str) or not all(isinstance(r, str) for r in rules):
+                raise InvalidParameter("rules must be a list of rule names")
+            rules = [check_rule_name(r) for r in rules]
+        cat = self._service.catalog
+        with cat.locked() as tx:
+            cat.replay()
+            entry = self._entry()
+            a = cat.archives.get(aname)
+            if a is None or a["bus"] != self._uid:
+                raise InvalidParameter(f"archive {aname!r} does not exist on bus {self.name!r}")
+            for r in rules or ():
+                if r not in entry.rules:
+                    raise RuleDoesNotExist(f"rule {r!r} does not exist on bus {self.name!r}")
+            if name in cat.replays:
+                raise InvalidParameter(f"replay {name!r} already exists")
+            alog = self._service.archive_log(a["name"], a["uid"])
+            cat.write(tx, {"op": "replay", "replay": {
+                "name": name, "bus": self._uid, "archive": aname, "auid": a["uid"], "start": s, "end": e,
+                "rules": rules, "pos": alog._log.first if alog is not None else 0, "state": "RUNNING"}})
+        return Replay(self, name)
+
+    def describe_replay(self, name):
+        """The replay ``name`` (its ``state`` read fresh)."""
+        from walq.bus.archive import Replay
+
+        self._service.catalog.refresh()
+        if name not in self._service.catalog.replays:
+            raise InvalidParameter(f"replay {name!r} does not exist")
+        return Replay(self, name)
 
     def _forward(self, records: list) -> None:
         """Appends what events forwarded from another bus route to here -

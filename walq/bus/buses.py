@@ -37,6 +37,7 @@ class Buses:
         self.catalog = BusCatalog(broker.path, broker._log_options,
                                   broker._log_io(os.path.join(self.root, "catalog")))
         self._handles: dict[str, Bus] = {}
+        self._archives: dict[int, object] = {}  # uid -> ArchiveLog open in this process
         self._mu = threading.RLock()
         self._remove_deleted_dirs()
 
@@ -148,11 +149,30 @@ class Buses:
             if uid in self.catalog.deleted and uid not in live:
                 self._remove_dir(uid)
 
+    def archive_log(self, name: str, uid: int):
+        """The archive ``name``'s log if it is still the one with ``uid``, else None."""
+        from walq.bus.archive import ArchiveLog, archive_dir
+
+        self.catalog.refresh()
+        cur = self.catalog.archives.get(name)
+        if cur is None or cur["uid"] != uid:
+            return None
+        with self._mu:
+            a = self._archives.get(uid)
+            if a is None:
+                d = archive_dir(self.root, uid)
+                if not os.path.isdir(d):
+                    return None
+                a = self._archives[uid] = ArchiveLog(self.broker, name, uid, d)
+            return a
+
     def fire_schedules(self) -> int:
         """Fires the due ticks of schedule rules (walq/bus/scheduler.py)."""
         from walq.bus.scheduler import fire_due
 
-        return fire_due(self)
+        from walq.bus.archive import run_replays
+
+        return fire_due(self) + run_replays(self)
 
     def delivery_targets(self) -> list:
         """One worker DeliveryTarget per HTTP or handler target of every bus."""
@@ -192,4 +212,7 @@ class Buses:
             for b in self._handles.values():
                 b._close()
             self._handles.clear()
+            for a in self._archives.values():
+                a.close()
+            self._archives.clear()
         self.catalog.close()

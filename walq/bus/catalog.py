@@ -11,6 +11,8 @@ applies to the next put_events in every other.  Records (docs/format.md,
     {"op": "delete_rule", "bus": U, "name": R}
     {"op": "targets", "bus": U, "rule": R, "targets": [...]}   the rule's targets, whole
     {"op": "fired", "bus": U, "rule": R, "tick": T}    a schedule rule's tick, claimed
+    {"op": "archive", "archive": {...}} / {"op": "delete_archive", "name": A, "uid": U}
+    {"op": "replay", "replay": {...}} / {"op": "replay_state", "name": P, "pos": N, "state": S}
 
 The default bus has uid 0 and no "bus" record: it always exists.
 """
@@ -47,6 +49,9 @@ class BusCatalog:
         self.log = Log.open(os.path.join(root, "buses", "catalog"), options, io)
         self.buses: dict[str, BusEntry] = {DEFAULT_BUS: BusEntry(DEFAULT_BUS, 0)}
         self.deleted: set[int] = set()
+        self.archives: dict[str, dict] = {}  # name -> {"name", "uid", "bus", "pattern", "retention_days"}
+        self.replays: dict[str, dict] = {}  # name -> {"name", "bus", "archive", "auid", "start", "end",
+        #                                              "rules", "pos", "state"}
         self._applied = self.log.first
         self.mu = threading.RLock()
         self.refresh()
@@ -79,6 +84,18 @@ class BusCatalog:
             cur = self.buses.get(r["name"])
             if cur is not None and cur.uid == r["uid"]:
                 del self.buses[r["name"]]
+        elif op == "archive":
+            self.archives[r["archive"]["name"]] = r["archive"]
+        elif op == "delete_archive":
+            cur = self.archives.get(r["name"])
+            if cur is not None and cur["uid"] == r["uid"]:
+                del self.archives[r["name"]]
+        elif op == "replay":
+            self.replays[r["replay"]["name"]] = r["replay"]
+        elif op == "replay_state":
+            cur = self.replays.get(r["name"])
+            if cur is not None:
+                cur.update(pos=r["pos"], state=r["state"])
         else:
             entry = self.by_uid(r["bus"])
             if entry is None:

@@ -52,7 +52,7 @@ def _boot() -> bytes:
 
 #: A target kind's destination: a queue ("q": queue, HTTP and handler
 #: targets' internal queues), a topic ("t") or another bus ("b").
-KIND_OF = {"sqs": "q", "http": "q", "https": "q", "handler": "q", "topic": "t", "bus": "b"}
+KIND_OF = {"archive": "a", "sqs": "q", "http": "q", "https": "q", "handler": "q", "topic": "t", "bus": "b"}
 
 
 def pos_key(kind: str, uid: int) -> str:
@@ -69,6 +69,8 @@ def open_dest(broker, kind: str, name: str, uid: int):
             d = broker.get_queue(name)
         elif kind == "t":
             d = broker.get_topic(name)
+        elif kind == "a":
+            return broker._bus_service().archive_log(name, uid)
         else:
             d = broker.get_bus(name)
     except (QueueDoesNotExist, TopicDoesNotExist, BusDoesNotExist):
@@ -207,6 +209,8 @@ class Outbox:
                 if kind == "q":
                     dest._store_copies([(bytes.fromhex(cid), body.encode(), b"", None, None)
                                         for _seq, cid, body in copies])
+                elif kind == "a":
+                    dest.store([(cid, body) for _seq, cid, body in copies])
                 elif kind == "t":
                     now = self._bus._clock()
                     for _seq, cid, body in copies:
@@ -230,6 +234,8 @@ class Outbox:
             try:
                 for rec in log.iter_from(max(start, log.first)):
                     if kind == "q" and rec.type == R.SEND:
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "a":
                         held.add(rec.payload[:16].hex())
                     elif kind == "t" and rec.type == P.PUBLISH:
                         held.add(rec.payload[:16].hex())
