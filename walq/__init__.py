@@ -9,6 +9,7 @@
 """
 
 from walq.broker import Broker, open
+from walq.bus import Bus, InputTransformer, Rule, Target
 from walq.clock import StoreClock
 from walq import errors as _errors
 from walq.errors import *  # noqa: F401,F403  (the exception tree; names in errors.__all__)
@@ -42,5 +43,9 @@ __all__ = [
     "Topic",
     "Subscription",
     "PublishResult",
+    "Bus",
+    "Rule",
+    "Target",
+    "InputTransformer",
     *_errors.__all__,
 ]

@@ -84,6 +84,7 @@ class Broker:
         self._topics = None
         if Topics.any_cut_short(self.path):
             self._topic_service().complete_cut_short()
+        self._buses = None
 
     # -- queues ----------------------------------------------------------------
 
@@ -329,10 +330,46 @@ class Broker:
             raise TopicDoesNotExist(f"topic {name!r} does not exist")
         svc.delete_topic(name)
 
+    def _fire_schedules(self) -> int:
+        """Fires due schedule ticks of the event bus (a worker's chore)."""
+        if self._buses is None and not os.path.isdir(os.path.join(self.path, "buses")):
+            return 0
+        return self._bus_service().fire_schedules()
+
     def _delivery_targets(self) -> list:
         """One walq.worker DeliveryTarget per HTTP or handler subscription."""
         svc = self._topic_service(create=False)
-        return [] if svc is None else svc.delivery_targets()
+        out = [] if svc is None else svc.delivery_targets()
+        if self._buses is not None or os.path.isdir(os.path.join(self.path, "buses")):
+            out += self._bus_service().delivery_targets()  # event bus HTTP and handler targets
+        return out
+
+    # -- event buses (walq/bus) -------------------------------------------------------
+
+    def _bus_service(self):
+        """The store's event buses (their files are made at first use)."""
+        self._check()
+        with self._mu:
+            if self._buses is None:
+                from walq.bus.buses import Buses
+                self._buses = Buses(self)
+            return self._buses
+
+    def get_bus(self, name):
+        """The named event bus (``"default"`` always exists); BusDoesNotExist if absent."""
+        return self._bus_service().get_bus(name)
+
+    def create_bus(self, name):
+        """Creates an event bus, or returns it if it exists."""
+        return self._bus_service().create_bus(name)
+
+    def list_buses(self) -> list[str]:
+        """Event bus names, sorted (``"default"`` among them)."""
+        return self._bus_service().list_buses()
+
+    def delete_bus(self, name) -> None:
+        """Deletes an event bus with its rules; BusDoesNotExist if absent."""
+        self._bus_service().delete_bus(name)
 
     # -- dead letters ------------------------------------------------------------
 
@@ -421,8 +458,10 @@ class Broker:
         if self._closed:
             return
         with self._mu:
+            if self._buses is not None:
+                self._buses.close()  # first: their last cursors sync the topics and queues they copy into
             if self._topics is not None:
-                self._topics.close()  # first: their last cursors sync the queues
+                self._topics.close()  # then: their last cursors sync the queues
             self._closed = True
             for q in self._queues.values():
                 q._close()

@@ -8,6 +8,8 @@ keeps working for callers that do not know walq::
     ├── QueueDoesNotExist (LookupError)
     ├── QueueAlreadyExists
     ├── TopicDoesNotExist (LookupError)
+    ├── BusDoesNotExist (LookupError)
+    ├── RuleDoesNotExist (LookupError)
     ├── InvalidParameter (ValueError)
     │   ├── MessageTooLarge
     │   ├── InvalidReceipt
@@ -30,6 +32,8 @@ __all__ = [
     "QueueDoesNotExist",
     "QueueAlreadyExists",
     "TopicDoesNotExist",
+    "BusDoesNotExist",
+    "RuleDoesNotExist",
     "InvalidParameter",
     "MessageTooLarge",
     "InvalidReceipt",
@@ -75,6 +79,18 @@ class TopicDoesNotExist(WalqError, LookupError):
     """The named topic does not exist (or was deleted by another process)."""
 
     code = "NotFound"
+
+
+class BusDoesNotExist(WalqError, LookupError):
+    """The named event bus does not exist (or was deleted by another process)."""
+
+    code = "ResourceNotFoundException"
+
+
+class RuleDoesNotExist(WalqError, LookupError):
+    """The named rule does not exist on its bus (or was deleted meanwhile)."""
+
+    code = "ResourceNotFoundException"
 
 
 class MessageTooLarge(InvalidParameter):

@@ -19,6 +19,7 @@ import click
 
 import walq
 from walq.cli import dlq as _dlq
+from walq.cli import events as _events
 from walq.cli import messages as _messages
 from walq.cli import queue as _queue
 from walq.cli import stats as _stats
@@ -30,7 +31,7 @@ from walq.cli.common import (DEFAULT_DATA, EXIT_DAMAGE, EXIT_ERROR, EXIT_NO_QUEU
 
 __all__ = ["main", "EXIT_OK", "EXIT_DAMAGE", "EXIT_USAGE", "EXIT_NO_QUEUE", "EXIT_ERROR", "EXIT_PIPE", "CliError"]
 
-_GROUPS = (_queue, _messages, _stats, _dlq, _topic, _tools, _worker)
+_GROUPS = (_queue, _messages, _stats, _dlq, _topic, _events, _tools, _worker)
 
 _EPILOG = f"""\b
 Every command that works on a store takes --data DIR (default: $WALQ_DATA,

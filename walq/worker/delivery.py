@@ -20,6 +20,7 @@ Dead letters carry the envelope as body and two attributes:
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -95,6 +96,36 @@ class Deliverer:
         else:
             raise DeliveryFailed("InvalidEndpoint", f"unknown endpoint kind {target.kind!r}")
 
+    def _attempt_event(self, target, m) -> None:
+        """Delivers one event bus delivery once: a handler gets the event
+        (the parsed JSON; text that is not JSON as a str), an HTTP endpoint a
+        POST of the body."""
+        if target.kind == "handler":
+            func = self._handlers.get(target.endpoint)
+            if func is None:
+                try:
+                    func = resolve(target.endpoint)
+                except InvalidParameter as exc:
+                    raise DeliveryFailed("HandlerNotFound", str(exc)) from None
+                self._handlers[target.endpoint] = func
+            text = m.body.decode("utf-8")
+            try:
+                event = json.loads(text)
+            except ValueError:
+                event = text  # an input transformer's plain-text output
+            try:
+                func(event)
+            except Exception as exc:
+                raise DeliveryFailed(type(exc).__name__, str(exc) or type(exc).__name__) from None
+        elif target.kind in ("http", "https"):
+            if self._client is None:
+                with self._client_mu:
+                    if self._client is None:
+                        self._client = self._client_factory()
+            post(self._client, target.endpoint, m.body, {"Content-Type": "application/json; charset=UTF-8"})
+        else:
+            raise DeliveryFailed("InvalidEndpoint", f"unknown endpoint kind {target.kind!r}")
+
     # -- a batch ----------------------------------------------------------------
 
     def deliver(self, target, messages: list) -> None:
@@ -114,8 +145,12 @@ class Deliverer:
                 skipped.append(m.receipt)
                 continue
             try:
-                env = parse_envelope(m.body)
-                self.attempt(target, env, m)
+                if target.rule_arn is not None:
+                    env = {"MessageId": m.message_id}
+                    self._attempt_event(target, m)
+                else:
+                    env = parse_envelope(m.body)
+                    self.attempt(target, env, m)
             except EnvelopeError as exc:
                 log.error("%s: pending delivery %s is not an SNS envelope: %s", target.key, m.message_id, exc)
                 self._give_up(target, m, DeliveryFailed("InvalidEnvelope", str(exc)))
@@ -155,6 +190,8 @@ class Deliverer:
         sent = False
         if dlq is not None:
             attrs = {"ERROR_CODE": failure.code, "ERROR_MESSAGE": _one_line(failure.message)}
+            if target.rule_arn is not None:  # EventBridge's dead-letter attributes
+                attrs.update(RULE_ARN=target.rule_arn, TARGET_ARN=target.endpoint)
             kw = {}
             if dlq.attributes.fifo:
                 kw = {"group": m.group or "default", "dedup_id": m.message_id}

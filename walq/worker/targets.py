@@ -32,3 +32,6 @@ class DeliveryTarget:
     retry: RetryPolicy
     dead_letter: "Queue | None"
     topic_arn: str
+    #: Set for an event bus target (walq/bus): each message's body is what
+    #: the target gets (the event, or its shaped input), not an SNS envelope.
+    rule_arn: str | None = None

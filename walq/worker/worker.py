@@ -181,6 +181,10 @@ class _Run:
         """The run loop's periodic chores."""
         if time.monotonic() - self._last_targets >= TARGETS_EVERY_S:
             self._refresh_targets()
+            try:
+                self.broker._fire_schedules()  # the event bus's schedule rules, once per tick
+            except (OSError, WalqError) as exc:
+                log.warning("could not fire schedules: %s", exc)
         try:
             self.tally.maybe_flush()
         except (OSError, WalqError) as exc:

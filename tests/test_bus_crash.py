@@ -1,0 +1,119 @@
+"""Producers killed with SIGKILL at random instants while they put events on
+a bus whose rules target three queues: after the store is reopened, every
+confirmed event is in every queue its rules route it to exactly once, and
+no queue holds an event another routed queue lacks (all or none).
+
+Producers run as ``python tests/test_bus_crash.py producer <json>``; each
+journals ``P <tag:k>`` only after its put_events returned."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from queue_helpers import Journal, read_journal  # noqa: E402
+
+import walq  # noqa: E402
+
+HERE = os.path.abspath(__file__)
+
+
+def setup_store(path: str) -> None:
+    with walq.open(path, durability="os") as b:
+        bus = b.get_bus("default")
+        bus.put_rule("all", pattern={"source": ["crash"]})
+        bus.put_rule("even", pattern={"source": ["crash"], "detail": {"even": [True]}})
+        bus.put_targets("all", [walq.Target("a", b.create_queue("a")),
+                                walq.Target("b", b.create_queue("b"), input_path="$.detail")])
+        bus.put_targets("even", [walq.Target("c", b.create_queue("c"))])
+
+
+def producer(args) -> None:
+    """Puts events ``<tag>:<k>`` (1-4 per call); journals each call that returned."""
+    broker = walq.open(args["path"], durability=args.get("durability", "os"))
+    bus = broker.get_bus("default")
+    journal = Journal(args["journal"])
+    k = 0
+    rng = random.Random(args["tag"])
+    print("ready", flush=True)
+    while True:
+        n = rng.choice((1, 1, 4))
+        keys = [f"{args['tag']}:{i}" for i in range(k, k + n)]
+        res = bus.put_events([{"source": "crash", "detail_type": "t", "detail": {"key": key, "even": i % 2 == 0}}
+                              for i, key in zip(range(k, k + n), keys)])
+        assert not res.failed, res.failed
+        journal.write_many(("P", key) for key in keys)
+        k += n
+
+
+def _drain(q) -> list[dict]:
+    out = []
+    while True:
+        got = q.receive(10, visibility_timeout=600)
+        if not got:
+            return out
+        out += [json.loads(m.body) for m in got]
+        q.delete_batch([m.receipt for m in got])
+
+
+def check_store(path: str, journals: list[str]) -> int:
+    confirmed = {row[1] for p in journals for row in read_journal(p) if row[0] == "P"}
+    with walq.open(path, durability="os") as b:
+        b.get_bus("default")  # opening the bus completes what a killed producer left
+        a = [e["detail"]["key"] for e in _drain(b.get_queue("a"))]
+        bq = [d["key"] for d in _drain(b.get_queue("b"))]
+        c = [e["detail"]["key"] for e in _drain(b.get_queue("c"))]
+    for name, keys in (("a", a), ("b", bq), ("c", c)):
+        assert len(keys) == len(set(keys)), f"queue {name} holds duplicates"
+    assert confirmed <= set(a), f"confirmed events missing from a: {sorted(confirmed - set(a))[:5]}"
+    assert set(a) == set(bq), f"a and b differ: {sorted(set(a) ^ set(bq))[:5]}"
+    even = {k for k in a if int(k.split(":")[1]) % 2 == 0}
+    assert set(c) == even, f"c is not a's even events: {sorted(set(c) ^ even)[:5]}"
+    return len(confirmed)
+
+
+def run_cycles(tmp_path, cycles: int, seed: int, durability: str = "os") -> int:
+    rng = random.Random(seed)
+    path = str(tmp_path / "store")
+    setup_store(path)
+    journals = []
+    for cycle in range(cycles):
+        procs = []
+        for w in range(2):
+            j = str(tmp_path / f"journal-{cycle}-{w}")
+            journals.append(j)
+            args = {"path": path, "journal": j, "tag": f"c{cycle}w{w}", "durability": durability}
+            procs.append(subprocess.Popen([sys.executable, HERE, "producer", json.dumps(args)],
+                                          stdout=subprocess.PIPE))
+        for p in procs:
+            assert p.stdout.readline().strip() == b"ready", "a producer failed to start"
+        time.sleep(rng.uniform(0.02, 0.3))
+        for p in procs:
+            p.send_signal(signal.SIGKILL)
+        for p in procs:
+            p.wait(timeout=60)
+            assert p.returncode == -signal.SIGKILL, f"a producer died on its own: {p.returncode}"
+            p.stdout.close()
+    return check_store(path, journals)
+
+
+def test_killed_producers_leave_each_event_in_all_its_queues_or_none_short(tmp_path):
+    assert run_cycles(tmp_path, cycles=3, seed=1) > 0
+
+
+@pytest.mark.crash
+def test_killed_producers_leave_each_event_in_all_its_queues_or_none(tmp_path):
+    assert run_cycles(tmp_path, cycles=100, seed=7, durability="always") > 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "producer":
+        producer(json.loads(sys.argv[2]))

@@ -1,0 +1,138 @@
+"""The buses' catalog: which buses, rules and targets exist, in a small log.
+
+``<store>/buses/catalog/`` is a walq log of JSON records (type 1), replayed
+by every process that uses buses, so a rule change made in one process
+applies to the next put_events in every other.  Records (docs/format.md,
+"Event buses"):
+
+    {"op": "bus", "name": N, "uid": U}
+    {"op": "delete_bus", "name": N, "uid": U}
+    {"op": "rule", "bus": U, "rule": {...}}            a rule, whole (new or changed)
+    {"op": "delete_rule", "bus": U, "name": R}
+    {"op": "targets", "bus": U, "rule": R, "targets": [...]}   the rule's targets, whole
+    {"op": "fired", "bus": U, "rule": R, "tick": T}    a schedule rule's tick, claimed
+    {"op": "archive", "archive": {...}} / {"op": "delete_archive", "name": A, "uid": U}
+    {"op": "replay", "replay": {...}} / {"op": "replay_state", "name": P, "pos": N, "state": S}
+
+The default bus has uid 0 and no "bus" record: it always exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+from walq.log import Log, LogOptions
+
+_CATALOG = 1
+DEFAULT_BUS = "default"
+
+
+@dataclass
+class BusEntry:
+    """One bus: its uid and rules (name -> rule dict, in order made)."""
+
+    name: str
+    uid: int
+    rules: dict = field(default_factory=dict)
+    targets: dict = field(default_factory=dict)  # rule name -> [target dict]
+    fired: dict = field(default_factory=dict)  # schedule rule name -> its last fired tick
+
+
+class BusCatalog:
+    """The buses' catalog log and its replayed state."""
+
+    def __init__(self, root: str, options: LogOptions, io=None):
+        self.log = Log.open(os.path.join(root, "buses", "catalog"), options, io)
+        self.buses: dict[str, BusEntry] = {DEFAULT_BUS: BusEntry(DEFAULT_BUS, 0)}
+        self.deleted: set[int] = set()
+        self.archives: dict[str, dict] = {}  # name -> {"name", "uid", "bus", "pattern", "retention_days"}
+        self.replays: dict[str, dict] = {}  # name -> {"name", "bus", "archive", "auid", "start", "end",
+        #                                              "rules", "pos", "state"}
+        self._applied = self.log.first
+        self.mu = threading.RLock()
+        self.refresh()
+
+    @property
+    def version(self) -> int:
+        """Changes whenever a record was applied (the position applied up to)."""
+        return self._applied
+
+    def refresh(self) -> None:
+        """Replays what other processes appended; returns once that is
+        durable (a rule not yet synced must not route events)."""
+        if self._applied < self.log.end:
+            self.log.settle(self.replay())
+
+    def replay(self) -> int:
+        """Applies records appended since the last look (no durability wait)."""
+        with self.mu:
+            for rec in self.log.iter_from(self._applied):
+                self._apply(json.loads(rec.payload))
+                self._applied = rec.seq + 1
+            return self._applied
+
+    def _apply(self, r: dict) -> None:
+        op = r["op"]
+        if op == "bus":
+            self.buses[r["name"]] = BusEntry(r["name"], r["uid"])
+        elif op == "delete_bus":
+            self.deleted.add(r["uid"])
+            cur = self.buses.get(r["name"])
+            if cur is not None and cur.uid == r["uid"]:
+                del self.buses[r["name"]]
+        elif op == "archive":
+            self.archives[r["archive"]["name"]] = r["archive"]
+        elif op == "delete_archive":
+            cur = self.archives.get(r["name"])
+            if cur is not None and cur["uid"] == r["uid"]:
+                del self.archives[r["name"]]
+        elif op == "replay":
+            self.replays[r["replay"]["name"]] = r["replay"]
+        elif op == "replay_state":
+            cur = self.replays.get(r["name"])
+            if cur is not None:
+                cur.update(pos=r["pos"], state=r["state"])
+        else:
+            entry = self.by_uid(r["bus"])
+            if entry is None:
+                return
+            if op == "rule":
+                entry.rules[r["rule"]["name"]] = r["rule"]
+            elif op == "delete_rule":
+                entry.rules.pop(r["name"], None)
+                entry.targets.pop(r["name"], None)
+                entry.fired.pop(r["name"], None)
+            elif op == "fired":
+                entry.fired[r["rule"]] = max(r["tick"], entry.fired.get(r["rule"], r["tick"]))
+            elif op == "targets":
+                entry.targets[r["rule"]] = r["targets"]
+
+    def by_uid(self, uid: int) -> BusEntry | None:
+        """The live bus with ``uid``, if any."""
+        for entry in self.buses.values():
+            if entry.uid == uid:
+                return entry
+        return None
+
+    def locked(self):
+        """The catalog's append lock (decide, then write)."""
+        return self.log.locked()
+
+    def write(self, tx, record: dict) -> None:
+        """Appends one record under ``tx`` and applies it (the lock's release
+        waits for durability)."""
+        tx.append(json.dumps(record, sort_keys=True).encode(), _CATALOG)
+        self.replay()
+
+    @staticmethod
+    def new_uid() -> int:
+        """A random 63-bit id for a new bus (never 0, the default bus's)."""
+        return secrets.randbits(63) or 1
+
+    def close(self) -> None:
+        """Closes the catalog log."""
+        self.log.close()

@@ -1,0 +1,300 @@
+"""A bus's outbox: every put_events call's routed copies, copied exactly
+once into the target queues (mirrors walq/topic/fanout.py, simpler: a
+bus's routing is decided at put time and stored in the record).
+
+1. ``put_events`` appends one ROUTED record to the bus's log - every copy
+   it makes, ``[queue name, queue uid, copy id, body]``, and each target
+   queue's log end before the call - and waits for it to be durable (group
+   commit: about one fdatasync however many targets).
+2. Under the bus's copy lock (``lock.outbox``, an flock), every record past
+   the mark's ``done`` is copied into its queues without an fsync.
+3. The durable ``cursor`` file (``{"upto": N}``, written atomically) says every
+   record below ``upto`` is durable in its queues: it is written after the
+   bus log and each queue those records name were synced, every
+   CURSOR_EVERY records and at close; the bus log is trimmed below it.
+
+The mark (``mark``: boot id, done, busy; read and written under the lock,
+never synced) is trusted only in the boot that wrote it.  A holder that
+finds ``busy > done`` (a copy killed part way), or another boot's mark,
+copies that range again, skipping each copy whose id the queue's log
+already holds from the record's saved position on.  So a put_events killed
+at any instant ends in all of its queues or none once completion has run:
+at the next put_events on the bus (any process) and when a process opens
+the bus.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import struct
+import threading
+
+from walq.clock import _read_boot_id
+from walq.errors import CorruptionError, QueueDoesNotExist, WalqError
+from walq.log import RecordGone
+from walq.log.access import Access
+from walq.log.fileio import OsIO
+from walq.queue import records as R
+from walq.topic import records as P
+
+ROUTED = 1
+CURSOR_EVERY = 1024
+MARK_FILE, CURSOR_FILE, LOCK_FILE = "mark", "cursor", "lock.outbox"
+_MARK = struct.Struct("<8s40sQQ")  # magic, boot id, done, busy
+_MAGIC = b"WALQBUS1"
+
+
+def _boot() -> bytes:
+    return (_read_boot_id() or "").encode("ascii")[:40].ljust(40, b"\0")
+
+
+#: A target kind's destination: a queue ("q": queue, HTTP and handler
+#: targets' internal queues), a topic ("t") or another bus ("b").
+KIND_OF = {"archive": "a", "sqs": "q", "http": "q", "https": "q", "handler": "q", "topic": "t", "bus": "b"}
+
+
+def pos_key(kind: str, uid: int) -> str:
+    """The key of a destination's saved log position in a ROUTED record."""
+    return f"{uid:016x}" if kind == "q" else f"{kind}{uid:016x}"
+
+
+def open_dest(broker, kind: str, name: str, uid: int):
+    """The queue, topic or bus ``name`` if it is still the one with ``uid``, else None."""
+    from walq.errors import BusDoesNotExist, TopicDoesNotExist
+
+    try:
+        if kind == "q":
+            d = broker.get_queue(name)
+        elif kind == "t":
+            d = broker.get_topic(name)
+        elif kind == "a":
+            return broker._bus_service().archive_log(name, uid)
+        else:
+            d = broker.get_bus(name)
+    except (QueueDoesNotExist, TopicDoesNotExist, BusDoesNotExist):
+        return None
+    return d if d._uid == uid else None
+
+
+def encode(copies: list, positions: dict) -> bytes:
+    """A ROUTED record: ``copies`` [(queue name, uid, copy id hex, body)],
+    ``positions`` {uid hex: queue log end before the call}."""
+    return json.dumps({"c": copies, "p": positions}, separators=(",", ":")).encode()
+
+
+class Outbox:
+    """A bus's outbox state in this process."""
+
+    def __init__(self, bus):
+        self._bus = bus
+        self._log = bus._log
+        d = self._dir = bus._dir
+        self._io = self._log.io or OsIO()
+        access = Access.of_directory(d)
+        self._lock_fh = os.fdopen(access.create(os.path.join(d, LOCK_FILE)), "a+b")
+        self._mark_fd = access.create(os.path.join(d, MARK_FILE))
+        self._boot = _boot()
+        self._tmu = threading.Lock()
+        self._since_cursor = 0
+
+    # -- the mark and the cursor ----------------------------------------------------
+
+    def _read_mark(self):
+        raw = os.pread(self._mark_fd, _MARK.size, 0)
+        if len(raw) < _MARK.size:
+            return None
+        magic, boot, done, busy = _MARK.unpack(raw)
+        if magic != _MAGIC or boot != self._boot:
+            return None
+        return done, busy
+
+    def _write_mark(self, done: int, busy: int) -> None:
+        os.pwrite(self._mark_fd, _MARK.pack(_MAGIC, self._boot, done, busy), 0)
+
+    def read_cursor(self) -> int:
+        """Every record below this is durable in its queues."""
+        path = os.path.join(self._dir, CURSOR_FILE)
+        try:
+            with open(path, "rb") as f:
+                return json.loads(f.read())["upto"]
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptionError(f"bus cursor {path} is damaged: {exc}", path) from None
+
+    def pending(self) -> bool:
+        """True if some record is not known copied (cut short, another boot's
+        mark, or appended by a process that died before copying)."""
+        mark = self._read_mark()
+        return mark is None or mark[1] > mark[0] or mark[0] < self._log.end
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self, known: dict | None = None) -> None:
+        """Returns once every record in the log so far is in its queues.
+        ``known``: seq -> decoded record the caller just wrote."""
+        with self._tmu:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
+            try:
+                buses = self._run_locked(known or {})
+            finally:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+        # Buses this one forwarded to copy theirs outside this bus's lock: two
+        # buses that target each other never wait on each other's lock.
+        for bus in buses:
+            bus._outbox.run()
+
+    def _run_locked(self, known: dict) -> None:
+        log = self._log
+        end = log.end
+        mark = self._read_mark()
+        if mark is None:
+            done, busy = max(self.read_cursor(), log.first), end  # only the cursor is known durable
+        else:
+            done, busy = mark
+        if done >= end:
+            return []
+        self._write_mark(done, max(busy, end))
+        suspect_upto = busy if busy > done else done
+        records = []
+        for seq in range(done, end):
+            if seq not in known:
+                break
+            records.append((seq, known[seq]))
+        if len(records) != end - done:
+            records = [(rec.seq, json.loads(rec.payload)) for rec in self._iter(done, end)]
+        buses = self._copy(records, suspect_upto)
+        self._write_mark(end, max(busy, end))
+        self._since_cursor += end - done
+        if self._since_cursor >= CURSOR_EVERY:
+            self._write_cursor(end)
+        return buses
+
+    def _iter(self, start: int, end: int):
+        for rec in self._log.iter_from(max(start, self._log.first)):
+            if rec.seq >= end:
+                return
+            if rec.type == ROUTED:
+                yield rec
+
+    def _copy(self, records: list, suspect_upto: int) -> list:
+        """Copies the records' copies into their destinations (for records
+        below ``suspect_upto``, only those not there yet); returns the buses
+        that got forwarded events."""
+        broker = self._bus._broker
+        per_dest: dict = {}  # (kind, name, uid) -> [(seq, copy id, body)]
+        held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
+        for seq, rec in records:
+            for c in rec["c"]:
+                name, uid, cid, body = c[:4]
+                kind = c[4] if len(c) > 4 else "q"
+                key = (kind, name, uid)
+                per_dest.setdefault(key, []).append((seq, cid, body))
+                if seq < suspect_upto:
+                    pos = rec["p"].get(pos_key(kind, uid), 0)
+                    held_from[key] = min(held_from.get(key, pos), pos)
+        buses = []
+        for (kind, name, uid), copies in per_dest.items():
+            dest = open_dest(broker, kind, name, uid)
+            if dest is None:
+                continue  # deleted (or deleted and made again): nothing to deliver to
+            if (kind, name, uid) in held_from:
+                held = self._held(kind, dest, held_from[(kind, name, uid)])
+                copies = [c for c in copies if c[0] >= suspect_upto or c[1] not in held]
+            if not copies:
+                continue
+            try:
+                if kind == "q":
+                    dest._store_copies([(bytes.fromhex(cid), body.encode(), b"", None, None)
+                                        for _seq, cid, body in copies])
+                elif kind == "a":
+                    dest.store([(cid, body) for _seq, cid, body in copies])
+                elif kind == "t":
+                    now = self._bus._clock()
+                    for _seq, cid, body in copies:
+                        dest._log.append(P.encode(bytes.fromhex(cid), now, body.encode()), P.PUBLISH, settle=False)
+                    dest._fan.run(dest._log.end)
+                else:
+                    dest._forward([(cid, body) for _seq, cid, body in copies])
+                    buses.append(dest)
+            except (QueueDoesNotExist, WalqError) as exc:
+                if isinstance(exc, CorruptionError):
+                    raise
+                continue  # deleted meanwhile
+        return buses
+
+    @staticmethod
+    def _held(kind: str, dest, start: int) -> set:
+        """Copy ids already in ``dest``'s log from ``start`` on (hex)."""
+        log = dest._log
+        held: set = set()
+        for _attempt in range(10):
+            try:
+                for rec in log.iter_from(max(start, log.first)):
+                    if kind == "q" and rec.type == R.SEND:
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "a":
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "t" and rec.type == P.PUBLISH:
+                        held.add(rec.payload[:16].hex())
+                    elif kind == "b" and rec.type == ROUTED:
+                        src = json.loads(rec.payload).get("src")
+                        if src is not None:
+                            held.add(src)
+                return held
+            except RecordGone:
+                held.clear()  # compacted meanwhile: what moved kept its id; look again
+        return held
+
+    def _write_cursor(self, upto: int) -> None:
+        """Syncs the bus log and every queue the records below ``upto`` name,
+        records that in the cursor file, trims the bus log below it."""
+        log = self._log
+        log.sync_to(upto)
+        start = self.read_cursor()
+        dests = set()
+        for rec in self._iter(start, upto):
+            for c in json.loads(rec.payload)["c"]:
+                dests.add((c[4] if len(c) > 4 else "q", c[0], c[1]))
+        broker = self._bus._broker
+        for kind, name, uid in dests:
+            try:
+                d = open_dest(broker, kind, name, uid)
+                if d is not None:
+                    d._log.sync_to(d._log.end)
+            except (WalqError, OSError):
+                continue  # deleted meanwhile: its copies no longer matter
+        self._io.write_file_atomic(os.path.join(self._dir, CURSOR_FILE),
+                                   json.dumps({"upto": upto}).encode())
+        self._since_cursor = 0
+        log.delete_below(upto)
+
+    def flush(self) -> None:
+        """Writes the cursor if this process copied anything since the last one."""
+        if self._since_cursor == 0:
+            return
+        with self._tmu:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
+            try:
+                mark = self._read_mark()
+                if mark is not None and mark[1] <= mark[0] and mark[0] > self.read_cursor():
+                    self._write_cursor(mark[0])
+            finally:
+                fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Releases the lock file and the mark."""
+        self._lock_fh.close()
+        os.close(self._mark_fd)
+
+
+def init_mark(directory: str) -> None:
+    """Writes a new bus's mark: this boot's, nothing copied, nothing under way."""
+    path = os.path.join(directory, MARK_FILE)
+    fd = Access.of_directory(directory).create(path)
+    try:
+        os.pwrite(fd, _MARK.pack(_MAGIC, _boot(), 0, 0), 0)
+    finally:
+        os.close(fd)
