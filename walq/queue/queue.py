@@ -175,7 +175,10 @@ class Queue:
             self._log.close()
             raise
         self._ids = IdGenerator()
-        self._run_buf = RunBuffers()  # catch-up scratch, used under _mu
+        # Catch-up scratch, used under _mu; made on the first catch-up that
+        # reads records (84 KiB, zero-filled: a process holding many queues
+        # it only sends to, as a topic's publisher does, never needs one).
+        self._run_buf: RunBuffers | None = None
         self._recv_local = threading.local()  # each thread's native receive results
         self._blind_ops = 0
         # _attrs' cache: the attributes as of the catalog log's end.  The
@@ -255,6 +258,8 @@ class Queue:
             end = log.end
             if idx.applied >= end:
                 return
+            if self._run_buf is None:
+                self._run_buf = RunBuffers()
             try:
                 mm, base, n = log.frame_run(idx.applied, self._run_buf)
             except RecordGone:
