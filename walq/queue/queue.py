@@ -102,6 +102,20 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
+_scratch = threading.local()
+
+
+def _run_buffers() -> RunBuffers:
+    """This thread's catch-up scratch (84 KiB, zero-filled): one per thread,
+    not per queue - a process may hold a thousand queues (a topic's
+    publisher holds every subscribed one).  Used only within one
+    _catch_up call, which never runs another queue's."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None:
+        buf = _scratch.buf = RunBuffers()
+    return buf
+
+
 def _names_the_queue(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """Wraps a public Queue method: an error caused by the queue's deletion
     (in another thread or process, part way through the call: its files
@@ -175,10 +189,6 @@ class Queue:
             self._log.close()
             raise
         self._ids = IdGenerator()
-        # Catch-up scratch, used under _mu; made on the first catch-up that
-        # reads records (84 KiB, zero-filled: a process holding many queues
-        # it only sends to, as a topic's publisher does, never needs one).
-        self._run_buf: RunBuffers | None = None
         self._recv_local = threading.local()  # each thread's native receive results
         self._blind_ops = 0
         # _attrs' cache: the attributes as of the catalog log's end.  The
@@ -258,10 +268,9 @@ class Queue:
             end = log.end
             if idx.applied >= end:
                 return
-            if self._run_buf is None:
-                self._run_buf = RunBuffers()
+            buf = _run_buffers()
             try:
-                mm, base, n = log.frame_run(idx.applied, self._run_buf)
+                mm, base, n = log.frame_run(idx.applied, buf)
             except RecordGone:
                 # Another process compacted past our position: its checkpoint
                 # covers what the removed segments held.  It may be saving a
@@ -277,7 +286,7 @@ class Queue:
                         self._dir,
                     ) from None
                 continue
-            idx.apply_run(mm, base, idx.applied, n, self._run_buf)
+            idx.apply_run(mm, base, idx.applied, n, buf)
 
     def _reload_index(self) -> Index | NativeIndex:
         """Replaces the index with the newest checkpoint's (the caller
