@@ -91,10 +91,12 @@ def drain(path: str) -> dict[str, list[str]]:
         # with the run's length and the drain with the machine's load, so
         # only a lack of progress is a failure.
         deadline = time.monotonic() + 180
+        wait = 0.0  # long-poll only once a whole pass found nothing
         while time.monotonic() < deadline:
-            left = 0
+            left, got = 0, 0
             for name, q in queues.items():
-                msgs = q.receive(100, wait=0.2, visibility_timeout=60)
+                msgs = q.receive(1000, wait=wait, visibility_timeout=60)
+                got += len(msgs)
                 if msgs:
                     deadline = time.monotonic() + 180
                 for m in msgs:
@@ -106,6 +108,7 @@ def drain(path: str) -> dict[str, list[str]]:
                 left += q.stats().total
             if left == 0:
                 break
+            wait = 0.0 if got else 0.2
         assert left == 0, f"{left} messages could not be drained (none came for 180 s)"
     return out
 
