@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 
 from walq.catalog import Catalog
@@ -11,15 +10,11 @@ from walq.clock import StoreClock
 from walq.errors import (BrokerClosed, CorruptionError, InvalidParameter, QueueAlreadyExists, QueueDoesNotExist,
                          TopicDoesNotExist, WalqError)
 from walq.log import LogOptions
-from walq.log.access import fsync_dir, prepare_store
+from walq.log.access import finish_deletions, prepare_store, remove_aside
 from walq.queue.attributes import QueueAttributes, RedrivePolicy, validate, validate_name
 from walq.queue.queue import Queue
 from walq.topic.identity import check_identity
 from walq.topic.topics import INTERNAL_PREFIX, Topics
-
-
-#: Suffix of a deleted queue's directory while it is being removed.
-_DELETED = ".deleted"
 
 
 class _Unopened:
@@ -228,35 +223,12 @@ class Broker:
         q._close(deleted=True)
 
     def _remove_queue_dir(self, uid: int) -> None:
-        """Removes a deleted queue's directory: renamed first, so that no
-        process can create a file under the queue's path again (a log
-        opens an existing directory only); processes that still hold its
-        files keep their descriptors until they notice the deletion."""
-        src = self._queue_dir(uid)
-        trash = src + _DELETED
-        try:
-            os.rename(src, trash)
-        except FileNotFoundError:
-            pass  # removed already (another process, or a crash after the rename)
-        else:
-            fsync_dir(os.path.dirname(src))
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_aside(self._queue_dir(uid))
 
     def _remove_deleted_dirs(self) -> None:
-        """Finishes deletions a crash interrupted: directories of deleted
-        queues, and renamed ones not yet removed."""
-        root = os.path.join(self.path, "queues")
-        live = {e.uid for e in self._catalog.queues.values()}
-        for name in os.listdir(root):
-            if name.endswith(_DELETED):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                continue
-            try:
-                uid = int(name, 16)
-            except ValueError:
-                continue
-            if uid in self._catalog.deleted and uid not in live:
-                self._remove_queue_dir(uid)
+        """Finishes queue deletions a crash interrupted."""
+        finish_deletions(os.path.join(self.path, "queues"), self._catalog.deleted,
+                         {e.uid for e in self._catalog.queues.values()})
 
     def _raise_if_deleted(self, q, exc: BaseException) -> None:
         """Raises QueueDoesNotExist (from ``exc``, unless it is one) if

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 
 from walq.bus import outbox
 from walq.bus.bus import DELIVERED, Bus
 from walq.bus.catalog import DEFAULT_BUS, BusCatalog
 from walq.errors import BusDoesNotExist, InvalidParameter, QueueDoesNotExist
-from walq.log.access import Access, fsync_dir
+from walq.log.access import Access, finish_deletions, remove_aside
 
 _NAME = re.compile(r"^[/.\-_A-Za-z0-9]{1,256}$")
-_DELETED = ".deleted"
 
 
 def validate_name(name) -> None:
@@ -125,29 +123,11 @@ class Buses:
         self._remove_dir(entry.uid)
 
     def _remove_dir(self, uid: int) -> None:
-        src = self.bus_dir(uid)
-        trash = src + _DELETED
-        try:
-            os.rename(src, trash)
-        except FileNotFoundError:
-            pass
-        else:
-            fsync_dir(self.root)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_aside(self.bus_dir(uid))
 
     def _remove_deleted_dirs(self) -> None:
         """Finishes deletions a crash interrupted."""
-        live = {e.uid for e in self.catalog.buses.values()}
-        for name in os.listdir(self.root):
-            if name.endswith(_DELETED):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-                continue
-            try:
-                uid = int(name, 16)
-            except ValueError:
-                continue
-            if uid in self.catalog.deleted and uid not in live:
-                self._remove_dir(uid)
+        finish_deletions(self.root, self.catalog.deleted, {e.uid for e in self.catalog.buses.values()})
 
     def archive_log(self, name: str, uid: int):
         """The archive ``name``'s log if it is still the one with ``uid``, else None."""

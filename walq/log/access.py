@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 
@@ -219,6 +220,41 @@ def fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Suffix of a deleted queue's, topic's or bus's directory while it is removed.
+DELETED = ".deleted"
+
+
+def remove_aside(path: str) -> None:
+    """Removes a deleted object's directory: renamed to ``<path>.deleted``
+    first (and the parent fsynced), so that no process can create a file
+    under its path again; processes that still hold its files keep their
+    descriptors until they notice the deletion."""
+    trash = path + DELETED
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        pass  # removed already (another process, or a crash after the rename)
+    else:
+        fsync_dir(os.path.dirname(path))
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def finish_deletions(root: str, deleted: set, live: set) -> None:
+    """Finishes deletions a crash interrupted under ``root``: removes
+    renamed directories, and those whose uid (``%016x`` names) is in
+    ``deleted`` and not in ``live``."""
+    for name in os.listdir(root):
+        if name.endswith(DELETED):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+            continue
+        try:
+            uid = int(name, 16)
+        except ValueError:
+            continue
+        if uid in deleted and uid not in live:
+            remove_aside(os.path.join(root, name))
 
 
 def resolve_group(group) -> int | None:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import secrets
 import threading
 
 from walq.errors import InvalidParameter, QueueDoesNotExist, TopicDoesNotExist
-from walq.log.access import Access, fsync_dir
+from walq.log.access import Access, finish_deletions, remove_aside
 from walq.topic import fanout
 from walq.topic.catalog import SubEntry, TopicCatalog
 from walq.topic.topic import Subscription, Topic
@@ -26,7 +25,6 @@ from walq.topic.topic import Subscription, Topic
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 #: Internal queues' names start with this (not a queue-name character).
 INTERNAL_PREFIX = "~"
-_DELETED = ".deleted"
 
 
 def validate_name(name) -> None:
@@ -149,29 +147,11 @@ class Topics:
         self._remove_dir(entry.uid)
 
     def _remove_dir(self, uid: int) -> None:
-        src = self.topic_dir(uid)
-        trash = src + _DELETED
-        try:
-            os.rename(src, trash)
-        except FileNotFoundError:
-            pass
-        else:
-            fsync_dir(self.root)
-        shutil.rmtree(trash, ignore_errors=True)
+        remove_aside(self.topic_dir(uid))
 
     def _remove_deleted_dirs(self) -> None:
         """Finishes deletions a crash interrupted."""
-        live = {e.uid for e in self.catalog.topics.values()}
-        for name in os.listdir(self.root):
-            if name.endswith(_DELETED):
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
-                continue
-            try:
-                uid = int(name, 16)
-            except ValueError:
-                continue
-            if uid in self.catalog.deleted and uid not in live:
-                self._remove_dir(uid)
+        finish_deletions(self.root, self.catalog.deleted, {e.uid for e in self.catalog.topics.values()})
 
     # -- subscriptions -------------------------------------------------------------------
 
