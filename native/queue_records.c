@@ -71,6 +71,70 @@ uint64_t walq_encode_sends(const char *bodies, const uint32_t *lens, size_t n,
     return (uint64_t)(p - out);
 }
 
+void walq_copy_id(const uint8_t *message_id, const uint8_t *uid_be, uint8_t *out)
+{
+    uint8_t in[24];
+    memcpy(in, message_id, 16);
+    memcpy(in + 16, uid_be, 8);
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(in, sizeof in));
+    memcpy(out, c.digest, 16);
+}
+
+int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32_t *idx, size_t n,
+                            const uint8_t *message_id, double now,
+                            const char *head, size_t head_len, const char *tail, size_t tail_len,
+                            const char *message, size_t message_len, const char *attrs, size_t attrs_len,
+                            int64_t *seqs)
+{
+    /* An envelope is well under 4 KiB unless the message is large: then
+     * one allocation serves the rest of the call. */
+    char small[4096];
+    char *buf = small;
+    size_t cap = sizeof small;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const struct walq_copy_target *t = &targets[idx ? idx[i] : i];
+        size_t alen = t->raw ? attrs_len : 0;
+        size_t blen = t->raw ? message_len : head_len + t->insert_len + tail_len;
+        size_t len = WALQ_SEND_HEAD + alen + blen;
+        if (len > cap) {
+            char *bigger = malloc(len);
+            if (!bigger) {
+                i = (size_t)-1;
+                break;
+            }
+            if (buf != small)
+                free(buf);
+            buf = bigger;
+            cap = len;
+        }
+        double visible = now + t->delay;
+        memset(buf, 0, WALQ_SEND_HEAD);
+        walq_copy_id(message_id, t->uid, (uint8_t *)buf);
+        memcpy(buf + WALQ_SEND_SENT, &now, 8);
+        memcpy(buf + WALQ_SEND_VISIBLE, &visible, 8);
+        put32(buf + WALQ_SEND_LENS, (uint32_t)alen);
+        char *p = buf + WALQ_SEND_HEAD;
+        if (t->raw) {
+            memcpy(p, attrs, alen);
+            memcpy(p + alen, message, message_len);
+        } else {
+            memcpy(p, head, head_len);
+            memcpy(p + head_len, t->insert, t->insert_len);
+            memcpy(p + head_len + t->insert_len, tail, tail_len);
+        }
+        int64_t seq = walq_append_one(t->writer, buf, len, 1 /* SEND */);
+        if (seq < 0)
+            break;  /* the caller writes this one the slow way */
+        if (seqs)
+            seqs[i] = seq;
+    }
+    if (buf != small)
+        free(buf);
+    return i == (size_t)-1 ? -2 : (int64_t)i;
+}
+
 size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_t *lens,
                            const uint8_t *types, size_t n, int has_last, double last,
                            double slack, double *sent)

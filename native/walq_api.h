@@ -288,6 +288,36 @@ size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_
                            const uint8_t *types, size_t n, int has_last, double last,
                            double slack, double *sent);
 
+/* A topic's fan-out (walq/topic/fanout.py): one publish copied into the
+ * standard queues it reaches, one call for them all (per copy, Python spent
+ * more than the write itself). */
+struct walq_copy_target {
+    struct walq_writer *writer;  /* the queue log's */
+    const char *insert;          /* an envelope's UnsubscribeURL member, between head and tail */
+    uint32_t insert_len;
+    uint32_t raw;                /* 1: the message and its attributes as published (raw delivery) */
+    double delay;                /* the queue's delivery delay, seconds */
+    uint8_t uid[8];              /* the queue's uid, big-endian */
+};
+
+/* A copy's message id: the 16 canonical (big-endian) bytes of
+ * XXH3-128(publish id:16 || queue uid:8 big-endian) (docs/format.md). */
+void walq_copy_id(const uint8_t *message_id, const uint8_t *uid_be, uint8_t *out);
+
+/* Writes the publish `message_id` into targets[idx[i]] (targets[i] when idx
+ * is NULL) for i < n, each a SEND without group, dedup id or source (sent
+ * `now`, visible now + delay): an envelope target's body is head, its
+ * insert, tail; a raw target's is the message with `attrs` as its
+ * attributes.  Each through walq_append_one (that log's append lock taken
+ * and released); the caller holds each writer's process-local lock.  Stops
+ * at the first copy that needs the slow path; returns how many were
+ * written (their sequences in seqs unless NULL), or -2 out of memory. */
+int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32_t *idx, size_t n,
+                            const uint8_t *message_id, double now,
+                            const char *head, size_t head_len, const char *tail, size_t tail_len,
+                            const char *message, size_t message_len, const char *attrs, size_t attrs_len,
+                            int64_t *seqs);
+
 /* The text forms a receive hands out, for `n` messages: each id's text
  * (from its 16 raw bytes at ids + 16 i; see walq_encode_sends) into
  * `ids_text`, and each receipt handle (walq/queue/receipts.py: hex16(uid)

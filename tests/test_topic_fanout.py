@@ -12,6 +12,7 @@ import pytest
 import walq
 from walq.queue.queue import Queue
 from walq.topic import fanout
+from walq.topic.copyplan import CopyPlan
 
 
 class Cut(BaseException):
@@ -23,6 +24,10 @@ def _store(path):
     t = b.create_topic("t")
     for name in "abc":
         t.subscribe(b.create_queue(name), raw=True)
+        # A queue's first write aims its native writer (the slow way);
+        # after this, copies go through the native fan-out.
+        b.get_queue(name).send("warm-up")
+        assert _bodies(b, name) == ["warm-up"]
     return b, t
 
 
@@ -38,9 +43,12 @@ def _bodies(b, name):
 
 
 def _cut_after(monkeypatch, n_queues: int):
-    """Queue._store_copies works for the next ``n_queues`` queues, then the 'process dies'."""
-    real = Queue._store_copies
+    """The next ``n_queues`` queue copies are written, then the 'process
+    dies': on the Python path (Queue._store_copies) and on the native one
+    (CopyPlan.write, which writes a publish's copies in target order)."""
+    real, real_write = Queue._store_copies, CopyPlan.write
     left = [n_queues]
+    native = []
 
     def store_copies(self, copies):
         if left[0] == 0:
@@ -48,7 +56,20 @@ def _cut_after(monkeypatch, n_queues: int):
         left[0] -= 1
         return real(self, copies)
 
+    def write(self, hit, every, *args):
+        if left[0] == 0:
+            raise Cut()
+        take = min(left[0], len(hit))
+        native.append(hit)
+        got = real_write(self, hit[:take], every and take == len(hit), *args)
+        left[0] -= got
+        if got == take < len(hit):
+            raise Cut()
+        return got  # short: the caller writes the next one through _store_copies
+
     monkeypatch.setattr(Queue, "_store_copies", store_copies)
+    monkeypatch.setattr(CopyPlan, "write", write)
+    return native
 
 
 @pytest.mark.parametrize("how", ["broker open", "get_topic", "next publish"])
@@ -76,9 +97,10 @@ def test_a_fan_out_cut_short_is_completed_without_duplicates(tmp_path, monkeypat
 
 def test_the_next_publish_in_the_same_process_completes_a_cut_short_fan_out(tmp_path, monkeypatch):
     b, t = _store(tmp_path / "s")
-    _cut_after(monkeypatch, 2)
+    native = _cut_after(monkeypatch, 2)
     with pytest.raises(Cut):
         t.publish("one")
+    assert native == [[0, 1, 2]]  # cut inside the native fan-out
     monkeypatch.undo()
     t.publish("two")
     assert {n: _bodies(b, n) for n in "abc"} == {n: ["one", "two"] for n in "abc"}
@@ -89,6 +111,7 @@ def test_after_a_reboot_the_mark_is_not_trusted_and_each_queue_gets_only_what_it
     b, t = _store(tmp_path / "s")
     real = Queue._store_copies
     # As a power cut that took queue b's unsynced copy: the mark says done, b lacks it.
+    monkeypatch.setattr(fanout.Fanout, "_copy_native", lambda self, plan, hit, *args: hit)  # the Python path
     monkeypatch.setattr(Queue, "_store_copies", lambda self, copies: 0 if self.name == "b" else real(self, copies))
     t.publish("one")
     monkeypatch.undo()

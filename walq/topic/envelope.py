@@ -73,6 +73,11 @@ class Envelope:
         else:
             self._tail = "}"
 
+    def parts(self) -> tuple[bytes, bytes]:
+        """The UTF-8 bytes before and after the ``UnsubscribeURL`` member
+        (for the native fan-out: walq/topic/copyplan.py)."""
+        return self._head.encode("utf-8"), self._tail.encode("utf-8")
+
     def for_subscription(self, unsubscribe: str) -> bytes:
         """The envelope as a queue message body for the subscription whose
         ``unsubscribe_field(region, arn)`` is ``unsubscribe``."""

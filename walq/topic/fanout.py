@@ -52,6 +52,7 @@ from walq.log.fileio import OsIO, allocate
 from walq.queue import message_attributes as mattrs
 from walq.queue import records as R
 from walq.topic import records as P
+from walq.topic.copyplan import CopyPlan
 from walq.topic.envelope import unsubscribe_field
 from walq.topic.filters import attribute_view, compile_policy, new_matcher
 
@@ -215,7 +216,8 @@ class Fanout:
 
     def _routing(self, targets: list[Target]):
         """(targets without a filter, attribute-scope matcher, body-scope
-        matcher), built again only when _targets resolved a new list."""
+        matcher, native copy plan), built again only when _targets resolved
+        a new list."""
         at, cached = self._matchers
         if at is targets:
             return cached
@@ -230,7 +232,7 @@ class Fanout:
             else:
                 by_attr.add(i, compile_policy(t.sub.filter_policy, "attributes"))
                 n_attr += 1
-        routing = (plain, by_attr if n_attr else None, by_body if n_body else None)
+        routing = (plain, by_attr if n_attr else None, by_body if n_body else None, CopyPlan(targets))
         self._matchers = (targets, routing)
         return routing
 
@@ -241,7 +243,7 @@ class Fanout:
         targets = self._targets()
         if not targets:
             return targets
-        plain, by_attr, by_body = self._routing(targets)
+        plain, by_attr, by_body, plan = self._routing(targets)
         filtered = by_attr is not None or by_body is not None
         # Only the targets a publish reaches get an entry: with a thousand
         # subscriptions and a 1% match, per-target lists cost more than the copies.
@@ -250,6 +252,14 @@ class Fanout:
             pubs = [P.decode(seq, known[seq]) for seq in range(start, end)]
         else:
             pubs = topic._read_publishes(start, end)
+            if suspect_upto is None:
+                pubs = list(pubs)
+        # Natively, straight away: standard queues' copies of publishes
+        # without a group, unless a cut-short fan-out is being completed
+        # (which must first look for copies already made).  Writing them
+        # publish by publish keeps each queue's order.
+        native = suspect_upto is None and all(p.group is None for p in pubs)
+        now = topic._clock()
         copy_id = P.copy_id_of
         for pub in pubs:
             if filtered:
@@ -270,6 +280,8 @@ class Fanout:
             else:
                 hit = plain  # already in target order
             env = None
+            if native:
+                hit = self._copy_native(plan, hit, not filtered, pub, targets, now)
             mid, seq = pub.message_id, pub.seq
             for i in hit:
                 t = targets[i]
@@ -301,6 +313,37 @@ class Fanout:
             except QueueDoesNotExist:
                 continue  # deleted meanwhile
         return targets
+
+    def _copy_native(self, plan: CopyPlan, hit: list[int], unfiltered: bool, pub, targets: list[Target],
+                     now: float) -> list[int]:
+        """Writes ``pub``'s copies into the targets of ``hit`` the plan can
+        write natively; returns the rest (in order) for the Python way."""
+        if unfiltered and plan.all_native:
+            todo, rest, every = hit, [], True
+        else:
+            todo = [i for i in hit if plan.native[i]]
+            if not todo:
+                return hit
+            rest, every = [i for i in hit if not plan.native[i]], False
+        env = self._topic._envelope(pub) if any(targets[i].envelope for i in todo) else None
+        head, tail = env.parts() if env is not None else (b"", b"")
+        while todo:
+            got = plan.write(todo, every, pub, head, tail, now)
+            for i in todo[:got]:
+                targets[i].queue._count_blind(1)
+            if got == len(todo):
+                break
+            # This copy goes the slow way now (a roll, a closed log: it says
+            # what is wrong), in its place in the queue's order; the ones
+            # after it natively again.
+            t = targets[todo[got]]
+            body, encoded = (env.for_subscription(t.unsubscribe), b"") if t.envelope else (pub.message, pub.attributes)
+            try:
+                t.queue._store_copies([(P.copy_id_of(pub.message_id, t.uid_bytes), body, encoded, None, None)])
+            except QueueDoesNotExist:
+                pass  # deleted meanwhile
+            todo, every = todo[got + 1:], False
+        return rest
 
     def _held(self, t: Target, cursor: dict) -> set:
         """Message ids in ``t``'s queue log from where the cursor (or the
