@@ -204,7 +204,11 @@ class Queue:
                 self._last_ckpt = self._index.ops
                 self._ckpt_pos = self._index.applied
                 self._ckpt_base = self._log.active_base
-                self._catch_up()
+                # No catch-up here: the calls that read the index catch up
+                # first anyway, and a handle that only writes (a sender, a
+                # topic's fan-out into a thousand subscribed queues) never
+                # needs to replay - the records it would read cost memory
+                # per queue (the log pages the replay maps).
         except BaseException:
             # A queue that fails to open (damage) must not keep its log open:
             # the error's traceback may outlive it, holding lock.users.
