@@ -135,6 +135,8 @@ def run_replays(svc) -> int:
                 if rec.seq >= end or len(events) >= BATCH:
                     break
                 nxt = rec.seq + 1
+                if rec.type != ARCHIVED:
+                    continue  # a lost record's filler (walq repair)
                 ev = json.loads(rec.payload[16:])
                 if r["start"] <= event_epoch(ev) < r["end"]:
                     ev["replay-name"] = name

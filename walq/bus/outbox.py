@@ -40,6 +40,9 @@ from walq.queue import records as R
 from walq.topic import records as P
 
 ROUTED = 1
+#: A lost record's filler (``walq repair``, walq/bus/repair.py): type 2, no
+#: payload, in a bus's or an archive's log; every reader skips it.
+LOST = 2
 CURSOR_EVERY = 1024
 MARK_FILE, CURSOR_FILE, LOCK_FILE = "mark", "cursor", "lock.outbox"
 _MARK = struct.Struct("<8s40sQQ")  # magic, boot id, done, busy
