@@ -93,6 +93,16 @@ class Buses:
                     b._outbox.run()
             return b
 
+    def complete_cut_short(self) -> None:
+        """At broker open: completes every bus whose outbox needs it
+        (walq/bus/outbox.py, ``needs_completion``)."""
+        for entry in list(self.catalog.buses.values()):
+            if outbox.needs_completion(self.bus_dir(entry.uid)):
+                try:
+                    self.get_bus(entry.name)  # opening completes it
+                except BusDoesNotExist:
+                    pass
+
     def list_buses(self) -> list[str]:
         """Bus names, sorted (``default`` among them)."""
         self.catalog.refresh()
