@@ -36,6 +36,7 @@ class Buses:
                                   broker._log_io(os.path.join(self.root, "catalog")))
         self._handles: dict[str, Bus] = {}
         self._archives: dict[int, object] = {}  # uid -> ArchiveLog open in this process
+        self._expired_at: dict[int, float] = {}  # archive uid -> when this process last expired it
         self._mu = threading.RLock()
         self._remove_deleted_dirs()
 
@@ -157,12 +158,15 @@ class Buses:
             return a
 
     def fire_schedules(self) -> int:
-        """Fires the due ticks of schedule rules (walq/bus/scheduler.py)."""
+        """Fires the due ticks of schedule rules (walq/bus/scheduler.py),
+        advances replays and expires archives (walq/bus/archive.py); returns
+        the ticks fired and replay batches run."""
+        from walq.bus.archive import expire_archives, run_replays
         from walq.bus.scheduler import fire_due
 
-        from walq.bus.archive import run_replays
-
-        return fire_due(self) + run_replays(self)
+        fired = fire_due(self) + run_replays(self)
+        expire_archives(self)  # archives' retention: a worker chore as well
+        return fired
 
     def delivery_targets(self) -> list:
         """One worker DeliveryTarget per HTTP or handler target of every bus."""

@@ -108,16 +108,11 @@ def check_routed(type_: int, payload: bytes) -> None:
 
 
 def check_archived(type_: int, payload: bytes) -> None:
-    """Raises ValueError unless ``payload`` is an archive record: copy id, event JSON."""
-    from walq.bus.archive import ARCHIVED, event_epoch
+    """Raises ValueError (KeyError) unless ``payload`` is an archive record
+    (or a LOST filler)."""
+    from walq.bus.archive import decode
 
-    if type_ == O.LOST and not payload:
-        return  # a lost record's filler
-    if type_ != ARCHIVED:
-        raise ValueError(f"archive records have type {ARCHIVED}, not {type_}")
-    if len(payload) < 16:
-        raise ValueError(f"an archive record of {len(payload)} bytes has no copy id")
-    event_epoch(json.loads(payload[16:]))
+    decode(type_, payload)
 
 
 # -- the mark and the cursor -------------------------------------------------------------------
@@ -394,8 +389,10 @@ def record_json(rec, kind: str) -> dict:
             out["positions"] = r["p"]
             out.update((k, r[k]) for k in ("src", "tick", "replay") if k in r)
         else:
-            check_archived(rec.type, rec.payload)
-            out.update(type="archived", copy_id=rec.payload[:16].hex(), event=json.loads(rec.payload[16:]))
+            from walq.bus.archive import decode
+
+            at, ev = decode(rec.type, rec.payload)
+            out.update(type="archived", copy_id=rec.payload[:16].hex(), archived_at=_iso(at), event=ev)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         out.update(type=f"type-{rec.type}", error=f"does not decode: {exc}",
                    payload_base64=base64.b64encode(rec.payload).decode("ascii"))
