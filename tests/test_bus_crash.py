@@ -174,6 +174,22 @@ def test_a_put_events_killed_after_its_record_is_completed_when_a_broker_opens_t
     assert json.loads(again.stdout) == {"held": {"a": 1, "b": 1, "c": 1}, "opened_buses": False}
 
 
+def test_an_open_leaves_a_copy_to_the_live_process_that_appended_it(tmp_path):
+    path = str(tmp_path / "store")
+    setup_store(path)
+    live = walq.open(path, durability="os")
+    bus = live.get_bus("default")
+    bus._outbox.run = lambda *a, **k: None  # appended, its copy not yet made (as between the two steps)
+    bus.put_events([{"source": "crash", "detail_type": "t", "detail": {"key": "k:0", "even": True}}])
+    with walq.open(path, durability="os") as other:
+        assert other._buses is None  # the appender has the bus open: its copy is its own to make
+        assert other.get_queue("a").stats().total == 0
+    live.close()  # gone, its copy never made (the kill -9 case is the test above)
+    with walq.open(path, durability="os") as after:
+        assert after._buses is not None
+        assert [after.get_queue(n).stats().total for n in "abc"] == [1, 1, 1]
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "producer":
         producer(json.loads(sys.argv[2]))

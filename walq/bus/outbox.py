@@ -296,13 +296,30 @@ class Outbox:
         os.close(self._mark_fd)
 
 
+def _in_use(path: str) -> bool:
+    """Whether a live process holds an flock on ``path`` (tried without
+    waiting, and released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the lock
+
+
 def needs_completion(directory: str) -> bool:
-    """Whether the bus in ``directory`` may hold records not yet copied:
-    its mark is missing, not one, of another boot, or says a copy was cut
-    short (``busy > done``), or its log's control block says records were
-    appended past ``done`` (a process killed between its append and its
-    copy).  Reads two small files, opens nothing; a bus whose log was never
-    opened has nothing to copy."""
+    """Whether the bus in ``directory`` may hold records whose copies a
+    crash cut short: its mark is missing, not one, or of another boot; or it
+    says a copy is under way (``busy > done``) and no process holds the copy
+    lock; or the log's control block says records were appended past
+    ``done`` and no process has the log open (an appender killed before its
+    copy; a live one copies its own).  Reads two small files, opens no log;
+    a bus whose log was never opened has nothing to copy."""
     from walq.log.format import CTL_MAGIC
 
     try:
@@ -318,13 +335,14 @@ def needs_completion(directory: str) -> bool:
     if len(raw) < _MARK.size:
         return True
     magic, boot, done, busy = _MARK.unpack(raw)
-    if magic != _MAGIC or boot != _boot() or busy > done:
+    if magic != _MAGIC or boot != _boot():
         return True
+    if busy > done:
+        return not _in_use(os.path.join(directory, LOCK_FILE))
     if len(ctl) == 16:
+        # The block is trusted in this boot only, as the mark is.
         cmagic, end = struct.unpack("<QQ", ctl)
-        # The block is trusted in this boot only, as the mark is (the mark
-        # of another boot answered above).
-        return cmagic == CTL_MAGIC and end > done
+        return cmagic == CTL_MAGIC and end > done and not _in_use(os.path.join(directory, "lock.users"))
     return False
 
 
