@@ -73,7 +73,7 @@ def test_dump_catalog_lists_buses_rules_targets_archives_and_replays(tmp_path):
     assert [(t["id"], t["kind"]) for t in rules["r"]["targets"]] == \
         [("q", "sqs"), ("t", "topic"), ("b", "bus"), ("h", "https")]
     assert d["archives"] == [{"archive": "keep", "uid": d["archives"][0]["uid"], "pattern": {"source": ["s"]},
-                              "retention_days": 7}]
+                              "retention_days": 7, "first": 0, "end": 3}]
     [replay] = d["replays"]
     assert replay["replay"] == "again" and replay["state"] == "RUNNING" and replay["position"] == 0
     assert buses["other"]["rules"] == []

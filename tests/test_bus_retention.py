@@ -74,8 +74,11 @@ def test_expired_events_are_not_replayed_and_their_segments_are_deleted(store, c
     assert _replay(broker, bus, "all", t0 - 10, clock() + 10) == [("new", i) for i in range(10)]
     # A replay of the expired range sends nothing.
     assert _replay(broker, bus, "old-only", t0 - 10, t0 + DAY // 4) == []
-    # What survived still verifies: a trimmed archive is not damage.
+    # What survived still verifies: a trimmed archive is not damage; dump shows where it starts.
     assert winspect.verify_store(str(broker.path)).ok
+    [bus_line] = [d for d in winspect.dump_log(os.path.join(broker.path, "catalog"), kind="catalog")
+                  if d.get("type") == "bus"]
+    assert bus_line["archives"][0]["first"] == alog._log.first
 
 
 def test_a_replay_below_the_trim_point_goes_on_from_it(store, clock):

@@ -344,10 +344,16 @@ def describe(store: str) -> list[dict]:
             if rname in e.fired:
                 rule["last_fired"] = _iso(e.fired[rname])
             rules.append(rule)
-        archives = [{"archive": a["name"], "uid": f"{a['uid']:016x}",
-                     "pattern": json.loads(a["pattern"]) if a.get("pattern") is not None else None,
-                     "retention_days": a.get("retention_days", 0)}
-                    for a in sorted(state.archives.values(), key=lambda a: a["name"]) if a["bus"] == e.uid]
+        archives = []
+        for a in sorted(state.archives.values(), key=lambda a: a["name"]):
+            if a["bus"] != e.uid:
+                continue
+            extent = _log_extent(os.path.join(store, "buses", "archives", f"{a['uid']:016x}"))
+            archives.append({"archive": a["name"], "uid": f"{a['uid']:016x}",
+                             "pattern": json.loads(a["pattern"]) if a.get("pattern") is not None else None,
+                             "retention_days": a.get("retention_days", 0),
+                             # Records below "first" were expired (or never written); "end" is the next.
+                             "first": extent[0] if extent else 0, "end": extent[1] if extent else 0})
         replays = [{"replay": r["name"], "archive": r["archive"], "state": r["state"], "position": r["pos"],
                     "start": _iso(r["start"]), "end": _iso(r["end"]), "rules": r.get("rules")}
                    for r in sorted(state.replays.values(), key=lambda r: r["name"]) if r["bus"] == e.uid]
