@@ -207,3 +207,14 @@ def test_repair_rewrites_a_damaged_archive_and_replays_skip_the_lost_record(tmp_
         while b.get_bus("default").describe_replay("again").state == "RUNNING":
             run_replays(svc)
         assert q.stats().total == before + 2  # events 1 and 2; event 0's record was lost
+
+
+def test_a_damaged_bus_does_not_stop_the_store_opening(tmp_path):
+    path, bus_dir, _arch = _store(tmp_path)
+    with open(os.path.join(bus_dir, "cursor"), "wb") as f:
+        f.write(b"garbage")
+    os.unlink(os.path.join(bus_dir, "mark"))  # so that the open's completion reads the cursor
+    with walq.open(path, durability="os") as b:
+        assert b.get_queue("q").stats().total == 3  # the queues stay usable
+        with pytest.raises(walq.CorruptionError, match="cursor"):
+            b.get_bus("default").put_events([{"source": "s", "detail_type": "d", "detail": {}}])

@@ -12,7 +12,7 @@ import threading
 from walq.bus import outbox
 from walq.bus.bus import DELIVERED, Bus
 from walq.bus.catalog import DEFAULT_BUS, BusCatalog
-from walq.errors import BusDoesNotExist, InvalidParameter, QueueDoesNotExist
+from walq.errors import BusDoesNotExist, CorruptionError, InvalidParameter, QueueDoesNotExist
 from walq.log.access import Access, finish_deletions, remove_aside
 
 _NAME = re.compile(r"^[/.\-_A-Za-z0-9]{1,256}$")
@@ -96,12 +96,14 @@ class Buses:
 
     def complete_cut_short(self) -> None:
         """At broker open: completes every bus whose outbox needs it
-        (walq/bus/outbox.py, ``needs_completion``)."""
+        (walq/bus/outbox.py, ``needs_completion``).  A damaged bus is left
+        for its users to meet (get_bus raises CorruptionError): the store's
+        queues and other buses stay usable."""
         for entry in list(self.catalog.buses.values()):
             if outbox.needs_completion(self.bus_dir(entry.uid)):
                 try:
                     self.get_bus(entry.name)  # opening completes it
-                except BusDoesNotExist:
+                except (BusDoesNotExist, CorruptionError):
                     pass
 
     def list_buses(self) -> list[str]:
