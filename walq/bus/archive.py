@@ -97,6 +97,7 @@ class ArchiveLog:
         self.name, self._uid, self._dir = name, uid, directory
         self._clock = broker._clock
         self._log = Log.open(directory, broker._log_options, broker._log_io(directory))
+        self._expired_below = 0  # every record below this was found expired (the clock never goes back)
 
     def store(self, copies: list) -> None:
         """Appends ``(copy id hex, event JSON)`` pairs, stamped with the
@@ -116,13 +117,20 @@ class ArchiveLog:
         log = self._log
         if limit is None:
             return log.first
-        keep = None
-        for rec in log.iter_from(log.first):
+        # Only what was there before the scan: an event archived meanwhile
+        # is new, and must not count as read.
+        keep = end = log.end
+        for rec in log.iter_from(max(log.first, self._expired_below)):
+            if rec.seq >= end:
+                break
             d = decode(rec.type, rec.payload)
             if d is not None and d[0] >= limit:
                 keep = rec.seq
                 break
-        return log.delete_below(log.end if keep is None else keep)
+        # The active segment stays, however old its records: a later pass
+        # starts past what this one read.
+        self._expired_below = keep
+        return log.delete_below(keep)
 
     def close(self) -> None:
         """Closes the log."""
