@@ -114,6 +114,86 @@ def test_killed_producers_leave_each_event_in_all_its_queues_or_none(tmp_path):
     assert run_cycles(tmp_path, cycles=100, seed=7, durability="always") > 0
 
 
+def killed_mid_put(args) -> None:
+    """Puts one event routed to queues a, b and c and kills itself with
+    SIGKILL once its ROUTED record is durable: ``"before-copy"`` before any
+    copy (the mark still says everything was copied), ``"mid-copy"`` after
+    the copy into queue a (the mark says a copy is under way)."""
+    from walq.bus.outbox import Outbox
+    from walq.queue.queue import Queue
+
+    broker = walq.open(args["path"], durability="always")
+    bus = broker.get_bus("default")
+    die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+    if args["point"] == "before-copy":
+        Outbox.run = die
+    else:
+        real, copied = Queue._store_copies, []
+
+        def copy_then_die(self, copies):
+            if copied:
+                die()
+            copied.append(self.name)
+            return real(self, copies)
+
+        Queue._store_copies = copy_then_die
+    bus.put_events([{"source": "crash", "detail_type": "t", "detail": {"key": "k:0", "even": True}}])
+    raise SystemExit("put_events returned: the kill never came")
+
+
+def opened_fresh(args) -> None:
+    """Opens the store (no get_bus, no put_events) and prints what queues
+    a, b and c hold, and whether the broker opened its buses."""
+    with walq.open(args["path"], durability="os", readonly=args.get("readonly", False)) as b:
+        opened = b._buses is not None
+        held = {n: b.get_queue(n).stats().total for n in "abc"}
+    print(json.dumps({"held": held, "opened_buses": opened}), flush=True)
+
+
+def _run(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, HERE, *argv], capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("point", ["before-copy", "mid-copy"])
+def test_a_put_events_killed_after_its_record_is_completed_when_a_broker_opens_the_store(tmp_path, point):
+    path = str(tmp_path / "store")
+    setup_store(path)
+    died = _run("killed-mid-put", json.dumps({"path": path, "point": point}))
+    assert died.returncode == -signal.SIGKILL, died.stderr.decode()[-2000:]
+    # A reader cannot copy: it opens, changes nothing, and sees the copies missing.
+    ro = _run("opened-fresh", json.dumps({"path": path, "readonly": True}))
+    assert ro.returncode == 0, ro.stderr.decode()[-2000:]
+    before = json.loads(ro.stdout)["held"]
+    assert before["b"] == 0 and before["c"] == 0
+    # Any writer's open completes it, without get_bus or put_events.
+    first = _run("opened-fresh", json.dumps({"path": path}))
+    assert first.returncode == 0, first.stderr.decode()[-2000:]
+    assert json.loads(first.stdout) == {"held": {"a": 1, "b": 1, "c": 1}, "opened_buses": True}
+    # Nothing left to do: the next open reads two small files per bus and opens none.
+    again = _run("opened-fresh", json.dumps({"path": path}))
+    assert json.loads(again.stdout) == {"held": {"a": 1, "b": 1, "c": 1}, "opened_buses": False}
+
+
+def test_an_open_leaves_a_copy_to_the_live_process_that_appended_it(tmp_path):
+    path = str(tmp_path / "store")
+    setup_store(path)
+    live = walq.open(path, durability="os")
+    bus = live.get_bus("default")
+    bus._outbox.run = lambda *a, **k: None  # appended, its copy not yet made (as between the two steps)
+    bus.put_events([{"source": "crash", "detail_type": "t", "detail": {"key": "k:0", "even": True}}])
+    with walq.open(path, durability="os") as other:
+        assert other._buses is None  # the appender has the bus open: its copy is its own to make
+        assert other.get_queue("a").stats().total == 0
+    live.close()  # gone, its copy never made (the kill -9 case is the test above)
+    with walq.open(path, durability="os") as after:
+        assert after._buses is not None
+        assert [after.get_queue(n).stats().total for n in "abc"] == [1, 1, 1]
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "producer":
         producer(json.loads(sys.argv[2]))
+    elif sys.argv[1] == "killed-mid-put":
+        killed_mid_put(json.loads(sys.argv[2]))
+    elif sys.argv[1] == "opened-fresh":
+        opened_fresh(json.loads(sys.argv[2]))

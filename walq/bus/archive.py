@@ -2,9 +2,17 @@
 
 An archive keeps the bus's events that match its pattern (all of them
 without one) in a log of its own, ``buses/archives/<uid:016x>/``: one record
-per event, ``copy id:16`` then the event's JSON.  Archived copies travel in
-the bus's ROUTED records like any other destination (kind ``"a"``), so an
-event is archived exactly when it is delivered (all or none).
+per event, ``copy id:16``, the time it was archived (the broker's clock) and
+the event's JSON.  Archived copies travel in the bus's ROUTED records like
+any other destination (kind ``"a"``), so an event is archived exactly when
+it is delivered (all or none).
+
+Retention (``retention_days`` > 0): an event archived longer ago than that
+is gone, as in EventBridge - no replay sends it - and workers reclaim its
+space (``expire_archives``): under the bus catalog's append lock, which
+replays hold while they read, whole segments below the archive's first
+unexpired record are deleted.  A replay whose position is below the trim
+point goes on from there.
 
 A replay (``bus.start_replay``) is run by workers: under the bus catalog's
 append lock, a worker reads the next batch of the archive from the replay's
@@ -22,13 +30,24 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import struct
 
 from walq.bus import outbox as O
 from walq.errors import InvalidParameter
 from walq.log import Log
 
 BATCH = 100
+#: ``copy id:16 | event JSON``: records written before archives kept their
+#: archiving time (the event's own ``time`` stands in for it).
 ARCHIVED = 1
+#: ``copy id:16 | archived at: float64le epoch seconds | event JSON``.
+ARCHIVED_AT = 3
+_AT = struct.Struct("<d")
+DAY = 86_400
+#: Seconds of the broker's clock between two expiry passes over one archive
+#: in one process (each pass reads from the archive's first record to its
+#: first unexpired one).
+EXPIRE_EVERY = 60.0
 
 
 def epoch(value, what: str) -> float:
@@ -47,17 +66,71 @@ def event_epoch(ev: dict) -> float:
     return _dt.datetime.strptime(ev["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
+def decode(type_: int, payload: bytes) -> tuple[float, dict] | None:
+    """``(archived at, event)`` of an archive record; None for a LOST filler
+    (walq repair); ValueError (KeyError) if it is neither."""
+    if type_ == ARCHIVED_AT:
+        if len(payload) < 16 + _AT.size:
+            raise ValueError(f"an archive record of {len(payload)} bytes has no copy id and time")
+        ev = json.loads(payload[16 + _AT.size:])
+        event_epoch(ev)
+        return _AT.unpack_from(payload, 16)[0], ev
+    if type_ == ARCHIVED:
+        if len(payload) < 16:
+            raise ValueError(f"an archive record of {len(payload)} bytes has no copy id")
+        ev = json.loads(payload[16:])
+        return event_epoch(ev), ev
+    if type_ == O.LOST and not payload:
+        return None
+    raise ValueError(f"archive records have type {ARCHIVED_AT} (or {ARCHIVED}), not {type_}")
+
+
+def cutoff(retention_days: int, now: float) -> float | None:
+    """Events archived before this are gone (None: kept forever)."""
+    return now - retention_days * DAY if retention_days else None
+
+
 class ArchiveLog:
     """An archive's log, open in this process (a destination of the outbox)."""
 
     def __init__(self, broker, name: str, uid: int, directory: str):
         self.name, self._uid, self._dir = name, uid, directory
+        self._clock = broker._clock
         self._log = Log.open(directory, broker._log_options, broker._log_io(directory))
+        self._expired_below = 0  # every record below this was found expired (the clock never goes back)
 
     def store(self, copies: list) -> None:
-        """Appends ``(copy id hex, event JSON)`` pairs without waiting for durability."""
+        """Appends ``(copy id hex, event JSON)`` pairs, stamped with the
+        broker's clock, without waiting for durability."""
+        at = _AT.pack(self._clock())
         for cid, body in copies:
-            self._log.append(bytes.fromhex(cid) + body.encode(), ARCHIVED, settle=False)
+            self._log.append(bytes.fromhex(cid) + at + body.encode(), ARCHIVED_AT, settle=False)
+
+    def expire(self, retention_days: int, now: float) -> int:
+        """Deletes the whole segments below the first record archived at or
+        after the retention cutoff (every record, if none is); returns the
+        log's new first sequence.  The caller holds the bus catalog's lock,
+        so no replay reads meanwhile.  Records are archived in clock order
+        but for processes racing on one instant: an older one behind a newer
+        one only waits for a later pass (and replays skip it meanwhile)."""
+        limit = cutoff(retention_days, now)
+        log = self._log
+        if limit is None:
+            return log.first
+        # Only what was there before the scan: an event archived meanwhile
+        # is new, and must not count as read.
+        keep = end = log.end
+        for rec in log.iter_from(max(log.first, self._expired_below)):
+            if rec.seq >= end:
+                break
+            d = decode(rec.type, rec.payload)
+            if d is not None and d[0] >= limit:
+                keep = rec.seq
+                break
+        # The active segment stays, however old its records: a later pass
+        # starts past what this one read.
+        self._expired_below = keep
+        return log.delete_below(keep)
 
     def close(self) -> None:
         """Closes the log."""
@@ -128,14 +201,18 @@ def run_replays(svc) -> int:
                 continue
             bus = svc.get_bus(bus_entry.name)
             alog = svc.archive_log(arch["name"], arch["uid"])
-            pos = max(r["pos"], alog._log.first)
+            pos = max(r["pos"], alog._log.first)  # below a trim point: from there (the rest is gone)
             end = alog._log.end
+            limit = cutoff(arch.get("retention_days", 0), svc.broker._clock())
             events, nxt = [], pos
             for rec in alog._log.iter_from(pos):
                 if rec.seq >= end or len(events) >= BATCH:
                     break
                 nxt = rec.seq + 1
-                ev = json.loads(rec.payload[16:])
+                d = decode(rec.type, rec.payload)
+                if d is None or (limit is not None and d[0] < limit):
+                    continue  # a lost record's filler, or an event past retention: gone
+                ev = d[1]
                 if r["start"] <= event_epoch(ev) < r["end"]:
                     ev["replay-name"] = name
                     events.append(ev)
@@ -152,6 +229,32 @@ def run_replays(svc) -> int:
         bus._outbox.run()
         ran += 1
     return ran
+
+
+def expire_archives(svc, force: bool = False) -> int:
+    """Trims every archive with a retention (at most every EXPIRE_EVERY
+    seconds of the broker's clock per archive in this process, unless
+    ``force``); returns how many records were deleted.  Workers call it."""
+    cat = svc.catalog
+    cat.refresh()
+    now = svc.broker._clock()
+    dropped = 0
+    for a in list(cat.archives.values()):
+        if not a.get("retention_days"):
+            continue
+        last = svc._expired_at.get(a["uid"])
+        if not force and last is not None and 0 <= now - last < EXPIRE_EVERY:
+            continue
+        svc._expired_at[a["uid"]] = now
+        # Replays read an archive holding this lock: none reads while its
+        # segments go, and each goes on from the new first record.
+        with cat.locked():
+            alog = svc.archive_log(a["name"], a["uid"])
+            if alog is None:
+                continue  # deleted meanwhile
+            before = alog._log.first
+            dropped += alog.expire(a["retention_days"], now) - before
+    return dropped
 
 
 def _already_routed(bus, key: str) -> bool:

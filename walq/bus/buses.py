@@ -12,7 +12,7 @@ import threading
 from walq.bus import outbox
 from walq.bus.bus import DELIVERED, Bus
 from walq.bus.catalog import DEFAULT_BUS, BusCatalog
-from walq.errors import BusDoesNotExist, InvalidParameter, QueueDoesNotExist
+from walq.errors import BusDoesNotExist, CorruptionError, InvalidParameter, QueueDoesNotExist
 from walq.log.access import Access, finish_deletions, remove_aside
 
 _NAME = re.compile(r"^[/.\-_A-Za-z0-9]{1,256}$")
@@ -36,6 +36,7 @@ class Buses:
                                   broker._log_io(os.path.join(self.root, "catalog")))
         self._handles: dict[str, Bus] = {}
         self._archives: dict[int, object] = {}  # uid -> ArchiveLog open in this process
+        self._expired_at: dict[int, float] = {}  # archive uid -> when this process last expired it
         self._mu = threading.RLock()
         self._remove_deleted_dirs()
 
@@ -93,6 +94,18 @@ class Buses:
                     b._outbox.run()
             return b
 
+    def complete_cut_short(self) -> None:
+        """At broker open: completes every bus whose outbox needs it
+        (walq/bus/outbox.py, ``needs_completion``).  A damaged bus is left
+        for its users to meet (get_bus raises CorruptionError): the store's
+        queues and other buses stay usable."""
+        for entry in list(self.catalog.buses.values()):
+            if outbox.needs_completion(self.bus_dir(entry.uid)):
+                try:
+                    self.get_bus(entry.name)  # opening completes it
+                except (BusDoesNotExist, CorruptionError):
+                    pass
+
     def list_buses(self) -> list[str]:
         """Bus names, sorted (``default`` among them)."""
         self.catalog.refresh()
@@ -147,12 +160,15 @@ class Buses:
             return a
 
     def fire_schedules(self) -> int:
-        """Fires the due ticks of schedule rules (walq/bus/scheduler.py)."""
+        """Fires the due ticks of schedule rules (walq/bus/scheduler.py),
+        advances replays and expires archives (walq/bus/archive.py); returns
+        the ticks fired and replay batches run."""
+        from walq.bus.archive import expire_archives, run_replays
         from walq.bus.scheduler import fire_due
 
-        from walq.bus.archive import run_replays
-
-        return fire_due(self) + run_replays(self)
+        fired = fire_due(self) + run_replays(self)
+        expire_archives(self)  # archives' retention: a worker chore as well
+        return fired
 
     def delivery_targets(self) -> list:
         """One worker DeliveryTarget per HTTP or handler target of every bus."""

@@ -42,40 +42,20 @@ class BusEntry:
     fired: dict = field(default_factory=dict)  # schedule rule name -> its last fired tick
 
 
-class BusCatalog:
-    """The buses' catalog log and its replayed state."""
+class BusState:
+    """What the catalog's records say, replayed: buses, archives, replays.
+    Kept apart from the log so that ``walq verify`` and ``walq dump`` replay
+    the raw records exactly as a broker does (walq/bus/inspect.py)."""
 
-    def __init__(self, root: str, options: LogOptions, io=None):
-        self.log = Log.open(os.path.join(root, "buses", "catalog"), options, io)
+    def __init__(self):
         self.buses: dict[str, BusEntry] = {DEFAULT_BUS: BusEntry(DEFAULT_BUS, 0)}
         self.deleted: set[int] = set()
         self.archives: dict[str, dict] = {}  # name -> {"name", "uid", "bus", "pattern", "retention_days"}
         self.replays: dict[str, dict] = {}  # name -> {"name", "bus", "archive", "auid", "start", "end",
         #                                              "rules", "pos", "state"}
-        self._applied = self.log.first
-        self.mu = threading.RLock()
-        self.refresh()
 
-    @property
-    def version(self) -> int:
-        """Changes whenever a record was applied (the position applied up to)."""
-        return self._applied
-
-    def refresh(self) -> None:
-        """Replays what other processes appended; returns once that is
-        durable (a rule not yet synced must not route events)."""
-        if self._applied < self.log.end:
-            self.log.settle(self.replay())
-
-    def replay(self) -> int:
-        """Applies records appended since the last look (no durability wait)."""
-        with self.mu:
-            for rec in self.log.iter_from(self._applied):
-                self._apply(json.loads(rec.payload))
-                self._applied = rec.seq + 1
-            return self._applied
-
-    def _apply(self, r: dict) -> None:
+    def apply(self, r: dict) -> None:
+        """Applies one catalog record (KeyError or TypeError if it is not one)."""
         op = r["op"]
         if op == "bus":
             self.buses[r["name"]] = BusEntry(r["name"], r["uid"])
@@ -117,6 +97,36 @@ class BusCatalog:
             if entry.uid == uid:
                 return entry
         return None
+
+
+class BusCatalog(BusState):
+    """The buses' catalog log and its replayed state."""
+
+    def __init__(self, root: str, options: LogOptions, io=None):
+        super().__init__()
+        self.log = Log.open(os.path.join(root, "buses", "catalog"), options, io)
+        self._applied = self.log.first
+        self.mu = threading.RLock()
+        self.refresh()
+
+    @property
+    def version(self) -> int:
+        """Changes whenever a record was applied (the position applied up to)."""
+        return self._applied
+
+    def refresh(self) -> None:
+        """Replays what other processes appended; returns once that is
+        durable (a rule not yet synced must not route events)."""
+        if self._applied < self.log.end:
+            self.log.settle(self.replay())
+
+    def replay(self) -> int:
+        """Applies records appended since the last look (no durability wait)."""
+        with self.mu:
+            for rec in self.log.iter_from(self._applied):
+                self.apply(json.loads(rec.payload))
+                self._applied = rec.seq + 1
+            return self._applied
 
     def locked(self):
         """The catalog's append lock (decide, then write)."""

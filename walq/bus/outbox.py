@@ -19,8 +19,9 @@ finds ``busy > done`` (a copy killed part way), or another boot's mark,
 copies that range again, skipping each copy whose id the queue's log
 already holds from the record's saved position on.  So a put_events killed
 at any instant ends in all of its queues or none once completion has run:
-at the next put_events on the bus (any process) and when a process opens
-the bus.
+at the next put_events on the bus (any process), when a process opens the
+bus, and when a broker opens the store and finds a bus that needs it
+(``any_cut_short``: the mark and the log's control block, read raw).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ from walq.queue import records as R
 from walq.topic import records as P
 
 ROUTED = 1
+#: A lost record's filler (``walq repair``, walq/bus/repair.py): type 2, no
+#: payload, in a bus's or an archive's log; every reader skips it.
+LOST = 2
 CURSOR_EVERY = 1024
 MARK_FILE, CURSOR_FILE, LOCK_FILE = "mark", "cursor", "lock.outbox"
 _MARK = struct.Struct("<8s40sQQ")  # magic, boot id, done, busy
@@ -155,6 +159,8 @@ class Outbox:
         else:
             done, busy = mark
         if done >= end:
+            if mark is None:
+                self._write_mark(done, done)  # this boot's now: the next broker open need not look again
             return []
         self._write_mark(done, max(busy, end))
         suspect_upto = busy if busy > done else done
@@ -288,6 +294,68 @@ class Outbox:
         """Releases the lock file and the mark."""
         self._lock_fh.close()
         os.close(self._mark_fd)
+
+
+def _in_use(path: str) -> bool:
+    """Whether a live process holds an flock on ``path`` (tried without
+    waiting, and released at once)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def needs_completion(directory: str) -> bool:
+    """Whether the bus in ``directory`` may hold records whose copies a
+    crash cut short: its mark is missing, not one, or of another boot; or it
+    says a copy is under way (``busy > done``) and no process holds the copy
+    lock; or the log's control block says records were appended past
+    ``done`` and no process has the log open (an appender killed before its
+    copy; a live one copies its own).  Reads two small files, opens no log;
+    a bus whose log was never opened has nothing to copy."""
+    from walq.log.format import CTL_MAGIC
+
+    try:
+        with open(os.path.join(directory, "log.ctl"), "rb") as f:
+            ctl = f.read(16)
+    except FileNotFoundError:
+        return False  # no log yet: nothing was ever appended
+    try:
+        with open(os.path.join(directory, MARK_FILE), "rb") as f:
+            raw = f.read(_MARK.size)
+    except FileNotFoundError:
+        return True
+    if len(raw) < _MARK.size:
+        return True
+    magic, boot, done, busy = _MARK.unpack(raw)
+    if magic != _MAGIC or boot != _boot():
+        return True
+    if busy > done:
+        return not _in_use(os.path.join(directory, LOCK_FILE))
+    if len(ctl) == 16:
+        # The block is trusted in this boot only, as the mark is.
+        cmagic, end = struct.unpack("<QQ", ctl)
+        return cmagic == CTL_MAGIC and end > done and not _in_use(os.path.join(directory, "lock.users"))
+    return False
+
+
+def any_cut_short(store: str) -> bool:
+    """True if some bus of the store at ``store`` needs completing (see
+    ``needs_completion``): at most two small file reads per bus, so a
+    process that never uses buses pays almost nothing at open."""
+    root = os.path.join(store, "buses")
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return False
+    return any(len(n) == 16 and needs_completion(os.path.join(root, n)) for n in names)
 
 
 def init_mark(directory: str) -> None:

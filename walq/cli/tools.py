@@ -29,8 +29,10 @@ from walq.tools.progress import Progress
 def verify(ctx, as_json, strict, quiet, data):
     """Check every checksum in the store without opening it.
 
-    Reads every segment of every log (the catalog and each queue) and every
-    checkpoint, and prints each problem with its file, offset and bytes.
+    Reads every segment of every log (the catalogs, each queue, topic and
+    event bus, each archive) and every checkpoint, checks each bus's outbox
+    mark and cursor and what rules' targets name, and prints each problem
+    with its file, offset and bytes.
     DAMAGE lines make the exit code 1; TORN and NOTE lines are what a crash
     normally leaves (the next open sets torn tails aside) and do not.
     Safe to run while other processes use the store: it writes nothing, and
@@ -59,7 +61,9 @@ def verify(ctx, as_json, strict, quiet, data):
 
 @click.command(cls=WalqCommand)
 @click.argument("queue_name", metavar="[QUEUE]", required=False)
-@click.option("--catalog", is_flag=True, help="Dump the catalog log instead of a queue.")
+@click.option("--catalog", is_flag=True,
+              help="Dump the catalog log instead of a queue, then each topic and event bus (rules, targets, "
+                   "archives, replays).")
 @click.option("--segment", type=click.Path(exists=True, dir_okay=False), help="Dump one segment file.")
 @click.option("--from", "start", type=click.IntRange(0), default=0, help="First sequence number to print.")
 @click.option("--limit", type=click.IntRange(0), default=None, help="Print at most this many records.")

@@ -614,26 +614,33 @@ def _log_locks(directory: str):
 
 
 def verify_log(directory: str, *, kind: str, strict: bool = False, report: VerifyReport,
-               progress: Callable[[str], None] | None = None) -> LogSummary | None:
-    """Checks every segment of one log; returns its extent (None if it has none)."""
-    summary, _snap = _verify_log(directory, kind=kind, strict=strict, report=report, progress=progress)
+               progress: Callable[[str], None] | None = None,
+               check: Callable[[int, bytes], None] | None = None) -> LogSummary | None:
+    """Checks every segment of one log; returns its extent (None if it has none).
+    ``check(type, payload)`` raises ValueError (KeyError, TypeError) for a
+    record that does not decode as a ``kind`` record; by default the queue
+    or catalog decoder, by ``kind``."""
+    summary, _snap = _verify_log(directory, kind=kind, strict=strict, report=report, progress=progress,
+                                 check=check)
     return summary
 
 
 def _verify_log(directory: str, *, kind: str, strict: bool, report: VerifyReport,
-                progress: Callable[[str], None] | None) -> tuple[LogSummary | None, _Snapshot | None]:
+                progress: Callable[[str], None] | None,
+                check=None) -> tuple[LogSummary | None, _Snapshot | None]:
     try:
         snap = _Snapshot(directory, with_checkpoints=kind == "queue")
     except FileNotFoundError:
         return None, None  # the directory went away (a queue deleted meanwhile)
     try:
-        return _verify_snapshot(snap, kind=kind, strict=strict, report=report, progress=progress), snap
+        return _verify_snapshot(snap, kind=kind, strict=strict, report=report, progress=progress,
+                                check=check), snap
     finally:
         snap.close()
 
 
 def _verify_snapshot(snap: _Snapshot, *, kind: str, strict: bool, report: VerifyReport,
-                     progress: Callable[[str], None] | None) -> LogSummary | None:
+                     progress: Callable[[str], None] | None, check=None) -> LogSummary | None:
     directory = snap.directory
     problems = report.problems
     if not snap.consistent:
@@ -662,7 +669,7 @@ def _verify_snapshot(snap: _Snapshot, *, kind: str, strict: bool, report: Verify
     if snap.live and snap.consistent and snap.ctl is not None and snap.ctl["seg_base"] == segs[-1][0]:
         live_end = snap.ctl["end_seq"]
     ctl = snap.ctl if strict else None
-    check_record = _check_queue_record if kind == "queue" else _check_catalog_record
+    check_record = check or (_check_queue_record if kind == "queue" else _check_catalog_record)
     # Newest segments whose creation never reached the disk (an all-zero
     # header, or a torn one with nothing after it) are what a crash leaves;
     # the next open sets them aside.  The newest other one is the active one.
@@ -887,6 +894,8 @@ def verify_store(store: str, *, strict: bool = False,
             _verify_checkpoints(snap, extent, report, progress)
     from walq.topic import inspect as topic_inspect  # topics: catalog, logs, cursors, leftovers
     report.problems += topic_inspect.verify(store, report)
+    from walq.bus import inspect as bus_inspect  # buses: catalog, logs, marks, cursors, archives, targets
+    report.problems += bus_inspect.verify(store, report, strict=strict)
     return report
 
 
@@ -1141,18 +1150,27 @@ def dump_log(directory: str, *, kind: str, start: int = 0, bodies: bool = True) 
             yield damage_json(rec)
         else:
             yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)
-    if kind == "catalog":  # then the topics and their subscriptions (walq/topic/inspect.py)
+    if kind == "catalog":  # then the topics and buses (walq/topic/inspect.py, walq/bus/inspect.py)
+        from walq.bus import inspect as bus_inspect
         from walq.topic import inspect as topic_inspect
-        yield from topic_inspect.describe(os.path.dirname(os.path.abspath(directory)))
+        store = os.path.dirname(os.path.abspath(directory))
+        yield from topic_inspect.describe(store)
+        yield from bus_inspect.describe(store)
 
 
 def dump_segment(path: str, *, start: int = 0, bodies: bool = True) -> Iterator[dict]:
     """Every record of one segment file; decoded as catalog records when the
-    file lies in a ``catalog`` directory, else as queue records.  Damage is
+    file lies in a ``catalog`` directory, as bus or archive records in a
+    bus's or archive's directory, else as queue records.  Damage is
     reported inline, as by dump_log."""
-    kind = "catalog" if os.path.basename(os.path.dirname(os.path.abspath(path))) == "catalog" else "queue"
+    from walq.bus import inspect as bus_inspect
+
+    kind = "catalog" if os.path.basename(os.path.dirname(os.path.abspath(path))) == "catalog" else \
+        bus_inspect.segment_kind(path) or "queue"
     for rec in iter_segment(path, start=start, past_damage=True):
         if isinstance(rec, Damage):
             yield damage_json(rec)
+        elif kind in ("bus", "archive"):
+            yield bus_inspect.record_json(rec, kind)
         else:
             yield queue_record_json(rec, bodies=bodies) if kind == "queue" else catalog_record_json(rec)

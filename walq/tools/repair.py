@@ -27,6 +27,8 @@ refused), so nothing moves underneath.  Then, for each log:
 * **Catalog.**  Rebuilt from the records that validate and each queue's
   ``queue.json`` when it lost a queue, holds damage, or lists a queue whose
   directory is gone.
+* **Event buses.**  The buses' catalog, each bus's log, cursor and mark,
+  and each archive's log, the same way (walq/bus/repair.py).
 
 Everything replaced or cut is moved, not deleted, to
 ``<store>/quarantine/<UTC time>/`` (paths kept), beside ``report.json`` and
@@ -717,10 +719,13 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
             report.quarantine = qpath
         return qpath
 
-    logs = [("catalog", cat_dir)] + [(f"queue directory {os.path.basename(d)}", d) for d in qdirs]
+    from walq.bus import repair as bus_repair
+
+    bus_logs = bus_repair.log_dirs(store)
+    logs = [("catalog", cat_dir)] + [(f"queue directory {os.path.basename(d)}", d) for d in qdirs] + bus_logs
     with _exclusive(logs):
         if not dry_run:
-            report.catalog += _resume_swaps(store, [cat_dir, *qdirs], quarantine)
+            report.catalog += _resume_swaps(store, [cat_dir, *qdirs, *(d for _l, d in bus_logs)], quarantine)
         cat = _Salvage(cat_dir)
         cat.read()
         queues, known, undecodable = _catalog_state(cat)
@@ -795,6 +800,7 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
             report.catalog.append(f"rewrote the catalog log: {len(records)} queues")
             if not dry_run:
                 _swap_in(store, quarantine(), cat_dir, 0, records, cat.aside + [os.path.join(cat_dir, "log.ctl")])
+        bus_repair.repair_buses(store, report, dry_run, quarantine)  # buses, archives, outbox files
         if report.quarantine and not dry_run:
             OsIO().write_file_atomic(os.path.join(report.quarantine, "report.json"),
                                      json.dumps(report.to_json(), indent=1).encode())

@@ -121,10 +121,12 @@ def verify(store: str, report=None) -> list:
                                             f"log holds valid records only below {end}"))
             except ValueError as exc:
                 problems.append(Problem(DAMAGE, cursor, 0, None, f"topic cursor does not decode: {exc}"))
-    named = {s["queue"] for t in topics.values() for s in t["subs"].values()}
+    from walq.bus.inspect import internal_queues  # an event bus target's internal queue is not an orphan
+    named = {s["queue"] for t in topics.values() for s in t["subs"].values()} | internal_queues(store)
     for qname in sorted(catalog_names(store).values()):
         if qname.startswith(INTERNAL_PREFIX) and qname not in named:
             problems.append(Problem(NOTE, os.path.join(store, "catalog"), None, None,
-                                    f"internal queue {qname} belongs to no subscription (a subscribe or "
-                                    "unsubscribe was cut short); delete it with walq queue delete"))
+                                    f"internal queue {qname} belongs to no subscription or bus target (a "
+                                    "subscribe, unsubscribe or put_targets was cut short); delete it with "
+                                    "walq queue delete"))
     return problems
