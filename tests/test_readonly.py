@@ -189,3 +189,34 @@ def test_a_read_only_handle_follows_a_live_writer(tmp_path):
             with pytest.raises(walq.ReadOnlyStore):
                 rq.receive(1)
         assert q.stats().visible == 2
+
+
+@needs_root
+def test_a_reader_opens_a_store_whose_topic_fan_out_needs_completing_and_changes_nothing(public_dir):
+    store = os.path.join(public_dir, "data")
+    busy_store(store)
+    with walq.open(store, durability="os") as b:
+        t = b.create_topic("news")
+        t.subscribe(b.get_queue("orders"))
+        t.publish("hello")
+    # As after a reboot: the fan-out mark is not this boot's, so a writer's
+    # open would complete the topic's fan-out.
+    mark = os.path.join(store, "topics", f"{_topic_uid(store, 'news'):016x}", "fanout.ctl")
+    with open(mark, "r+b") as f:
+        f.write(bytes(64))
+    make_readable(store)
+    before = snapshot(store)
+
+    def reader():
+        with walq.open(store, readonly=True) as b:
+            return {"queues": b.list_queues(), "visible": b.get_queue("orders").stats().visible}
+
+    got = as_nobody(reader)
+    assert got == {"queues": ["orders", "other"], "visible": 4}
+    assert snapshot(store) == before
+
+
+def _topic_uid(store: str, name: str) -> int:
+    from walq.topic.inspect import describe
+
+    return int(next(t["uid"] for t in describe(store) if t["topic"] == name), 16)

@@ -77,10 +77,10 @@ class Broker:
         self._closed = False
         self._remove_deleted_dirs()
         self._topics = None
-        if Topics.any_cut_short(self.path):
-            self._topic_service().complete_cut_short()
         self._buses = None
         if not self._readonly:  # a reader cannot copy; the next writer that opens completes
+            if Topics.any_cut_short(self.path):
+                self._topic_service().complete_cut_short()
             from walq.bus import outbox as bus_outbox
             if bus_outbox.any_cut_short(self.path):
                 self._bus_service().complete_cut_short()
