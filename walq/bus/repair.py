@@ -48,80 +48,6 @@ def log_dirs(store: str) -> list[tuple[str, str]]:
     return [(label, d) for label, d in out if os.path.isdir(d)]
 
 
-def _decodes(check, type_: int, payload: bytes) -> bool:
-    try:
-        check(type_, payload)
-        return True
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return False
-
-
-def _rewrite(store: str, d: str, lg, check, dense: bool, dry_run: bool, quarantine) -> bool:
-    """Salvages and rewrites one log if it needs it; returns whether it did (or would)."""
-    from walq.tools.repair import _runs, _Salvage, _swap_in
-
-    sv = _Salvage(d)
-    sv.read()
-    first = sv.bases[0] if sv.bases else 0
-    undecodable = sorted(s for s, (t, p) in sv.records.items() if not _decodes(check, t, p))
-    present = sorted(sv.records)
-    end = present[-1] + 1 if present else first
-    torn = [t for t in sv.torn if t["frames"]]
-    in_place, late = [], []
-    for t in torn:
-        if t["frames"][0][0] >= end:
-            in_place.append(t)
-            end = t["frames"][-1][0] + 1
-        else:
-            late.append(t)
-    torn_at = {s: (typ, p) for t in in_place for s, typ, p in t["frames"]}
-    missing = [s for s in range(first, end) if s not in sv.records and s not in torn_at]
-    if not (sv.problems or torn or undecodable or missing):
-        return False
-    explained = set()
-    for x in sv.lost:
-        explained.update(range(x["from"], x["to"] + 1))
-        lg.lost.append({k: v for k, v in x.items() if k not in ("bytes", "tail", "message_ids")})
-    for lo, hi in _runs([s for s in missing if s not in explained]):
-        lg.lost.append({"from": lo, "to": hi, "why": "missing: no segment holds these records", "file": d,
-                        "offset": None})
-    for lo, hi in _runs(undecodable):
-        lg.lost.append({"from": lo, "to": hi, "why": "valid checksum, but not a record of this log",
-                        "file": d, "offset": None})
-    out = []
-    bad = set(undecodable)
-    for s in range(first, end):
-        rec = sv.records.get(s) or torn_at.get(s)
-        if rec is None or s in bad:
-            if dense:
-                out.append((LOST, b""))
-            continue
-        out.append(rec)
-    for t in in_place:
-        lg.salvaged.append({"file": t["file"], "count": len(t["frames"]), "from": t["frames"][0][0],
-                            "to": t["frames"][-1][0]})
-    for t in late:
-        frames = [(typ, p) for _s, typ, p in t["frames"] if _decodes(check, typ, p)]
-        if dense:
-            start = first + len(out)
-            out += frames
-            lg.salvaged.append({"file": t["file"], "count": len(frames), "from": t["frames"][0][0],
-                                "to": t["frames"][-1][0], "new_from": start, "new_to": first + len(out) - 1})
-        else:
-            lg.lost.append({"from": t["frames"][0][0], "to": t["frames"][-1][0], "file": t["file"],
-                            "offset": None, "why": "cut aside as a torn tail and its sequences reused since: "
-                                                   "not replayed late (it could undo a later change)"})
-    lg.first, lg.end = first, first + len(out)
-    lg.records_kept = len(present) - len(undecodable)
-    lg.actions.append(f"rewrote the log: {len(out)} records from {first} in new segments"
-                      + (f" ({len(missing) + len(undecodable)} lost records filled)" if dense else ""))
-    aside = sv.aside + [os.path.join(d, "log.ctl")]
-    lg.set_aside = [os.path.relpath(p, store) for p in aside if os.path.exists(p)]
-    if not dry_run:
-        _swap_in(store, quarantine(), d, first, out, aside)
-    return True
-
-
 def _outbox_files(store: str, d: str, lg, rewritten: bool, dry_run: bool, quarantine) -> None:
     """Sets aside a cursor that does not decode or covers records the log
     lacks, and a mark that is not one or that a rewrite made stale."""
@@ -148,16 +74,16 @@ def _outbox_files(store: str, d: str, lg, rewritten: bool, dry_run: bool, quaran
 def repair_buses(store: str, report, dry_run: bool, quarantine) -> None:
     """Repairs the buses' catalog, each bus's log, cursor and mark, and each
     archive's log; appends a LogRepair per log to ``report``."""
-    from walq.tools.repair import LogRepair
+    from walq.tools.repair import LogRepair, rewrite_log
 
     for label, d in log_dirs(store):
         lg = LogRepair(label, d)
         report.logs.append(lg)
         if label == "bus catalog":
-            _rewrite(store, d, lg, bus_inspect.check_catalog_record, False, dry_run, quarantine)
+            rewrite_log(store, d, lg, bus_inspect.check_catalog_record, None, dry_run, quarantine)
         elif label.startswith("bus "):
-            rewritten = _rewrite(store, d, lg, bus_inspect.check_routed, True, dry_run, quarantine)
+            rewritten = rewrite_log(store, d, lg, bus_inspect.check_routed, LOST, dry_run, quarantine)
             _outbox_files(store, d, lg, rewritten, dry_run, quarantine)
         else:
-            _rewrite(store, d, lg, bus_inspect.check_archived, True, dry_run, quarantine)
+            rewrite_log(store, d, lg, bus_inspect.check_archived, LOST, dry_run, quarantine)
 

@@ -27,8 +27,11 @@ refused), so nothing moves underneath.  Then, for each log:
 * **Catalog.**  Rebuilt from the records that validate and each queue's
   ``queue.json`` when it lost a queue, holds damage, or lists a queue whose
   directory is gone.
-* **Event buses.**  The buses' catalog, each bus's log, cursor and mark,
-  and each archive's log, the same way (walq/bus/repair.py).
+* **Topics and event buses.**  The topics' catalog and each topic's log,
+  cursor and mark (walq/topic/repair.py); the buses' catalog, each bus's
+  log, cursor and mark, and each archive's log (walq/bus/repair.py): the
+  same salvage and rewrite (``rewrite_log``), lost records filled where
+  other files name records by sequence.
 
 Everything replaced or cut is moved, not deleted, to
 ``<store>/quarantine/<UTC time>/`` (paths kept), beside ``report.json`` and
@@ -119,8 +122,9 @@ class RepairReport:
 
     @property
     def lost_records(self) -> int:
-        """How many log records could not be kept."""
-        return sum(x["to"] - x["from"] + 1 for lg in self.logs for x in lg.lost)
+        """How many log records could not be kept (a segment that cannot be
+        read at all counts as one: how many it held is unknown)."""
+        return sum((x["from"] if x["to"] is None else x["to"]) - x["from"] + 1 for lg in self.logs for x in lg.lost)
 
     def to_json(self) -> dict:
         """The report as JSON-able data (``report.json``)."""
@@ -141,7 +145,8 @@ class RepairReport:
                 continue
             out.append(f"{lg.label} ({lg.directory}):")
             for x in lg.lost:
-                span = f"record {x['from']}" if x["from"] == x["to"] else f"records {x['from']}-{x['to']}"
+                span = f"record {x['from']}" if x["from"] == x["to"] else f"records {x['from']}-{x['to']}" \
+                    if x["to"] is not None else f"the records of the segment from {x['from']}"
                 where = f" in {x['file']}" + (f" at offset {x['offset']}" if x.get("offset") is not None else "") \
                     if x.get("file") else ""
                 ids = f"; message ids (unverified) {', '.join(x['message_ids'])}" if x.get("message_ids") else ""
@@ -354,7 +359,12 @@ class _Bytes:
 
 
 def _segment_size(directory: str) -> int:
-    sizes = [os.path.getsize(p) for _b, p in segment_files(directory)]
+    sizes = []
+    for _b, p in segment_files(directory):
+        try:
+            sizes.append(os.path.getsize(p))
+        except OSError:
+            pass  # unreadable: repair reports it
     return max([_MIN_SEGMENT, *sizes])
 
 
@@ -448,7 +458,7 @@ def _repair_queue(store: str, qdir: str, label: str, attrs: QueueAttributes | No
     for x in sv.lost:
         if x["tail"] and any(t["frames"] for t in in_place):
             continue  # a torn record in front of salvaged ones: counted with the fillers
-        explained.update(range(x["from"], x["to"] + 1))
+        explained.update(range(x["from"], (x["from"] if x["to"] is None else x["to"]) + 1))
         lg.lost.append({k: v for k, v in x.items() if k not in ("bytes", "tail")})
     for lo, hi in _runs([s for s in fillers if s not in explained]):
         seg = max((b for b in sv.bases if b <= lo), default=None)
@@ -551,7 +561,9 @@ def _swap_in(store: str, qroot: str, log_dir: str, first: int, records: list[tup
     if os.path.isdir(staging):
         for n in os.listdir(staging):
             os.unlink(os.path.join(staging, n))
-    new_paths = _write_log(staging, first, records, _segment_size(log_dir)) if records else []
+    # Even with nothing left, one empty segment at ``first``: the log goes on
+    # from there instead of reusing sequences other files may name.
+    new_paths = _write_log(staging, first, records, _segment_size(log_dir))
     new = {}
     for p in new_paths:
         with open(p, "rb") as f:
@@ -660,6 +672,92 @@ def _set_aside(store: str, qroot: str, paths: list[str]) -> None:
         _fsync_dir(d)
 
 
+# -- logs other than queues' (topics, buses, archives) ---------------------------------
+
+
+def _decodes(check, type_: int, payload: bytes) -> bool:
+    try:
+        check(type_, payload)
+        return True
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return False
+
+
+def rewrite_log(store: str, d: str, lg: LogRepair, check, filler: int | None, dry_run: bool, quarantine) -> bool:
+    """Salvages and rewrites a log of records other than a queue's if it
+    holds damage, a gap, records ``check`` refuses, or torn records;
+    returns whether it did (or, with ``dry_run``, would).
+
+    ``filler``: the record type that takes a lost record's sequence (an
+    empty payload its readers skip), for logs whose sequences are named
+    elsewhere (cursors, marks, positions); None for a log whose sequences
+    name nothing: it is rewritten from what survives, and its torn records
+    that were reused since are reported lost instead of replayed late (they
+    could undo a later change).
+    """
+    sv = _Salvage(d)
+    sv.read()
+    first = sv.bases[0] if sv.bases else 0
+    undecodable = sorted(s for s, (t, p) in sv.records.items() if not _decodes(check, t, p))
+    present = sorted(sv.records)
+    end = present[-1] + 1 if present else first
+    torn = [t for t in sv.torn if t["frames"]]
+    in_place, late = [], []
+    for t in torn:
+        if t["frames"][0][0] >= end:
+            in_place.append(t)
+            end = t["frames"][-1][0] + 1
+        else:
+            late.append(t)
+    torn_at = {s: (typ, p) for t in in_place for s, typ, p in t["frames"]}
+    missing = [s for s in range(first, end) if s not in sv.records and s not in torn_at]
+    if not (sv.problems or torn or undecodable or missing):
+        return False
+    explained = set()
+    for x in sv.lost:
+        explained.update(range(x["from"], (x["from"] if x["to"] is None else x["to"]) + 1))
+        lg.lost.append({k: v for k, v in x.items() if k not in ("bytes", "tail", "message_ids")})
+    for lo, hi in _runs([s for s in missing if s not in explained]):
+        lg.lost.append({"from": lo, "to": hi, "why": "missing: no segment holds these records", "file": d,
+                        "offset": None})
+    for lo, hi in _runs(undecodable):
+        lg.lost.append({"from": lo, "to": hi, "why": "valid checksum, but not a record of this log",
+                        "file": d, "offset": None})
+    out = []
+    bad = set(undecodable)
+    for s in range(first, end):
+        rec = sv.records.get(s) or torn_at.get(s)
+        if rec is None or s in bad:
+            if filler is not None:
+                out.append((filler, b""))
+            continue
+        out.append(rec)
+    for t in in_place:
+        lg.salvaged.append({"file": t["file"], "count": len(t["frames"]), "from": t["frames"][0][0],
+                            "to": t["frames"][-1][0]})
+    for t in late:
+        frames = [(typ, p) for _s, typ, p in t["frames"] if _decodes(check, typ, p)]
+        if filler is not None:
+            start = first + len(out)
+            out += frames
+            lg.salvaged.append({"file": t["file"], "count": len(frames), "from": t["frames"][0][0],
+                                "to": t["frames"][-1][0], "new_from": start, "new_to": first + len(out) - 1})
+        else:
+            lg.lost.append({"from": t["frames"][0][0], "to": t["frames"][-1][0], "file": t["file"],
+                            "offset": None, "why": "cut aside as a torn tail and its sequences reused since: "
+                                                   "not replayed late (it could undo a later change)"})
+    lg.first, lg.end = first, first + len(out)
+    lg.records_kept = len(present) - len(undecodable)
+    lg.actions.append(f"rewrote the log: {len(out)} records from {first} in new segments"
+                      + (f" ({len(missing) + len(undecodable)} lost records filled)" if filler is not None else ""))
+    aside = sv.aside + [os.path.join(d, "log.ctl")]
+    lg.set_aside = [os.path.relpath(p, store) for p in aside if os.path.exists(p)]
+    if not dry_run:
+        _swap_in(store, quarantine(), d, first, out, aside)
+    return True
+
+
+
 # -- the catalog -------------------------------------------------------------------------
 
 
@@ -720,12 +818,13 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
         return qpath
 
     from walq.bus import repair as bus_repair
+    from walq.topic import repair as topic_repair
 
-    bus_logs = bus_repair.log_dirs(store)
-    logs = [("catalog", cat_dir)] + [(f"queue directory {os.path.basename(d)}", d) for d in qdirs] + bus_logs
+    other_logs = topic_repair.log_dirs(store) + bus_repair.log_dirs(store)
+    logs = [("catalog", cat_dir)] + [(f"queue directory {os.path.basename(d)}", d) for d in qdirs] + other_logs
     with _exclusive(logs):
         if not dry_run:
-            report.catalog += _resume_swaps(store, [cat_dir, *qdirs, *(d for _l, d in bus_logs)], quarantine)
+            report.catalog += _resume_swaps(store, [cat_dir, *qdirs, *(d for _l, d in other_logs)], quarantine)
         cat = _Salvage(cat_dir)
         cat.read()
         queues, known, undecodable = _catalog_state(cat)
@@ -800,6 +899,7 @@ def repair(path, *, dry_run: bool = False) -> RepairReport:
             report.catalog.append(f"rewrote the catalog log: {len(records)} queues")
             if not dry_run:
                 _swap_in(store, quarantine(), cat_dir, 0, records, cat.aside + [os.path.join(cat_dir, "log.ctl")])
+        topic_repair.repair_topics(store, report, dry_run, quarantine)  # topics' catalog, logs, cursors, marks
         bus_repair.repair_buses(store, report, dry_run, quarantine)  # buses, archives, outbox files
         if report.quarantine and not dry_run:
             OsIO().write_file_atomic(os.path.join(report.quarantine, "report.json"),

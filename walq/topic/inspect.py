@@ -12,6 +12,42 @@ from walq.topic.fanout import CURSOR_FILE
 from walq.topic.topics import INTERNAL_PREFIX
 
 
+_CATALOG_OPS = ("topic", "delete_topic", "subscribe", "set", "unsubscribe")
+
+
+def check_catalog_record(type_: int, payload: bytes) -> None:
+    """Raises ValueError (KeyError, TypeError) unless ``payload`` is a topic catalog record."""
+    from walq.topic.catalog import SubEntry
+
+    if type_ != 1:
+        raise ValueError(f"topic catalog records have type 1, not {type_}")
+    r = json.loads(payload)
+    if not isinstance(r, dict) or r.get("op") not in _CATALOG_OPS:
+        raise ValueError(f"unknown topic catalog op {r.get('op') if isinstance(r, dict) else r!r}")
+    op = r["op"]
+    if op in ("topic", "delete_topic"):
+        if not (isinstance(r["name"], str) and isinstance(r["uid"], int)):
+            raise ValueError(f"{op} needs a name (text) and a uid (integer)")
+        if op == "topic":
+            r["fifo"], r["content_based_dedup"]  # noqa: B018  (KeyError when missing)
+    elif not isinstance(r["topic"], int):
+        raise ValueError(f"{op} needs a topic uid (integer)")
+    elif op == "unsubscribe":
+        r["id"]  # noqa: B018
+    else:
+        SubEntry(**r["sub"])  # TypeError on a missing or unknown field
+
+
+def check_publish(type_: int, payload: bytes) -> None:
+    """Raises ValueError (struct.error, UnicodeDecodeError) unless ``payload``
+    is a PUBLISH record, or the empty filler of a record repair lost."""
+    if type_ == P.LOST and not payload:
+        return
+    if type_ != P.PUBLISH:
+        raise ValueError(f"unknown topic record type {type_}")
+    P.decode(0, payload).message.decode("utf-8")
+
+
 def _catalog_state(store: str):
     """``(topics: name -> entry dict with "subs", problems)`` from the raw topics' catalog."""
     from walq.tools.inspect import DAMAGE, Problem, iter_log
@@ -24,6 +60,7 @@ def _catalog_state(store: str):
     try:
         for rec in iter_log(directory):
             try:
+                check_catalog_record(rec.type, rec.payload)
                 r = json.loads(rec.payload)
                 op = r["op"]
                 if op == "topic":
@@ -96,11 +133,8 @@ def verify(store: str, report=None) -> list:
                 if report is not None:
                     report.records += 1
                 try:
-                    if rec.type != P.PUBLISH:
-                        raise ValueError(f"unknown topic record type {rec.type}")
-                    pub = P.decode(rec.seq, rec.payload)
-                    pub.message.decode("utf-8")
-                except (ValueError, UnicodeDecodeError, Exception) as exc:  # struct.error too
+                    check_publish(rec.type, rec.payload)
+                except Exception as exc:  # ValueError, UnicodeDecodeError, struct.error
                     problems.append(Problem(DAMAGE, rec.path, rec.offset, len(rec.payload),
                                             f"record {rec.seq} does not decode as a publish: {exc}",
                                             rec.payload[:32]))

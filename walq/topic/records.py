@@ -18,6 +18,8 @@ from typing import NamedTuple
 from walq.log._native import ffi, lib
 
 PUBLISH = 1
+#: An empty record where `walq repair` lost one (docs/format.md, "Repair"); readers skip it.
+LOST = 2
 
 _HEAD = struct.Struct("<16sdHHHxxI")
 
