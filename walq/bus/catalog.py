@@ -19,15 +19,13 @@ The default bus has uid 0 and no "bus" record: it always exists.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import threading
 from dataclasses import dataclass, field
 
-from walq.log import Log, LogOptions
+from walq.log import LogOptions
+from walq.log.replicated import ReplicatedState
 
-_CATALOG = 1
 DEFAULT_BUS = "default"
 
 
@@ -99,50 +97,15 @@ class BusState:
         return None
 
 
-class BusCatalog(BusState):
-    """The buses' catalog log and its replayed state."""
+class BusCatalog(BusState, ReplicatedState):
+    """The buses' catalog log and its replayed state (a rule not yet synced
+    must not route events)."""
 
     def __init__(self, root: str, options: LogOptions, io=None):
-        super().__init__()
-        self.log = Log.open(os.path.join(root, "buses", "catalog"), options, io)
-        self._applied = self.log.first
-        self.mu = threading.RLock()
-        self.refresh()
-
-    @property
-    def version(self) -> int:
-        """Changes whenever a record was applied (the position applied up to)."""
-        return self._applied
-
-    def refresh(self) -> None:
-        """Replays what other processes appended; returns once that is
-        durable (a rule not yet synced must not route events)."""
-        if self._applied < self.log.end:
-            self.log.settle(self.replay())
-
-    def replay(self) -> int:
-        """Applies records appended since the last look (no durability wait)."""
-        with self.mu:
-            for rec in self.log.iter_from(self._applied):
-                self.apply(json.loads(rec.payload))
-                self._applied = rec.seq + 1
-            return self._applied
-
-    def locked(self):
-        """The catalog's append lock (decide, then write)."""
-        return self.log.locked()
-
-    def write(self, tx, record: dict) -> None:
-        """Appends one record under ``tx`` and applies it (the lock's release
-        waits for durability)."""
-        tx.append(json.dumps(record, sort_keys=True).encode(), _CATALOG)
-        self.replay()
+        BusState.__init__(self)
+        ReplicatedState.__init__(self, os.path.join(root, "buses", "catalog"), options, io)
 
     @staticmethod
     def new_uid() -> int:
         """A random 63-bit id for a new bus (never 0, the default bus's)."""
         return secrets.randbits(63) or 1
-
-    def close(self) -> None:
-        """Closes the catalog log."""
-        self.log.close()

@@ -20,15 +20,13 @@ when the subscription was made (where completing a fan-out starts looking).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import threading
 from dataclasses import asdict, dataclass, replace
 
-from walq.log import Log, LogOptions
+from walq.log import LogOptions
+from walq.log.replicated import ReplicatedState
 
-_CATALOG = 1
 
 
 @dataclass(frozen=True)
@@ -67,38 +65,16 @@ class TopicEntry:
     subs: dict
 
 
-class TopicCatalog:
+class TopicCatalog(ReplicatedState):
     """The topics' catalog log and its replayed state."""
 
     def __init__(self, root: str, options: LogOptions, io=None):
-        self.log = Log.open(os.path.join(root, "topics", "catalog"), options, io)
         self.topics: dict[str, TopicEntry] = {}
         self.deleted: set[int] = set()
-        self._applied = self.log.first
-        self.mu = threading.RLock()
-        self.refresh()
+        super().__init__(os.path.join(root, "topics", "catalog"), options, io)
 
-    @property
-    def version(self) -> int:
-        """Changes whenever a record was applied (the position applied up to)."""
-        return self._applied
-
-    def refresh(self) -> None:
-        """Replays what other processes appended; returns once that is durable
-        (a subscription another process has just made, but not yet synced,
-        must not route messages: a power cut could take it away)."""
-        if self._applied < self.log.end:
-            self.log.settle(self.replay())
-
-    def replay(self) -> int:
-        """Applies records appended since the last look (no durability wait)."""
-        with self.mu:
-            for rec in self.log.iter_from(self._applied):
-                self._apply(json.loads(rec.payload))
-                self._applied = rec.seq + 1
-            return self._applied
-
-    def _apply(self, r: dict) -> None:
+    def apply(self, r: dict) -> None:
+        """Applies one catalog record."""
         op = r["op"]
         if op == "topic":
             self.topics[r["name"]] = TopicEntry(r["name"], r["uid"], r["fifo"], r["content_based_dedup"], {})
@@ -124,21 +100,8 @@ class TopicCatalog:
                 return entry
         return None
 
-    def locked(self):
-        """The catalog's append lock (decide, then write)."""
-        return self.log.locked()
-
-    def write(self, tx, record: dict) -> None:
-        """Appends one record under ``tx`` and applies it (the lock's release
-        waits for durability)."""
-        tx.append(json.dumps(record, sort_keys=True).encode(), _CATALOG)
-        self.replay()
-
     @staticmethod
     def new_uid() -> int:
         """A random 63-bit id for a new topic."""
         return secrets.randbits(63)
 
-    def close(self) -> None:
-        """Closes the catalog log."""
-        self.log.close()
