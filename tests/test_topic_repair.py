@@ -158,6 +158,7 @@ def test_repair_reports_a_segment_it_cannot_read_at_all(tmp_path):
     assert lg.lost[0]["from"] == 0 and lg.lost[0]["to"] is None and "cannot read" in lg.lost[0]["why"]
     assert report.lost_records == 1  # how many the segment held is unknown
     assert "LOST the records of the segment from 0" in report.to_text()
+    assert os.path.islink(os.path.join(report.quarantine, os.path.relpath(seg, path)))  # set aside, not overwritten
     assert _damage(path) == []
     with walq.open(path, durability="os") as b:
         b.get_topic("t").publish("m2")

@@ -954,6 +954,8 @@ def unsafe_files(store: str) -> list[Problem]:
     shared_gid = st.st_gid if st.st_mode & stat.S_ISGID and st.st_mode & 0o070 else None
     trusted = {st.st_uid, os.geteuid(), 0}
     for directory, dirs, files in os.walk(root):  # never descends through links
+        if directory == root and "quarantine" in dirs:
+            dirs.remove("quarantine")  # what repair set aside: walq never opens it again
         for name in dirs + files:
             path = os.path.join(directory, name)
             try:

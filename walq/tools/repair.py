@@ -249,6 +249,7 @@ class _Salvage:
         except OSError as exc:
             self.lost.append({"from": base, "to": None, "why": f"cannot read: {exc}", "file": path, "offset": None})
             self.problems = True
+            self.aside.append(path)  # kept in quarantine: the bytes may read again elsewhere
             return
         with m:
             header = decode_segment_header(m.excerpt(0, SEGMENT_HEADER_SIZE))
@@ -661,7 +662,7 @@ def _set_aside(store: str, qroot: str, paths: list[str]) -> None:
     """Moves files into the quarantine folder, keeping their paths under the store."""
     dirs = set()
     for p in paths:
-        if not os.path.exists(p):
+        if not os.path.lexists(p):
             continue
         dest = os.path.join(qroot, os.path.relpath(p, store))
         os.makedirs(os.path.dirname(dest), exist_ok=True)
