@@ -20,11 +20,20 @@ from walq.queue import message_attributes as mattrs
 _quote = json.encoder.encode_basestring
 
 
+#: (second, its text): publishes come many to a second.  Replaced whole,
+#: never changed in place, so that threads need no lock.
+_last_second: tuple = (None, "")
+
+
 def timestamp(epoch: float) -> str:
     """ISO-8601 UTC with milliseconds and Z, as SNS writes it."""
+    global _last_second
     ms = int(round(epoch * 1000))
     secs, ms = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ms:03d}Z"
+    last = _last_second
+    if last[0] != secs:
+        last = _last_second = (secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)))
+    return f"{last[1]}.{ms:03d}Z"
 
 
 def attribute_json(attrs: dict) -> dict:

@@ -154,7 +154,7 @@ class Fanout:
 
     def run(self, upto: int, known: dict | None = None) -> None:
         """Returns once every publish below ``upto`` is in its queues.
-        ``known``: sequence -> PUBLISH payload of records the caller just
+        ``known``: sequence -> ``records.Publish`` of records the caller just
         wrote (not read back from the log when they are all it has to copy)."""
         if self.done() >= upto:
             return  # another holder copied it
@@ -249,7 +249,7 @@ class Fanout:
         # subscriptions and a 1% match, per-target lists cost more than the copies.
         copies: dict[int, list] = {}
         if known is not None and all(seq in known for seq in range(start, end)):
-            pubs = [P.decode(seq, known[seq]) for seq in range(start, end)]
+            pubs = [known[seq] for seq in range(start, end)]
         else:
             pubs = topic._read_publishes(start, end)
             if suspect_upto is None:

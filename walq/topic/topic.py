@@ -254,7 +254,9 @@ class Topic:
             else:
                 seqs = log.append_batch(payloads, P.PUBLISH)
             # The records are durable (in "always"); copying may begin.
-            self._fan.run(seqs.stop, dict(zip(seqs, payloads)))
+            self._fan.run(seqs.stop, {seq: P.Publish(seq, raw, now, subject, group, dedup, encoded, body)
+                                      for seq, (_t, raw), (body, encoded, subject, group, dedup)
+                                      in zip(seqs, ids, prepared)})
             return [PublishResult(text) for text, _raw in ids]
         results: list = [None] * len(prepared)
         with log.locked() as tx, self._mu:
@@ -274,7 +276,7 @@ class Topic:
             known = {}
             if fresh:
                 seqs = tx.append_batch(fresh, P.PUBLISH)
-                known = dict(zip(seqs, fresh))
+                known = {seq: P.decode(seq, payload) for seq, payload in zip(seqs, fresh)}
                 for i, seq in zip(fresh_at, seqs):
                     results[i] = PublishResult(ids[i][0], seq)
             upto = tx.end
