@@ -173,6 +173,27 @@ class Replay:
         return self._entry()["state"]
 
     @property
+    def archive(self) -> str:
+        """The name of the archive it replays."""
+        return self._entry()["archive"]
+
+    @property
+    def start(self) -> float:
+        """The replayed range's start, epoch seconds (an event at it is replayed)."""
+        return self._entry()["start"]
+
+    @property
+    def end(self) -> float:
+        """The replayed range's end, epoch seconds (an event at it is not)."""
+        return self._entry()["end"]
+
+    @property
+    def rules(self) -> list[str] | None:
+        """The rules it sends to (None: every matching rule of the bus)."""
+        rules = self._entry()["rules"]
+        return list(rules) if rules is not None else None
+
+    @property
     def arn(self) -> str:
         """``arn:aws:events:{region}:{account}:replay/{name}``."""
         b = self.bus._broker
