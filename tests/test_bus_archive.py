@@ -95,3 +95,30 @@ def test_archive_and_replay_refusals(setup):
         bus.start_replay("p", arch, at(1), at(2), rules=["nope"])
     with pytest.raises(walq.InvalidParameter, match="does not exist"):
         bus.start_replay("p", "ghost", at(1), at(2))
+
+
+def test_a_replay_killed_after_routing_a_short_batch_misses_nothing_archived_meanwhile(setup, monkeypatch):
+    # The first batch ends at the archive's end; the worker dies before
+    # recording its position; more events are archived; the next worker must
+    # not take the longer batch it now reads for the one already routed.
+    broker, bus, q, arch = setup
+    r = bus.start_replay("again", arch, 0, at(23).timestamp(), rules=["r"])
+    svc = broker._bus_service()
+    real = svc.catalog.write
+
+    def die(tx, record):
+        if record["op"] == "replay_state":
+            raise KeyboardInterrupt("killed after routing, before its position")
+        real(tx, record)
+
+    monkeypatch.setattr(svc.catalog, "write", die)
+    with pytest.raises(KeyboardInterrupt):
+        A.run_replays(svc)
+    monkeypatch.setattr(svc.catalog, "write", real)
+    bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": h, "keep": True}, "time": at(h)}
+                    for h in (7, 8)])
+    while r.state == "RUNNING":
+        A.run_replays(svc)
+    got = drain(q)
+    assert sorted(e["detail"]["n"] for e in got if "replay-name" not in e) == [7, 8]  # put just now
+    assert sorted(e["detail"]["n"] for e in got if e.get("replay-name") == "again") == [1, 2, 4, 5, 6, 7, 8]

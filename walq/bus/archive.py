@@ -19,10 +19,12 @@ append lock, a worker reads the next batch of the archive from the replay's
 durable position, routes the events whose ``time`` is in ``[start, end)``
 again - with ``replay-name`` added, to the rules named (or every matching
 rule), never to archives - as one ROUTED record marked
-``"replay": "<name>@<position>"`` (skipped if the bus log already holds it: a
-worker killed between the two steps), then writes the new position to the
-catalog; at the archive's end the replay is COMPLETED.  A replay resumes from
-its last position after any worker's death.
+``"replay": "<name>@<position>"`` with ``"next"``, the position after the
+batch (skipped if the bus log already holds it: a worker killed between the
+two steps; then its ``next`` is the new position, as the archive may have
+grown since), then writes the new position to the catalog; at the archive's
+end the replay is COMPLETED.  A replay resumes from its last position after
+any worker's death.
 """
 
 from __future__ import annotations
@@ -173,6 +175,27 @@ class Replay:
         return self._entry()["state"]
 
     @property
+    def archive(self) -> str:
+        """The name of the archive it replays."""
+        return self._entry()["archive"]
+
+    @property
+    def start(self) -> float:
+        """The replayed range's start, epoch seconds (an event at it is replayed)."""
+        return self._entry()["start"]
+
+    @property
+    def end(self) -> float:
+        """The replayed range's end, epoch seconds (an event at it is not)."""
+        return self._entry()["end"]
+
+    @property
+    def rules(self) -> list[str] | None:
+        """The rules it sends to (None: every matching rule of the bus)."""
+        rules = self._entry()["rules"]
+        return list(rules) if rules is not None else None
+
+    @property
     def arn(self) -> str:
         """``arn:aws:events:{region}:{account}:replay/{name}``."""
         b = self.bus._broker
@@ -217,11 +240,17 @@ def run_replays(svc) -> int:
                     ev["replay-name"] = name
                     events.append(ev)
             key = f"{name}@{pos}"
-            if events and not _already_routed(bus, key):
+            routed = _routed_next(bus, key) if events else None
+            if routed is not None:
+                # A worker killed after routing this batch: what it routed is
+                # done, up to where it read - perhaps short of where this pass
+                # read, the archive having grown since.
+                nxt = routed if routed >= 0 else nxt
+            elif events:
                 copies, positions = bus._route(events, events[0]["time"], src=f"replay:{name}",
                                                only=r["rules"], archive=False)
                 if copies:
-                    rec = {"c": copies, "p": positions, "replay": key}
+                    rec = {"c": copies, "p": positions, "replay": key, "next": nxt}
                     bus._log.append(json.dumps(rec, separators=(",", ":")).encode(), O.ROUTED)
             done = nxt >= end
             cat.write(tx, {"op": "replay_state", "name": name, "pos": nxt,
@@ -257,11 +286,16 @@ def expire_archives(svc, force: bool = False) -> int:
     return dropped
 
 
-def _already_routed(bus, key: str) -> bool:
+def _routed_next(bus, key: str) -> int | None:
+    """The position after the batch the bus log's ROUTED record ``key``
+    routed: None if there is no such record, -1 if it does not say (written
+    before records said)."""
     for rec in bus._log.iter_from(bus._log.first):
-        if rec.type == O.ROUTED and json.loads(rec.payload).get("replay") == key:
-            return True
-    return False
+        if rec.type == O.ROUTED:
+            body = json.loads(rec.payload)
+            if body.get("replay") == key:
+                return body.get("next", -1)
+    return None
 
 
 def archive_dir(root: str, uid: int) -> str:

@@ -568,6 +568,14 @@ class Bus:
             raise InvalidParameter(f"replay {name!r} does not exist")
         return Replay(self, name)
 
+    def list_replays(self) -> list:
+        """This bus's replays (running and completed), by name."""
+        from walq.bus.archive import Replay
+
+        cat = self._service.catalog
+        cat.refresh()
+        return [Replay(self, n) for n, r in sorted(cat.replays.items()) if r["bus"] == self._uid]
+
     def _forward(self, records: list) -> None:
         """Appends what events forwarded from another bus route to here -
         ``records`` [(copy id hex, event JSON)] - without waiting for

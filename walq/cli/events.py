@@ -1,7 +1,8 @@
 """``walq events``: event buses, rules, targets, put_events and pattern tests.
 
     walq events buses | create-bus NAME | delete-bus NAME
-    walq events put-rule NAME --pattern JSON [--bus B] [--disabled] [--description TEXT]
+    walq events put-rule NAME (--pattern JSON | --schedule EXPR | both) [--bus B] [--disabled]
+                         [--description TEXT]
     walq events rules [--bus B] [--prefix P]
     walq events enable-rule|disable-rule|delete-rule NAME [--bus B]
     walq events add-target RULE ID (--queue Q | --topic T | --target-bus B | --url URL | --handler M:F)
@@ -10,22 +11,35 @@
     walq events targets RULE [--bus B]
     walq events put --source S --detail-type D [--detail JSON|-] [--resource ARN ...] [--bus B]
     walq events test-pattern --pattern JSON --event JSON
+    walq events create-archive NAME [--pattern JSON] [--retention-days N] [--bus B]
+    walq events archives [--bus B]
+    walq events start-replay NAME --archive A --start TIME --end TIME [--rule R ...] [--bus B]
+    walq events describe-replay NAME [--bus B]
+    walq events replays [--bus B]
 
-Exit codes as the ``walq`` command's: 2 usage, 3 the named bus, rule, queue
-or topic does not exist, 4 any other error.  Results are JSON lines on stdout.
+TIME is ISO-8601 (``2026-01-01T00:00:00Z``; UTC without an offset) or epoch
+seconds.
+
+Exit codes as the ``walq`` command's: 2 usage, 3 the named bus, rule, queue,
+topic, archive or replay does not exist, 4 any other error.  Results are JSON lines on stdout.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import math
 import sys
 
 import click
 
 import walq
 from walq.cli.topic import _broker, _data, _data_option, _echo, _Fail, _line
-from walq.errors import (BusDoesNotExist, CorruptionError, InvalidPattern, QueueDoesNotExist, RuleDoesNotExist,
-                         TopicDoesNotExist, WalqError)
+from walq.bus.catalog import DEFAULT_BUS
+from walq.bus.schedule import parse as parse_schedule
+from walq.errors import (BusDoesNotExist, CorruptionError, InvalidParameter, InvalidPattern, QueueDoesNotExist,
+                         RuleDoesNotExist, TopicDoesNotExist, WalqError)
+from walq.match import compile_pattern
 
 EXIT_DAMAGE, EXIT_NO_SUCH, EXIT_ERROR = 1, 3, 4
 
@@ -59,12 +73,58 @@ def _json_arg(text: str, flag: str):
         raise click.BadParameter(f"not valid JSON: {exc}", param_hint=flag) from None
 
 
+def _pattern_arg(text: str | None, flag: str):
+    """The pattern ``text`` parsed and checked before the store is opened
+    (a refused command writes nothing); None for None."""
+    if text is None:
+        return None
+    pat = _json_arg(text, flag)
+    try:
+        compile_pattern(pat)
+    except InvalidPattern as exc:
+        raise _Fail(f"{flag}: {_line(exc)}") from None
+    return pat
+
+
+def _time_arg(text: str, flag: str) -> float:
+    """Epoch seconds from ISO-8601 text (UTC without an offset) or a number."""
+    try:
+        secs = float(text)
+    except ValueError:
+        try:
+            when = _dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is neither ISO-8601 (2026-01-01T00:00:00Z) nor epoch seconds",
+                                     param_hint=flag) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.timezone.utc)
+        return when.timestamp()
+    if not math.isfinite(secs) or secs < 0:
+        raise click.BadParameter(f"epoch seconds must be a finite number >= 0; got {text}", param_hint=flag)
+    return secs
+
+
+def _iso(secs: float) -> str:
+    return _dt.datetime.fromtimestamp(secs, _dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def _rule_json(r) -> dict:
-    return {"name": r.name, "arn": r.arn, "state": r.state, "pattern": r.pattern, "description": r.description,
-            "targets": len(r.targets())}
+    return {"name": r.name, "arn": r.arn, "state": r.state, "pattern": r.pattern, "schedule": r.schedule,
+            "description": r.description, "targets": len(r.targets())}
 
 
-events = EventsGroup("events", help="EventBridge-style event buses: rules, targets, put events, test patterns.")
+def _archive_json(a) -> dict:
+    return {"name": a.name, "arn": a.arn, "bus": a.bus.name, "pattern": a.pattern,
+            "retention_days": a.retention_days}
+
+
+def _replay_json(r) -> dict:
+    return {"name": r.name, "arn": r.arn, "state": r.state, "bus": r.bus.name, "archive": r.archive,
+            "start": _iso(r.start), "end": _iso(r.end), "rules": r.rules}
+
+
+events = EventsGroup("events", help="EventBridge-style event buses: rules, schedules, targets, put events, "
+                                   "archives, replays, test patterns.")
 
 
 @events.command("buses")
@@ -101,20 +161,33 @@ def events_delete_bus(ctx, name, data):
 
 @events.command("put-rule")
 @click.argument("name")
-@click.option("--pattern", required=True, metavar="JSON", help="EventBridge event pattern (JSON object).")
+@click.option("--pattern", metavar="JSON", help="EventBridge event pattern (JSON object).")
+@click.option("--schedule", metavar="EXPR", help="rate(5 minutes) or cron(0 12 * * ? *), UTC (default bus only).")
 @click.option("--disabled", is_flag=True, help="Create it disabled.")
 @click.option("--description", default="", help="Free text (at most 512 characters).")
 @_bus_option
 @_data_option
 @click.pass_context
-def events_put_rule(ctx, name, pattern, disabled, description, bus_name, data):
-    """Create or replace rule NAME; prints the rule."""
-    pat = _json_arg(pattern, "--pattern")
-    with _broker(_data(ctx, data), create=True) as b:
+def events_put_rule(ctx, name, pattern, schedule, disabled, description, bus_name, data):
+    """Create or replace rule NAME (a pattern, a schedule or both); prints the rule."""
+    if pattern is None and schedule is None:
+        raise click.UsageError("give --pattern, --schedule or both")
+    pat = _pattern_arg(pattern, "--pattern")
+    if schedule is not None:
         try:
-            r = b.get_bus(bus_name).put_rule(name, pattern=pat, enabled=not disabled, description=description)
+            parse_schedule(schedule)
+        except InvalidParameter as exc:
+            raise _Fail(f"--schedule: {_line(exc)}") from None
+    with _broker(_data(ctx, data), create=True) as b:
+        bus = b.get_bus(bus_name)
+        try:
+            r = bus.put_rule(name, pattern=pat, schedule=schedule, enabled=not disabled, description=description)
         except InvalidPattern as exc:
             raise _Fail(f"--pattern: {_line(exc)}") from None
+        except InvalidParameter as exc:
+            if schedule is not None and bus.name != DEFAULT_BUS:  # schedules are the default bus's only
+                raise _Fail(f"--schedule: {_line(exc)}") from None
+            raise
         _echo(_rule_json(r))
 
 
@@ -261,6 +334,82 @@ def events_test_pattern(pattern, event):
         click.echo("true" if walq.pattern_matches(pat, ev) else "false")
     except InvalidPattern as exc:
         raise _Fail(f"--pattern: {_line(exc)}") from None
+
+
+@events.command("create-archive")
+@click.argument("name")
+@click.option("--pattern", metavar="JSON", help="Archive only the events matching this pattern (default: all).")
+@click.option("--retention-days", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Days an event is kept (0: forever).")
+@_bus_option
+@_data_option
+@click.pass_context
+def events_create_archive(ctx, name, pattern, retention_days, bus_name, data):
+    """Create archive NAME of the bus's events; prints the archive."""
+    pat = _pattern_arg(pattern, "--pattern")
+    with _broker(_data(ctx, data), create=True) as b:
+        _echo(_archive_json(b.get_bus(bus_name).create_archive(name, pattern=pat, retention_days=retention_days)))
+
+
+@events.command("archives")
+@_bus_option
+@_data_option
+@click.pass_context
+def events_archives(ctx, bus_name, data):
+    """List the bus's archives, one JSON line each."""
+    with _broker(_data(ctx, data)) as b:
+        for a in b.get_bus(bus_name).list_archives():
+            _echo(_archive_json(a))
+
+
+@events.command("start-replay")
+@click.argument("name")
+@click.option("--archive", "archive", required=True, metavar="ARCHIVE", help="The archive to replay.")
+@click.option("--start", "start", required=True, metavar="TIME", help="Replay events from this time (included).")
+@click.option("--end", "end", required=True, metavar="TIME", help="Replay events up to this time (excluded).")
+@click.option("--rule", "rules", multiple=True, metavar="RULE", help="Only to this rule's targets (repeatable).")
+@_bus_option
+@_data_option
+@click.pass_context
+def events_start_replay(ctx, name, archive, start, end, rules, bus_name, data):
+    """Start replay NAME of an archive's events in [--start, --end); a worker runs it."""
+    s, e = _time_arg(start, "--start"), _time_arg(end, "--end")
+    if e <= s:
+        raise click.BadParameter(f"must be after --start ({start}); got {end}", param_hint="--end")
+    with _broker(_data(ctx, data)) as b:
+        bus = b.get_bus(bus_name)
+        if archive not in {a.name for a in bus.list_archives()}:
+            raise _Fail(f"--archive: archive {archive!r} does not exist on bus {bus.name!r}", EXIT_NO_SUCH)
+        _echo(_replay_json(bus.start_replay(name, archive, s, e, rules=list(rules) or None)))
+
+
+def _replay_named(bus, name: str):
+    for r in bus.list_replays():
+        if r.name == name:
+            return r
+    raise _Fail(f"replay {name!r} does not exist on bus {bus.name!r}", EXIT_NO_SUCH)
+
+
+@events.command("describe-replay")
+@click.argument("name")
+@_bus_option
+@_data_option
+@click.pass_context
+def events_describe_replay(ctx, name, bus_name, data):
+    """Print replay NAME: its state (RUNNING, COMPLETED), archive, range and rules."""
+    with _broker(_data(ctx, data)) as b:
+        _echo(_replay_json(_replay_named(b.get_bus(bus_name), name)))
+
+
+@events.command("replays")
+@_bus_option
+@_data_option
+@click.pass_context
+def events_replays(ctx, bus_name, data):
+    """List the bus's replays, one JSON line each."""
+    with _broker(_data(ctx, data)) as b:
+        for r in b.get_bus(bus_name).list_replays():
+            _echo(_replay_json(r))
 
 
 COMMANDS = [events]
