@@ -83,6 +83,40 @@ def test_a_replay_killed_between_its_two_steps_resumes_without_doubles(setup, mo
     assert sorted(e["detail"]["n"] for e in drain(q)) == [1, 2, 4, 5, 6]
 
 
+def test_a_replay_killed_after_claiming_a_batch_before_routing_it_routes_it_once(setup, monkeypatch):
+    broker, bus, q, arch = setup
+    r = bus.start_replay("again", arch, 0, at(23).timestamp(), rules=["r"])
+    svc = broker._bus_service()
+
+    def die(*_a, **_k):
+        raise KeyboardInterrupt("killed after the claim, before routing")
+
+    real = bus._route
+    monkeypatch.setattr(bus, "_route", die)
+    with pytest.raises(KeyboardInterrupt):
+        A.run_replays(svc)
+    monkeypatch.setattr(bus, "_route", real)
+    assert svc.catalog.replays["again"]["claim"][0] == 0
+    while r.state == "RUNNING":
+        A.run_replays(svc)
+    assert sorted(e["detail"]["n"] for e in drain(q) if e.get("replay-name") == "again") == [1, 2, 4, 5, 6]
+
+
+def test_a_replay_reads_the_bus_log_only_after_a_worker_died(setup, monkeypatch):
+    broker, bus, q, arch = setup
+    monkeypatch.setattr(A, "BATCH", 2)  # several batches
+    scans = []
+    real = A._routed_next
+    monkeypatch.setattr(A, "_routed_next", lambda *a: scans.append(a) or real(*a))
+    r = bus.start_replay("again", arch, 0, at(23).timestamp(), rules=["r"])
+    svc = broker._bus_service()
+    batches = 0
+    while r.state == "RUNNING":
+        batches += A.run_replays(svc)
+    assert batches > 2 and scans == []  # a replay's cost grows with its archive, not its square
+    assert sorted(e["detail"]["n"] for e in drain(q) if e.get("replay-name") == "again") == [1, 2, 4, 5, 6]
+
+
 def test_archive_and_replay_refusals(setup):
     broker, bus, q, arch = setup
     with pytest.raises(walq.InvalidParameter, match="already exists"):

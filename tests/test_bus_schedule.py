@@ -99,6 +99,49 @@ def test_a_claimer_killed_after_routing_leaves_its_tick_fired_once(broker, clock
     assert len(drain(q)) == 1
 
 
+def test_a_claimer_killed_after_its_claim_before_routing_leaves_its_tick_to_the_next(broker, clock, monkeypatch):
+    q = broker.create_queue("ticks")
+    bus = broker.get_bus("default")
+    bus.put_rule("r", schedule="rate(1 minute)")
+    bus.put_targets("r", [walq.Target("q", q)])
+    clock.advance(61)
+    svc = broker._bus_service()
+
+    def die(*_a, **_k):
+        raise KeyboardInterrupt("killed after the claim, before the event")
+
+    real = bus._route
+    monkeypatch.setattr(bus, "_route", die)
+    with pytest.raises(KeyboardInterrupt):
+        scheduler.fire_due(svc)
+    monkeypatch.setattr(bus, "_route", real)
+    assert svc.catalog.buses["default"].firing["r"][0] == clock() - 1  # claimed, not fired
+    assert scheduler.fire_due(svc) == 1
+    assert scheduler.fire_due(svc) == 0
+    assert len(drain(q)) == 1
+    assert svc.catalog.buses["default"].firing == {}
+
+
+def test_firing_a_tick_reads_the_bus_log_only_after_a_claimer_died(broker, clock, monkeypatch):
+    q = broker.create_queue("ticks")
+    bus = broker.get_bus("default")
+    bus.put_rule("all", pattern={"source": ["s"]})
+    bus.put_targets("all", [walq.Target("q", q)])
+    bus.put_rule("r", schedule="rate(1 minute)")
+    bus.put_targets("r", [walq.Target("q", q)])
+    for i in range(50):
+        bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": i}}])
+    scans = []
+    real = scheduler._already_routed
+    monkeypatch.setattr(scheduler, "_already_routed", lambda *a: scans.append(a) or real(*a))
+    svc = broker._bus_service()
+    for _ in range(3):
+        clock.advance(60)
+        assert scheduler.fire_due(svc) == 1
+    assert scans == []  # a tick's cost does not grow with the bus log
+    assert len(drain(q)) == 53
+
+
 def test_schedule_refusals_write_nothing(broker):
     bus = broker.get_bus("default")
     end = broker._bus_service().catalog.log.end

@@ -18,13 +18,17 @@ A replay (``bus.start_replay``) is run by workers: under the bus catalog's
 append lock, a worker reads the next batch of the archive from the replay's
 durable position, routes the events whose ``time`` is in ``[start, end)``
 again - with ``replay-name`` added, to the rules named (or every matching
-rule), never to archives - as one ROUTED record marked
-``"replay": "<name>@<position>"`` with ``"next"``, the position after the
-batch (skipped if the bus log already holds it: a worker killed between the
-two steps; then its ``next`` is the new position, as the archive may have
-grown since), then writes the new position to the catalog; at the archive's
-end the replay is COMPLETED.  A replay resumes from its last position after
-any worker's death.
+rule), never to archives: it claims the batch in the catalog
+(``replay_batch`` with the bus log's end, ``at``), appends one ROUTED record
+marked ``"replay": "<name>@<position>"`` with ``"next"``, the position after
+the batch, then writes the new position to the catalog (``replay_state``);
+at the archive's end the replay is COMPLETED.  A worker that finds a batch
+claimed but not advanced (a worker killed between the steps) looks for its
+ROUTED record from ``at`` on: if it is there, its ``next`` is the new
+position (the archive may have grown since that batch was read); otherwise
+the batch is routed now.  Only then is the bus log read, so a replay's cost
+grows with its archive, not with the square of it.  A replay resumes from
+its last position after any worker's death.
 """
 
 from __future__ import annotations
@@ -64,8 +68,14 @@ def epoch(value, what: str) -> float:
 
 
 def event_epoch(ev: dict) -> float:
-    """An event's ``time`` as epoch seconds."""
-    return _dt.datetime.strptime(ev["time"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
+    """An event's ``time`` (``%Y-%m-%dT%H:%M:%SZ``) as epoch seconds."""
+    t = ev["time"]
+    if isinstance(t, str) and len(t) == 20 and t[10] == "T" and t[19] == "Z":
+        try:  # the form walq writes, read without strptime (a twentieth of its cost)
+            return _dt.datetime.fromisoformat(t[:19]).replace(tzinfo=_dt.timezone.utc).timestamp()
+        except ValueError:
+            pass  # strptime says what is wrong
+    return _dt.datetime.strptime(t, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=_dt.timezone.utc).timestamp()
 
 
 def decode(type_: int, payload: bytes) -> tuple[float, dict] | None:
@@ -240,7 +250,13 @@ def run_replays(svc) -> int:
                     ev["replay-name"] = name
                     events.append(ev)
             key = f"{name}@{pos}"
-            routed = _routed_next(bus, key) if events else None
+            claim = r.get("claim")
+            routed = None
+            if events:
+                if claim is not None and claim[0] == pos:
+                    routed = _routed_next(bus, key, claim[1])  # its runner was killed: did it route?
+                else:
+                    cat.write(tx, {"op": "replay_batch", "name": name, "pos": pos, "at": bus._log.end})
             if routed is not None:
                 # A worker killed after routing this batch: what it routed is
                 # done, up to where it read - perhaps short of where this pass
@@ -286,11 +302,11 @@ def expire_archives(svc, force: bool = False) -> int:
     return dropped
 
 
-def _routed_next(bus, key: str) -> int | None:
-    """The position after the batch the bus log's ROUTED record ``key``
-    routed: None if there is no such record, -1 if it does not say (written
-    before records said)."""
-    for rec in bus._log.iter_from(bus._log.first):
+def _routed_next(bus, key: str, start: int) -> int | None:
+    """The position after the batch the bus log's ROUTED record ``key`` (at
+    or past ``start``) routed: None if there is no such record, -1 if it does
+    not say (written before records said)."""
+    for rec in bus._log.iter_from(max(start, bus._log.first)):
         if rec.type == O.ROUTED:
             body = json.loads(rec.payload)
             if body.get("replay") == key:

@@ -10,9 +10,11 @@ applies to the next put_events in every other.  Records (docs/format.md,
     {"op": "rule", "bus": U, "rule": {...}}            a rule, whole (new or changed)
     {"op": "delete_rule", "bus": U, "name": R}
     {"op": "targets", "bus": U, "rule": R, "targets": [...]}   the rule's targets, whole
-    {"op": "fired", "bus": U, "rule": R, "tick": T}    a schedule rule's tick, claimed
+    {"op": "firing", "bus": U, "rule": R, "tick": T, "at": N}   a tick about to be routed
+    {"op": "fired", "bus": U, "rule": R, "tick": T}    a schedule rule's tick, routed
     {"op": "archive", "archive": {...}} / {"op": "delete_archive", "name": A, "uid": U}
     {"op": "replay", "replay": {...}} / {"op": "replay_state", "name": P, "pos": N, "state": S}
+    {"op": "replay_batch", "name": P, "pos": N, "at": N}   a replay batch about to be routed
 
 The default bus has uid 0 and no "bus" record: it always exists.
 """
@@ -38,6 +40,7 @@ class BusEntry:
     rules: dict = field(default_factory=dict)
     targets: dict = field(default_factory=dict)  # rule name -> [target dict]
     fired: dict = field(default_factory=dict)  # schedule rule name -> its last fired tick
+    firing: dict = field(default_factory=dict)  # schedule rule name -> (tick, bus log end) claimed, not yet fired
 
 
 class BusState:
@@ -74,6 +77,11 @@ class BusState:
             cur = self.replays.get(r["name"])
             if cur is not None:
                 cur.update(pos=r["pos"], state=r["state"])
+                cur.pop("claim", None)
+        elif op == "replay_batch":
+            cur = self.replays.get(r["name"])
+            if cur is not None:
+                cur["claim"] = (r["pos"], r["at"])
         else:
             entry = self.by_uid(r["bus"])
             if entry is None:
@@ -84,8 +92,14 @@ class BusState:
                 entry.rules.pop(r["name"], None)
                 entry.targets.pop(r["name"], None)
                 entry.fired.pop(r["name"], None)
+                entry.firing.pop(r["name"], None)
+            elif op == "firing":
+                entry.firing[r["rule"]] = (r["tick"], r["at"])
             elif op == "fired":
                 entry.fired[r["rule"]] = max(r["tick"], entry.fired.get(r["rule"], r["tick"]))
+                claim = entry.firing.get(r["rule"])
+                if claim is not None and claim[0] <= r["tick"]:
+                    del entry.firing[r["rule"]]
             elif op == "targets":
                 entry.targets[r["rule"]] = r["targets"]
 

@@ -31,8 +31,8 @@ from walq.bus import outbox as O
 from walq.bus.catalog import DEFAULT_BUS, BusState
 from walq.errors import CorruptionError
 
-_OPS = ("bus", "delete_bus", "rule", "delete_rule", "targets", "fired", "archive", "delete_archive",
-        "replay", "replay_state")
+_OPS = ("bus", "delete_bus", "rule", "delete_rule", "targets", "firing", "fired", "archive", "delete_archive",
+        "replay", "replay_state", "replay_batch")
 _HEX16 = frozenset("0123456789abcdef")
 
 
@@ -85,7 +85,9 @@ def check_catalog_record(type_: int, payload: bytes) -> None:
     op = r["op"]
     if op in ("bus", "delete_bus") and not (isinstance(r["name"], str) and isinstance(r["uid"], int)):
         raise ValueError(f"{op} needs a name (text) and a uid (integer)")
-    if op in ("rule", "delete_rule", "targets", "fired") and not isinstance(r["bus"], int):
+    if op in ("firing", "replay_batch") and not (isinstance(r["at"], int) and isinstance(r.get("pos", 0), int)):
+        raise ValueError(f"{op} needs a bus log position 'at' (integer)")
+    if op in ("rule", "delete_rule", "targets", "firing", "fired") and not isinstance(r["bus"], int):
         raise ValueError(f"{op} needs a bus uid (integer)")
     if op == "targets" and not all(isinstance(t, dict) and "id" in t and "kind" in t for t in r["targets"]):
         raise ValueError("targets must be objects with an id and a kind")

@@ -5,13 +5,18 @@ A worker calls :func:`fire_due` about once a second.  For each enabled rule
 with a schedule (on the default bus, as EventBridge), the tick due now is
 the latest one at or before the broker's clock; it is fired if it is newer
 than the rule's durable last fired tick and at most STALE_S old (ticks
-missed while no worker ran are not replayed).  Firing is a claim under the
+missed while no worker ran are not replayed).  Firing happens under the
 bus catalog's append lock (one claimer at a time, in every process):
 
-1. the scheduled event's ROUTED record, marked ``"tick": "<rule>@<tick>"``,
-   is appended to the bus's log and made durable - unless the log already
-   holds it (a claimer killed between steps 1 and 2);
-2. ``{"op": "fired", "bus": 0, "rule", "tick"}`` is written to the catalog.
+1. ``{"op": "firing", "bus": 0, "rule", "tick", "at"}`` is written to the
+   catalog: the claim, with the bus log's end before step 2;
+2. the scheduled event's ROUTED record, marked ``"tick": "<rule>@<tick>"``,
+   is appended to the bus's log and made durable;
+3. ``{"op": "fired", "bus": 0, "rule", "tick"}`` is written to the catalog.
+
+A claimer that finds the tick claimed but not fired (its claimer was killed)
+looks for the ROUTED record from ``at`` on, and appends it only if it is not
+there.  Only then is the bus log read: a tick costs no scan of it.
 
 Then the bus's outbox copies it to the rule's targets as for put_events.
 """
@@ -73,7 +78,13 @@ def fire_due(svc) -> int:
             if (name, tick) not in todo:
                 continue
             key = f"{name}@{tick!r}"
-            if not _already_routed(bus, key):
+            claim = entry.firing.get(name)
+            if claim is not None and claim[0] == tick:
+                routed = _already_routed(bus, key, claim[1])  # its claimer was killed
+            else:
+                cat.write(tx, {"op": "firing", "bus": 0, "rule": name, "tick": tick, "at": bus._log.end})
+                routed = False
+            if not routed:
                 ev = scheduled_event(bus, name, tick)
                 copies, positions = bus._route([ev], ev["time"], rules=[name])
                 if copies:
@@ -85,8 +96,9 @@ def fire_due(svc) -> int:
     return fired
 
 
-def _already_routed(bus, key: str) -> bool:
-    for rec in bus._log.iter_from(bus._log.first):
+def _already_routed(bus, key: str, start: int) -> bool:
+    """Whether the bus log holds the ROUTED record of tick ``key`` at or past ``start``."""
+    for rec in bus._log.iter_from(max(start, bus._log.first)):
         if rec.type == O.ROUTED and json.loads(rec.payload).get("tick") == key:
             return True
     return False
