@@ -30,6 +30,55 @@ def stats_rows(broker, prefix: str = "") -> list[dict]:
     return out
 
 
+def delivery_rows(broker) -> list[dict]:
+    """One dict per HTTP or handler subscription of a topic and per HTTP or
+    handler target of a bus: what the workers counted (delivered, failed
+    attempts, dead-lettered, dropped) and how many deliveries wait.  The
+    catalogs are read raw, so this works on a store opened read-only."""
+    from walq.bus import inspect as bus_inspect
+    from walq.bus.bus import DELIVERED
+    from walq.bus.catalog import DEFAULT_BUS
+    from walq.topic import inspect as topic_inspect
+    from walq.worker import counters
+
+    found = []  # (key, source, kind, endpoint, internal queue)
+    topics, _problems = topic_inspect._catalog_state(broker.path)
+    for name, t in sorted(topics.items()):
+        arn = f"arn:aws:sns:{broker.region}:{broker.account}:{name}"
+        for sub in t["subs"].values():
+            if sub["protocol"] != "sqs":
+                found.append((f"{arn}:{sub['id']}", f"topic {name}", sub["protocol"], sub["endpoint"], sub["queue"]))
+    for e in sorted(bus_inspect.catalog_state(broker.path).buses.values(), key=lambda e: e.name):
+        for rule, targets in e.targets.items():
+            where = rule if e.name == DEFAULT_BUS else f"{e.name}/{rule}"
+            for t in targets:
+                if t.get("kind") in DELIVERED:
+                    key = f"arn:aws:events:{broker.region}:{broker.account}:rule/{where}:{t['id']}"
+                    found.append((key, f"rule {where}", t["kind"], t.get("endpoint", ""), t["queue"]))
+    counts = counters.read_all(broker) if found else {}
+    out = []
+    for key, source, kind, endpoint, queue in found:
+        c = counts.get(key, counters.DeliveryCounts())
+        try:
+            qs = broker.get_queue(queue).stats()
+            pending = qs.visible + qs.in_flight + qs.delayed
+        except QueueDoesNotExist:
+            pending = 0
+        out.append({"target": key, "source": source, "kind": kind, "endpoint": endpoint, "delivered": c.delivered,
+                    "failed": c.failed, "dead_lettered": c.dead_lettered, "dropped": c.dropped, "pending": pending})
+    return out
+
+
+def delivery_table(rows: list[dict]) -> str:
+    """The deliveries part of the ``walq stats`` table."""
+    return format_table(
+        ["DELIVERIES OF", "KIND", "ENDPOINT", "DELIVERED", "FAILED", "DEAD-LETTERED", "DROPPED", "PENDING"],
+        [[r["source"], r["kind"], r["endpoint"], r["delivered"], r["failed"], r["dead_lettered"], r["dropped"],
+          r["pending"]] for r in rows],
+        right={3, 4, 5, 6, 7},
+    )
+
+
 def stats_table(rows: list[dict]) -> str:
     """The ``walq stats`` table."""
     if not rows:
@@ -45,8 +94,9 @@ def stats_table(rows: list[dict]) -> str:
 
 
 @click.command(cls=WalqCommand)
-@click.option("--prefix", default="", help="Only queues whose name starts with this.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per queue instead of a table.")
+@click.option("--prefix", default="", help="Only queues whose name starts with this (and no deliveries).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per queue (and per delivery target) "
+              "instead of a table.")
 @click.option("--watch", is_flag=True, help="Refresh until interrupted (Ctrl-C).")
 @click.option("--interval", type=Seconds(0.01, 86400), default=2.0, show_default=True,
               help="Seconds between refreshes (0.01-86400).")
@@ -54,7 +104,10 @@ def stats_table(rows: list[dict]) -> str:
 @data_option
 @click.pass_context
 def stats(ctx, prefix, as_json, watch, interval, count, data):
-    """Show every queue: visible, in flight, delayed, oldest age, disk use."""
+    """Show every queue: visible, in flight, delayed, oldest age, disk use;
+    then every HTTP and handler subscription and bus target: what workers
+    delivered, failed, dead-lettered and dropped, and what waits (not with
+    --prefix; with --json, one object per target with a "target" key)."""
     path = store_path(ctx, data)
     tty = sys.stdout.isatty()
     with open_store(path) as b:
@@ -62,8 +115,9 @@ def stats(ctx, prefix, as_json, watch, interval, count, data):
         try:
             while True:
                 rows = stats_rows(b, prefix)
+                deliveries = [] if prefix else delivery_rows(b)
                 if as_json:
-                    for r in rows:
+                    for r in rows + deliveries:
                         echo_json(r)
                 else:
                     if watch and tty:
@@ -71,6 +125,9 @@ def stats(ctx, prefix, as_json, watch, interval, count, data):
                     if watch:
                         click.echo(f"walq stats  {os.path.abspath(path)}  {time.strftime('%H:%M:%S')}")
                     click.echo(stats_table(rows))
+                    if deliveries:
+                        click.echo("")
+                        click.echo(delivery_table(deliveries))
                 n += 1
                 if not watch or (count is not None and n >= count):
                     return

@@ -443,12 +443,10 @@ class Subscription:
         s = self._current()
         if s.protocol == "sqs":
             return SubscriptionStats()
-        try:
-            from walq.worker import counters  # the worker's; absent until it lands
-            c = counters.read(self._topic._broker, self.arn)
-            counts = (c.delivered, c.failed, c.dead_lettered)
-        except ImportError:
-            counts = (0, 0, 0)
+        from walq.worker import counters
+
+        c = counters.read(self._topic._broker, self.arn)
+        counts = (c.delivered, c.failed, c.dead_lettered)
         try:
             qs = self._topic._broker.get_queue(s.queue).stats()
             pending = qs.visible + qs.in_flight + qs.delayed
