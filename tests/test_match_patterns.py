@@ -166,6 +166,20 @@ def test_fields_in_one_array_of_objects_must_match_in_the_same_element():
     assert not ok({"a": {"b": {"c": [1], "d": [4]}}}, nested)
 
 
+def test_array_consistency_ties_a_field_named_twice_and_ignores_empty_arrays():
+    event = {"items": [{"sku": "A", "qty": 2}, {"sku": "B", "qty": 0}], "resources": [], "state": "x"}
+    # "sku" directly and "qty" inside $or: still one element for both.
+    assert not ok({"items": {"sku": ["A"]}, "$or": [{"items": {"qty": [0]}}, {"nope": ["y"]}]}, event)
+    assert ok({"items": {"sku": ["B"]}, "$or": [{"items": {"qty": [0]}}, {"nope": ["y"]}]}, event)
+    # One arrayed field beside fields outside any array: nothing to tie.
+    assert ok({"items": {"qty": [0]}, "state": ["x"]}, event)
+    m = Matcher("pattern")
+    m.add("a", {"state": ["x"], "resources": [{"exists": False}]})
+    m.add("b", {"items": {"sku": ["A"], "qty": [0]}})
+    assert m.match(event) == {"a"}
+    assert m.match({"state": "x", "resources": [], "items": []}) == {"a"}
+
+
 def test_dotted_keys_name_nested_fields():
     assert ok({"detail.state": ["terminated"]})
 
