@@ -136,13 +136,15 @@ class Outbox:
 
     # -- running --------------------------------------------------------------------
 
-    def run(self, known: dict | None = None) -> None:
+    def run(self, known: dict | None = None, opened: dict | None = None) -> None:
         """Returns once every record in the log so far is in its queues.
-        ``known``: seq -> decoded record the caller just wrote."""
+        ``known``: seq -> decoded record the caller just wrote; ``opened``:
+        destinations the caller already opened, (kind, name, uid) -> the
+        queue, topic or bus, or None (see ``open_dest``)."""
         with self._tmu:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX)
             try:
-                buses = self._run_locked(known or {})
+                buses = self._run_locked(known or {}, opened or {})
             finally:
                 fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
         # Buses this one forwarded to copy theirs outside this bus's lock: two
@@ -150,7 +152,7 @@ class Outbox:
         for bus in buses:
             bus._outbox.run()
 
-    def _run_locked(self, known: dict) -> None:
+    def _run_locked(self, known: dict, opened: dict) -> None:
         log = self._log
         end = log.end
         mark = self._read_mark()
@@ -171,7 +173,7 @@ class Outbox:
             records.append((seq, known[seq]))
         if len(records) != end - done:
             records = [(rec.seq, json.loads(rec.payload)) for rec in self._iter(done, end)]
-        buses = self._copy(records, suspect_upto)
+        buses = self._copy(records, suspect_upto, opened)
         self._write_mark(end, max(busy, end))
         self._since_cursor += end - done
         if self._since_cursor >= CURSOR_EVERY:
@@ -185,10 +187,10 @@ class Outbox:
             if rec.type == ROUTED:
                 yield rec
 
-    def _copy(self, records: list, suspect_upto: int) -> list:
+    def _copy(self, records: list, suspect_upto: int, opened: dict) -> list:
         """Copies the records' copies into their destinations (for records
         below ``suspect_upto``, only those not there yet); returns the buses
-        that got forwarded events."""
+        that got forwarded events.  ``opened``: as for ``run``."""
         broker = self._bus._broker
         per_dest: dict = {}  # (kind, name, uid) -> [(seq, copy id, body)]
         held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
@@ -203,7 +205,9 @@ class Outbox:
                     held_from[key] = min(held_from.get(key, pos), pos)
         buses = []
         for (kind, name, uid), copies in per_dest.items():
-            dest = open_dest(broker, kind, name, uid)
+            dest = opened.get((kind, name, uid), opened)
+            if dest is opened:
+                dest = open_dest(broker, kind, name, uid)
             if dest is None:
                 continue  # deleted (or deleted and made again): nothing to deliver to
             if (kind, name, uid) in held_from:
