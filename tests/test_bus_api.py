@@ -239,3 +239,35 @@ def test_pattern_rules_use_one_matcher(broker, bus, monkeypatch):
     bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": 7}}])
     assert [e["detail"]["n"] for e in bodies(q)] == [7]
     assert len(calls) == 0  # the indexed Matcher, not one evaluation per rule
+
+
+def test_the_cursor_syncs_every_queue_its_records_name(store, monkeypatch):
+    from walq.bus import outbox
+    from walq.log import Log
+
+    monkeypatch.setattr(outbox, "CURSOR_EVERY", 4)
+    one = store()
+    qs = {n: one.create_queue(n) for n in "abcd"}
+    bus = one.get_bus("default")
+    for n, q in qs.items():
+        bus.put_rule(n, pattern={"detail": {"to": [n]}})
+        bus.put_targets(n, [walq.Target("t", q)])
+    synced = []
+    real = Log.sync_to
+    monkeypatch.setattr(Log, "sync_to", lambda log, upto: synced.append(log.path) or real(log, upto))
+
+    def put(b, to):
+        b.get_bus("default").put_events([{"source": "s", "detail_type": "d", "detail": {"to": to}}])
+
+    for to in "abca":  # copied by this broker alone: the fourth writes the cursor
+        put(one, to)
+    assert {qs[n]._log.path for n in "abc"} <= set(synced) and qs["d"]._log.path not in synced
+    # Records another broker copied (as another process would): the cursor
+    # must still sync their queues.
+    two = store()
+    put(two, "d")
+    synced.clear()
+    for to in "bbbb":
+        put(one, to)
+    assert {qs["b"]._log.path, qs["d"]._log.path} <= set(synced)
+    assert bus._outbox.read_cursor() == bus._log.end

@@ -102,6 +102,11 @@ class Outbox:
         self._boot = _boot()
         self._tmu = threading.Lock()
         self._since_cursor = 0
+        # This process copied every record in [_seen_from, _seen_upto), and
+        # those name exactly the destinations in _seen_dests: the cursor can
+        # sync them without reading the records back.
+        self._seen_from = self._seen_upto = -1
+        self._seen_dests: set = set()
 
     # -- the mark and the cursor ----------------------------------------------------
 
@@ -173,7 +178,11 @@ class Outbox:
             records.append((seq, known[seq]))
         if len(records) != end - done:
             records = [(rec.seq, json.loads(rec.payload)) for rec in self._iter(done, end)]
-        buses = self._copy(records, suspect_upto, opened)
+        buses, dests = self._copy(records, suspect_upto, opened)
+        if self._seen_upto != done:
+            self._seen_from, self._seen_dests = done, set()
+        self._seen_upto = end
+        self._seen_dests |= dests
         self._write_mark(end, max(busy, end))
         self._since_cursor += end - done
         if self._since_cursor >= CURSOR_EVERY:
@@ -187,10 +196,11 @@ class Outbox:
             if rec.type == ROUTED:
                 yield rec
 
-    def _copy(self, records: list, suspect_upto: int, opened: dict) -> list:
+    def _copy(self, records: list, suspect_upto: int, opened: dict) -> tuple[list, set]:
         """Copies the records' copies into their destinations (for records
         below ``suspect_upto``, only those not there yet); returns the buses
-        that got forwarded events.  ``opened``: as for ``run``."""
+        that got forwarded events, and every destination the records name
+        ((kind, name, uid)).  ``opened``: as for ``run``."""
         broker = self._bus._broker
         per_dest: dict = {}  # (kind, name, uid) -> [(seq, copy id, body)]
         held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
@@ -233,7 +243,7 @@ class Outbox:
                 if isinstance(exc, CorruptionError):
                     raise
                 continue  # deleted meanwhile
-        return buses
+        return buses, set(per_dest)
 
     @staticmethod
     def _held(kind: str, dest, start: int) -> set:
@@ -264,10 +274,13 @@ class Outbox:
         log = self._log
         log.sync_to(upto)
         start = self.read_cursor()
-        dests = set()
-        for rec in self._iter(start, upto):
-            for c in json.loads(rec.payload)["c"]:
-                dests.add((c[4] if len(c) > 4 else "q", c[0], c[1]))
+        if 0 <= self._seen_from <= start and upto <= self._seen_upto:
+            dests = self._seen_dests  # a superset when upto < _seen_upto: syncing more is harmless
+        else:
+            dests = set()
+            for rec in self._iter(start, upto):
+                for c in json.loads(rec.payload)["c"]:
+                    dests.add((c[4] if len(c) > 4 else "q", c[0], c[1]))
         broker = self._bus._broker
         for kind, name, uid in dests:
             try:
@@ -279,6 +292,8 @@ class Outbox:
         self._io.write_file_atomic(os.path.join(self._dir, CURSOR_FILE),
                                    json.dumps({"upto": upto}).encode())
         self._since_cursor = 0
+        if upto == self._seen_upto:
+            self._seen_from, self._seen_dests = upto, set()
         log.delete_below(upto)
 
     def flush(self) -> None:
