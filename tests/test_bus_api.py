@@ -271,3 +271,27 @@ def test_the_cursor_syncs_every_queue_its_records_name(store, monkeypatch):
         put(one, to)
     assert {qs["b"]._log.path, qs["d"]._log.path} <= set(synced)
     assert bus._outbox.read_cursor() == bus._log.end
+
+
+def test_copies_into_one_queue_from_several_rules_keep_distinct_ids_the_record_names(broker, bus):
+    from walq.queue import records as R
+
+    q, q2 = broker.create_queue("q"), broker.create_queue("q2")
+    for name in ("r1", "r2", "r3", "r4"):
+        bus.put_rule(name, pattern={"source": ["s"]})
+    bus.put_targets("r1", [walq.Target("t", q)])
+    bus.put_targets("r2", [walq.Target("t", q), walq.Target("u", q2)])
+    bus.put_targets("r3", [walq.Target("t", q, input_path="$.detail")])
+    bus.put_targets("r4", [walq.Target("t", q)])
+    start = q._log.end
+    bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": n}} for n in range(2)])
+    (rec,) = [json.loads(r.payload) for r in bus._log.iter_from(bus._log.end - 1)]
+    named = {}
+    for name, _uid, cid, body, _kind in rec["c"]:
+        named.setdefault(name, []).append(cid)
+    held = [r.payload[:16].hex() for r in q._log.iter_from(start) if r.type == R.SEND]
+    assert sorted(held) == sorted(named["q"]) and len(set(held)) == 8
+    assert len(set(named["q2"])) == 2
+    got = bodies(q)
+    assert sorted(e["n"] if "n" in e else e["detail"]["n"] for e in got) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sum("n" in e for e in got) == 2  # the input_path copies

@@ -110,6 +110,7 @@ class Bus:
             raise
         self._mu = threading.Lock()
         self._routing = (None, None)
+        self._queue_plan = (None, None)
         self._archive_matcher = (None, None)
 
     @property
@@ -390,6 +391,24 @@ class Bus:
         self._routing = (cat.version, cached)
         return cached
 
+    def _queues(self, plan: dict) -> dict:
+        """The queue destinations of ``plan`` (from ``_matcher``), (kind,
+        name, uid) -> the queue or None, opened again whenever either
+        catalog moved (a deleted queue moves the broker's)."""
+        broker = self._broker
+        broker._catalog.refresh()
+        key = (self._routing[0], broker._catalog.log.end)
+        at, cached = self._queue_plan
+        if at == key:
+            return cached
+        cached = {}
+        for prepared in plan.values():
+            for p in prepared:
+                if p[1] == "q" and p[2] not in cached:
+                    cached[p[2]] = O.open_dest(broker, "q", p[2][1], p[2][2])
+        self._queue_plan = (key, cached)
+        return cached
+
     def _event(self, e, now: float) -> dict:
         if not isinstance(e, dict):
             raise InvalidParameter(f"an entry must be a dict; got {type(e).__name__}")
@@ -459,6 +478,7 @@ class Bus:
         ``opened``: filled with the destinations opened, (kind, name, uid)
         -> the queue, topic or bus (None when deleted)."""
         matcher, plan = self._matcher()
+        queues = self._queues(plan)
         copies, positions = [], {}
         dests = {} if opened is None else opened
         head = src or ""
@@ -478,7 +498,8 @@ class Bus:
                 for t, kind, key, pkey, tail, rule_arn, plain in plan.get(rule_name, ()):
                     dest = dests.get(key, dests)
                     if dest is dests:
-                        dest = dests[key] = O.open_dest(self._broker, kind, key[1], key[2])
+                        dest = queues[key] if kind == "q" else O.open_dest(self._broker, kind, key[1], key[2])
+                        dests[key] = dest
                         if dest is not None:
                             positions.setdefault(pkey, dest._log.end)
                     if dest is None:
