@@ -5,6 +5,7 @@ with one-by-one evaluation."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -299,3 +300,27 @@ def test_or_expansion_is_bounded():
     alternatives = [{"a": ["x"]}, {"b": ["y"]}, {"c": ["z"]}, {"d": ["w"]}]
     pattern = {f"k{i}": {"$or": alternatives} for i in range(7)}  # 4**7 branches
     assert refused(pattern).startswith(PREFIX + "Rule is too complex")
+
+
+def test_branches_filed_under_two_exact_fields_match_as_one_by_one():
+    # Many rules of exact values on two or three fields (EventBridge's usual
+    # source + detail-type): the index files each under a pair of values.
+    rng = random.Random(5)
+    values = ["a", "b", "c", 1, 2.0, True, None]
+    fields = ["source", "detail-type", "region"]
+    compiled = {}
+    for i in range(300):
+        pattern = {f: rng.sample(values, rng.choice((1, 2))) for f in rng.sample(fields, rng.choice((2, 3)))}
+        if rng.random() < 0.2:
+            pattern["$or"] = [{"region": [rng.choice(values)]}, {"detail": {"n": [{"numeric": [">", 1]}]}}]
+        compiled[i] = compile_pattern(pattern)
+    m = Matcher("pattern")
+    for key, policy in compiled.items():
+        m.add(key, policy)
+    for _ in range(500):
+        event = {f: rng.choice(values) for f in fields if rng.random() < 0.9}
+        if rng.random() < 0.3:
+            event["region"] = rng.sample(values, 2)  # an array: any element
+        event["detail"] = {"n": rng.choice([0, 5])}
+        assert m.match(event) == {k for k, p in compiled.items() if p.matches(event)}
+    assert sum(1 for f in m._fields.values() if f.pairs) > 0  # the pairs were in use
