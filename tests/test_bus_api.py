@@ -246,6 +246,7 @@ def test_the_cursor_syncs_every_queue_its_records_name(store, monkeypatch):
     from walq.log import Log
 
     monkeypatch.setattr(outbox, "CURSOR_EVERY", 4)
+    monkeypatch.setattr(outbox, "CURSOR_PER_DEST", 1)
     one = store()
     qs = {n: one.create_queue(n) for n in "abcd"}
     bus = one.get_bus("default")
@@ -295,3 +296,20 @@ def test_copies_into_one_queue_from_several_rules_keep_distinct_ids_the_record_n
     got = bodies(q)
     assert sorted(e["n"] if "n" in e else e["detail"]["n"] for e in got) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert sum("n" in e for e in got) == 2  # the input_path copies
+
+
+def test_cursors_come_less_often_when_records_name_many_queues(store, monkeypatch):
+    from walq.bus import outbox
+
+    monkeypatch.setattr(outbox, "CURSOR_EVERY", 4)
+    monkeypatch.setattr(outbox, "CURSOR_PER_DEST", 2)
+    b = store()
+    bus = b.get_bus("default")
+    for n in "abcd":
+        bus.put_rule(n, pattern={"source": ["s"]})
+        bus.put_targets(n, [walq.Target("t", b.create_queue(n))])
+    for i in range(7):
+        bus.put_events([{"source": "s", "detail_type": "d", "detail": {}}])
+        assert bus._outbox.read_cursor() == 0  # 4 queues: one cursor per 8 calls
+    bus.put_events([{"source": "s", "detail_type": "d", "detail": {}}])
+    assert bus._outbox.read_cursor() == bus._log.end
