@@ -462,21 +462,24 @@ class Bus:
 
     def _deliver(self, events: list, ingestion: str) -> None:
         opened: dict = {}
-        copies, positions = self._route(events, ingestion, opened=opened)
+        texts: list = []
+        copies, positions = self._route(events, ingestion, opened=opened, texts=texts)
         if not copies:
             return
-        rec = {"c": copies, "p": positions}
-        seq = self._log.append(O.encode(copies, positions), O.ROUTED)
+        rec = {"c": copies, "p": positions, "e": texts}
+        seq = self._log.append(O.encode(copies, positions, texts), O.ROUTED)
         self._outbox.run({seq: rec}, opened)
 
     def _route(self, events: list, ingestion: str, src: str | None = None,
                rules: list | None = None, only: list | None = None, archive: bool = True,
-               opened: dict | None = None) -> tuple[list, dict]:
+               opened: dict | None = None, texts: list | None = None) -> tuple[list, dict]:
         """The copies ``events`` make through the enabled rules, each
         ``[name, uid, copy id hex, body, kind]``, and each destination log's
         end before them (where completing a cut-short copy looks).
         ``opened``: filled with the destinations opened, (kind, name, uid)
-        -> the queue, topic or bus (None when deleted)."""
+        -> the queue, topic or bus (None when deleted).  ``texts``: gets
+        each event's JSON once, and the copies that are that JSON name its
+        index there instead of holding it (outbox.encode)."""
         matcher, plan = self._matcher()
         queues = self._queues(plan)
         copies, positions = [], {}
@@ -493,7 +496,7 @@ class Bus:
                 hit = sorted(hit)
             if only is not None:
                 hit = [n for n in hit if n in only]
-            text = None  # the event's JSON, made once for every plain target
+            text = None  # the event's JSON (or its index in texts), made once for every plain target
             for rule_name in hit:
                 for t, kind, key, pkey, tail, rule_arn, plain in plan.get(rule_name, ()):
                     dest = dests.get(key, dests)
@@ -508,6 +511,9 @@ class Bus:
                     if plain:
                         if text is None:
                             text = json.dumps(ev)
+                            if texts is not None:
+                                texts.append(text)
+                                text = len(texts) - 1
                         body = text
                     else:
                         body = render(t, ev, rule_arn, rule_name, ingestion)

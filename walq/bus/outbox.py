@@ -90,10 +90,22 @@ def open_dest(broker, kind: str, name: str, uid: int):
     return d if d._uid == uid else None
 
 
-def encode(copies: list, positions: dict) -> bytes:
-    """A ROUTED record: ``copies`` [(queue name, uid, copy id hex, body)],
-    ``positions`` {uid hex: queue log end before the call}."""
-    return json.dumps({"c": copies, "p": positions}, separators=(",", ":")).encode()
+def encode(copies: list, positions: dict, texts: list | None = None) -> bytes:
+    """A ROUTED record: ``copies`` [(queue name, uid, copy id hex, body,
+    kind)], ``positions`` {uid hex: queue log end before the call};
+    ``texts``: the bodies that copies name by index (an event's JSON, which
+    each of its plain targets gets: once in the record, not once a copy)."""
+    rec = {"c": copies, "p": positions}
+    if texts:
+        rec["e"] = texts
+    return json.dumps(rec, separators=(",", ":")).encode()
+
+
+def body_of(rec: dict, copy: list) -> str:
+    """The body of ``copy``, one of the decoded ROUTED record ``rec``'s:
+    inline text, or the index of one of its ``e`` texts."""
+    body = copy[3]
+    return rec["e"][body] if type(body) is int else body
 
 
 class Outbox:
@@ -216,8 +228,11 @@ class Outbox:
         per_dest: dict = {}  # (kind, name, uid) -> [(seq, copy id, body)]
         held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
         for seq, rec in records:
+            texts = rec.get("e")
             for c in rec["c"]:
                 name, uid, cid, body = c[:4]
+                if texts is not None and type(body) is int:
+                    body = texts[body]
                 kind = c[4] if len(c) > 4 else "q"
                 key = (kind, name, uid)
                 per_dest.setdefault(key, []).append((seq, cid, body))
