@@ -313,3 +313,24 @@ def test_cursors_come_less_often_when_records_name_many_queues(store, monkeypatc
         assert bus._outbox.read_cursor() == 0  # 4 queues: one cursor per 8 calls
     bus.put_events([{"source": "s", "detail_type": "d", "detail": {}}])
     assert bus._outbox.read_cursor() == bus._log.end
+
+
+def test_a_copy_the_native_append_refuses_goes_the_python_way_and_the_rest_natively(broker, bus):
+    from walq.queue import records as R
+
+    qs = [broker.create_queue(n) for n in "abc"]
+    bus.put_rule("r", pattern={"source": ["s"]})
+    bus.put_targets("r", [walq.Target(f"t{i}", q) for i, q in enumerate(qs)])
+    bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": -1}}])  # opens the queues' writers
+    starts = [q._log.end for q in qs]
+    # As after a roll elsewhere: b's native writer no longer aimed, so its
+    # first copy fails natively (the ones before it are written) and goes
+    # the Python way, which aims it again.
+    qs[1]._log._writer.fd = -1
+    qs[1]._log._writer_seg = None
+    bus.put_events([{"source": "s", "detail_type": "d", "detail": {"n": n}} for n in range(3)])
+    (rec,) = [json.loads(r.payload) for r in bus._log.iter_from(bus._log.end - 1)]
+    for q, start in zip(qs, starts):
+        held = [r.payload[:16].hex() for r in q._log.iter_from(start) if r.type == R.SEND]
+        assert held == [c[2] for c in rec["c"] if c[0] == q.name]
+    assert [sorted(e["detail"]["n"] for e in bodies(q)) for q in qs] == [[-1, 0, 1, 2]] * 3
