@@ -385,7 +385,7 @@ class Bus:
                 # A target without input options (or a bus) gets the event's JSON itself.
                 plain = kind == "b" or not ("input" in t or "input_path" in t or "input_transformer" in t)
                 prepared.append((t, kind, (kind, t["queue"], t["quid"]), O.pos_key(kind, t["quid"]),
-                                 f"|{name}|{t['id']}|{t['quid']}", arn, plain))
+                                 f"|{name}|{t['id']}|{t['quid']}".encode(), arn, plain))
             plan[name] = prepared
         cached = (m, plan)
         self._routing = (cat.version, cached)
@@ -497,6 +497,8 @@ class Bus:
             if only is not None:
                 hit = [n for n in hit if n in only]
             text = None  # the event's JSON (or its index in texts), made once for every plain target
+            # Copy ids hash src|event id|rule|target|uid: the common head once per event.
+            ev_hash = blake2b(f"{head}|{ev['id']}".encode(), digest_size=16)
             for rule_name in hit:
                 for t, kind, key, pkey, tail, rule_arn, plain in plan.get(rule_name, ()):
                     dest = dests.get(key, dests)
@@ -507,7 +509,9 @@ class Bus:
                             positions.setdefault(pkey, dest._log.end)
                     if dest is None:
                         continue  # deleted: EventBridge fails that delivery
-                    cid = blake2b(f"{head}|{ev['id']}{tail}".encode(), digest_size=16).hexdigest()
+                    h = ev_hash.copy()
+                    h.update(tail)
+                    cid = h.hexdigest()
                     if plain:
                         if text is None:
                             text = json.dumps(ev)

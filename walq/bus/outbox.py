@@ -230,15 +230,19 @@ class Outbox:
         held_from: dict = {}  # (kind, name, uid) -> the lowest saved position among suspect records
         for seq, rec in records:
             texts = rec.get("e")
+            suspect = seq < suspect_upto
             for c in rec["c"]:
-                name, uid, cid, body = c[:4]
-                if texts is not None and type(body) is int:
-                    body = texts[body]
                 kind = c[4] if len(c) > 4 else "q"
-                key = (kind, name, uid)
-                per_dest.setdefault(key, []).append((seq, cid, body))
-                if seq < suspect_upto:
-                    pos = rec["p"].get(pos_key(kind, uid), 0)
+                key = (kind, c[0], c[1])
+                body = c[3]
+                if type(body) is int:
+                    body = texts[body]
+                got = per_dest.get(key)
+                if got is None:
+                    got = per_dest[key] = []
+                got.append((seq, c[2], body))
+                if suspect:
+                    pos = rec["p"].get(pos_key(kind, c[1]), 0)
                     held_from[key] = min(held_from.get(key, pos), pos)
         buses, queues = [], []
         for (kind, name, uid), copies in per_dest.items():
