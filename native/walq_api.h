@@ -321,10 +321,11 @@ int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32
 /* A bus's copies into standard queues (walq/bus/outbox.py): copy i is a
  * SEND with message id ids[16 i, 16 i + 16), sent `now`, visible now +
  * delays[i], no attributes, group, dedup id or source, and the body at
- * bodies + offs[i] (lens[i] bytes), appended through writers[i] (through
- * walq_append_one: that log's append lock taken and released); the caller
- * holds each writer's process-local lock.  Stops at the first copy that
- * needs the slow path; returns how many were written, or -2 out of memory. */
+ * bodies + offs[i] (lens[i] bytes), appended through writers[i]; each run
+ * of copies with one writer is one walq_writer_append (that log's append
+ * lock taken once).  The caller holds each writer's process-local lock.
+ * Stops at the first run that needs the slow path; returns how many copies
+ * were written before it, or -2 out of memory. */
 int64_t walq_bus_copies(struct walq_writer *const *writers, const double *delays, size_t n,
                         const uint8_t *ids, const char *bodies, const uint64_t *offs,
                         const uint32_t *lens, double now);
