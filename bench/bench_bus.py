@@ -27,7 +27,9 @@ The workload (``make_rules``, ``make_events``; fixed by ``--seed``):
    every row ``--seconds``, in slices the rows take in turn (the shared disk's
    speed drifts within seconds); a row's events/s is the median over rounds,
    its p50/p99 per put_events call come from every call of every round.
-   Target: 1,000 rules at least 0.5x the 10-rule rate (per batch size).
+   Target: 1,000 rules at least 0.5x the 10-rule rate (per batch size),
+   judged on the median of the rounds' ratios (each round's pair measured
+   side by side).
 2. The matcher alone, on the same events and each rule set: walq's
    ``Matcher("pattern")`` over ``--events`` events; moto's
    ``EventPattern.load(p).matches_event(e)`` and LocalStack's
@@ -258,12 +260,16 @@ def bench_put(args, base: str, counts: list[int], batches: list[int]) -> dict:
     verdicts = []
     for size in batches:
         lo, hi = f"put_events {counts[0]} rules, batch {size}", f"put_events {counts[-1]} rules, batch {size}"
-        ratio = median(rates[hi]) / median(rates[lo])
+        # Paired within each round, so that the disk's drift between rounds
+        # (its fdatasync rate moves several-fold here) cancels out.
         per_round = [a / b for a, b in zip(rates[hi], rates[lo])]
+        ratio = median(per_round)
         ok = ratio >= 0.5
         verdicts.append(ok)
-        print(f"target batch {size}: {counts[-1]} rules >= 0.5x {counts[0]} rules: {ratio:.2f}x "
-              f"(per round {', '.join(f'{x:.2f}x' for x in per_round)}) {'PASS' if ok else 'FAIL'}")
+        print(f"target batch {size}: {counts[-1]} rules >= 0.5x {counts[0]} rules: {ratio:.2f}x, median of the "
+              f"rounds' ratios {', '.join(f'{x:.2f}x' for x in per_round)} (ratio of the rows' medians "
+              f"{median(rates[hi]) / median(rates[lo]):.2f}x) {'PASS' if ok else 'FAIL'}")
+        out.setdefault("ratios", {})[size] = {"per_round": per_round, "median": ratio}
     out["pass"] = all(verdicts)
     return out
 
