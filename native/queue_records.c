@@ -135,6 +135,71 @@ int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32
     return i == (size_t)-1 ? -2 : (int64_t)i;
 }
 
+int64_t walq_bus_copies(struct walq_writer *const *writers, const double *delays, size_t n,
+                        const uint8_t *ids, const char *bodies, const uint64_t *offs,
+                        const uint32_t *lens, double now)
+{
+    /* A run of copies into one queue is one walq_writer_append (its append
+     * lock taken once, not once a copy).  A few events' worth fit on the
+     * stack; more take one allocation that serves the rest of the call. */
+    char small[8192];
+    uint32_t small_lens[64];
+    char *buf = small;
+    uint32_t *run_lens = small_lens;
+    size_t cap = sizeof small, lens_cap = 64;
+    size_t i = 0;
+    int oom = 0;
+    while (i < n) {
+        size_t j = i, total = 0;
+        while (j < n && writers[j] == writers[i]) {
+            total += WALQ_SEND_HEAD + (size_t)lens[j];
+            j++;
+        }
+        if (total > cap) {
+            char *bigger = malloc(total);
+            if (!bigger) {
+                oom = 1;
+                break;
+            }
+            if (buf != small)
+                free(buf);
+            buf = bigger;
+            cap = total;
+        }
+        if (j - i > lens_cap) {
+            uint32_t *more = malloc((j - i) * sizeof *more);
+            if (!more) {
+                oom = 1;
+                break;
+            }
+            if (run_lens != small_lens)
+                free(run_lens);
+            run_lens = more;
+            lens_cap = j - i;
+        }
+        char *p = buf;
+        for (size_t m = i; m < j; m++) {
+            double visible = now + delays[m];
+            memset(p, 0, WALQ_SEND_HEAD);
+            memcpy(p, ids + 16 * m, 16);
+            memcpy(p + WALQ_SEND_SENT, &now, 8);
+            memcpy(p + WALQ_SEND_VISIBLE, &visible, 8);
+            memcpy(p + WALQ_SEND_HEAD, bodies + offs[m], lens[m]);
+            run_lens[m - i] = WALQ_SEND_HEAD + lens[m];
+            p += WALQ_SEND_HEAD + lens[m];
+        }
+        uint64_t seq0;
+        if (walq_writer_append(writers[i], j - i, buf, run_lens, NULL, 1 /* SEND */, &seq0) != WALQ_OK)
+            break;  /* the caller writes copy i the slow way */
+        i = j;
+    }
+    if (buf != small)
+        free(buf);
+    if (run_lens != small_lens)
+        free(run_lens);
+    return oom ? -2 : (int64_t)i;
+}
+
 size_t walq_plain_send_run(const char *base, const uint64_t *offs, const uint32_t *lens,
                            const uint8_t *types, size_t n, int has_last, double last,
                            double slack, double *sent)

@@ -318,6 +318,18 @@ int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32
                             const char *message, size_t message_len, const char *attrs, size_t attrs_len,
                             int64_t *seqs);
 
+/* A bus's copies into standard queues (walq/bus/outbox.py): copy i is a
+ * SEND with message id ids[16 i, 16 i + 16), sent `now`, visible now +
+ * delays[i], no attributes, group, dedup id or source, and the body at
+ * bodies + offs[i] (lens[i] bytes), appended through writers[i]; each run
+ * of copies with one writer is one walq_writer_append (that log's append
+ * lock taken once).  The caller holds each writer's process-local lock.
+ * Stops at the first run that needs the slow path; returns how many copies
+ * were written before it, or -2 out of memory. */
+int64_t walq_bus_copies(struct walq_writer *const *writers, const double *delays, size_t n,
+                        const uint8_t *ids, const char *bodies, const uint64_t *offs,
+                        const uint32_t *lens, double now);
+
 /* The text forms a receive hands out, for `n` messages: each id's text
  * (from its 16 raw bytes at ids + 16 i; see walq_encode_sends) into
  * `ids_text`, and each receipt handle (walq/queue/receipts.py: hex16(uid)

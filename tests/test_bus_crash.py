@@ -120,7 +120,6 @@ def killed_mid_put(args) -> None:
     copy (the mark still says everything was copied), ``"mid-copy"`` after
     the copy into queue a (the mark says a copy is under way)."""
     from walq.bus.outbox import Outbox
-    from walq.queue.queue import Queue
 
     broker = walq.open(args["path"], durability="always")
     bus = broker.get_bus("default")
@@ -128,15 +127,13 @@ def killed_mid_put(args) -> None:
     if args["point"] == "before-copy":
         Outbox.run = die
     else:
-        real, copied = Queue._store_copies, []
+        real = Outbox._copy_into_queues
 
-        def copy_then_die(self, copies):
-            if copied:
-                die()
-            copied.append(self.name)
-            return real(self, copies)
+        def copy_a_then_die(self, queues):
+            real(self, [(q, copies) for q, copies in queues if q.name == "a"])
+            die()
 
-        Queue._store_copies = copy_then_die
+        Outbox._copy_into_queues = copy_a_then_die
     bus.put_events([{"source": "crash", "detail_type": "t", "detail": {"key": "k:0", "even": True}}])
     raise SystemExit("put_events returned: the kill never came")
 

@@ -84,6 +84,8 @@ def test_dump_segment_decodes_bus_and_archive_records(tmp_path):
     recs = list(winspect.dump_segment(winspect.segment_files(bus_dir)[0][1]))
     assert recs and all(r["type"] == "routed" for r in recs)
     assert {c["kind"] for c in recs[0]["copies"]} == {"a", "q", "t", "b"}
+    # The event's JSON is stored once and named by index; the dump shows each copy's text.
+    assert all(json.loads(c["body"])["source"] == "s" for c in recs[0]["copies"])
     recs = list(winspect.dump_segment(winspect.segment_files(arch)[0][1]))
     assert [r["event"]["detail"]["n"] for r in recs] == [0, 1, 2]
 

@@ -5,6 +5,7 @@ with one-by-one evaluation."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -166,6 +167,20 @@ def test_fields_in_one_array_of_objects_must_match_in_the_same_element():
     assert not ok({"a": {"b": {"c": [1], "d": [4]}}}, nested)
 
 
+def test_array_consistency_ties_a_field_named_twice_and_ignores_empty_arrays():
+    event = {"items": [{"sku": "A", "qty": 2}, {"sku": "B", "qty": 0}], "resources": [], "state": "x"}
+    # "sku" directly and "qty" inside $or: still one element for both.
+    assert not ok({"items": {"sku": ["A"]}, "$or": [{"items": {"qty": [0]}}, {"nope": ["y"]}]}, event)
+    assert ok({"items": {"sku": ["B"]}, "$or": [{"items": {"qty": [0]}}, {"nope": ["y"]}]}, event)
+    # One arrayed field beside fields outside any array: nothing to tie.
+    assert ok({"items": {"qty": [0]}, "state": ["x"]}, event)
+    m = Matcher("pattern")
+    m.add("a", {"state": ["x"], "resources": [{"exists": False}]})
+    m.add("b", {"items": {"sku": ["A"], "qty": [0]}})
+    assert m.match(event) == {"a"}
+    assert m.match({"state": "x", "resources": [], "items": []}) == {"a"}
+
+
 def test_dotted_keys_name_nested_fields():
     assert ok({"detail.state": ["terminated"]})
 
@@ -285,3 +300,27 @@ def test_or_expansion_is_bounded():
     alternatives = [{"a": ["x"]}, {"b": ["y"]}, {"c": ["z"]}, {"d": ["w"]}]
     pattern = {f"k{i}": {"$or": alternatives} for i in range(7)}  # 4**7 branches
     assert refused(pattern).startswith(PREFIX + "Rule is too complex")
+
+
+def test_branches_filed_under_two_exact_fields_match_as_one_by_one():
+    # Many rules of exact values on two or three fields (EventBridge's usual
+    # source + detail-type): the index files each under a pair of values.
+    rng = random.Random(5)
+    values = ["a", "b", "c", 1, 2.0, True, None]
+    fields = ["source", "detail-type", "region"]
+    compiled = {}
+    for i in range(300):
+        pattern = {f: rng.sample(values, rng.choice((1, 2))) for f in rng.sample(fields, rng.choice((2, 3)))}
+        if rng.random() < 0.2:
+            pattern["$or"] = [{"region": [rng.choice(values)]}, {"detail": {"n": [{"numeric": [">", 1]}]}}]
+        compiled[i] = compile_pattern(pattern)
+    m = Matcher("pattern")
+    for key, policy in compiled.items():
+        m.add(key, policy)
+    for _ in range(500):
+        event = {f: rng.choice(values) for f in fields if rng.random() < 0.9}
+        if rng.random() < 0.3:
+            event["region"] = rng.sample(values, 2)  # an array: any element
+        event["detail"] = {"n": rng.choice([0, 5])}
+        assert m.match(event) == {k for k, p in compiled.items() if p.matches(event)}
+    assert sum(1 for f in m._fields.values() if f.pairs) > 0  # the pairs were in use

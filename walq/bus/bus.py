@@ -110,6 +110,7 @@ class Bus:
             raise
         self._mu = threading.Lock()
         self._routing = (None, None)
+        self._queue_plan = (None, None)
         self._archive_matcher = (None, None)
 
     @property
@@ -360,8 +361,10 @@ class Bus:
     # -- events ---------------------------------------------------------------------------
 
     def _matcher(self):
-        """(Matcher of the enabled pattern rules, their entries), built again
-        when the catalog moved."""
+        """(Matcher of the enabled pattern rules, {rule name: its targets
+        prepared for routing}), built again when the catalog moved: rule
+        changes are rare next to events, so per event only the matching and
+        the copies themselves are left."""
         cat = self._service.catalog
         cat.refresh()
         at, cached = self._routing
@@ -372,8 +375,38 @@ class Bus:
         for name, r in entry.rules.items():
             if r["enabled"] and r["pattern"] is not None and entry.targets.get(name):
                 m.add(name, r["pattern"])
-        cached = (m, {n: entry.targets.get(n, []) for n in entry.rules})
+        m.match({})  # builds the index now, so that threads sharing the bus only read it
+        plan = {}
+        for name in entry.rules:
+            arn = self._rule_arn(name)
+            prepared = []
+            for t in entry.targets.get(name, []):
+                kind = O.KIND_OF.get(t["kind"], "q")
+                # A target without input options (or a bus) gets the event's JSON itself.
+                plain = kind == "b" or not ("input" in t or "input_path" in t or "input_transformer" in t)
+                prepared.append((t, kind, (kind, t["queue"], t["quid"]), O.pos_key(kind, t["quid"]),
+                                 f"|{name}|{t['id']}|{t['quid']}".encode(), arn, plain))
+            plan[name] = prepared
+        cached = (m, plan)
         self._routing = (cat.version, cached)
+        return cached
+
+    def _queues(self, plan: dict) -> dict:
+        """The queue destinations of ``plan`` (from ``_matcher``), (kind,
+        name, uid) -> the queue or None, opened again whenever either
+        catalog moved (a deleted queue moves the broker's)."""
+        broker = self._broker
+        broker._catalog.refresh()
+        key = (self._routing[0], broker._catalog.log.end)
+        at, cached = self._queue_plan
+        if at == key:
+            return cached
+        cached = {}
+        for prepared in plan.values():
+            for p in prepared:
+                if p[1] == "q" and p[2] not in cached:
+                    cached[p[2]] = O.open_dest(broker, "q", p[2][1], p[2][2])
+        self._queue_plan = (key, cached)
         return cached
 
     def _event(self, e, now: float) -> dict:
@@ -428,39 +461,67 @@ class Bus:
         return BatchResult(ok, failed)
 
     def _deliver(self, events: list, ingestion: str) -> None:
-        copies, positions = self._route(events, ingestion)
+        opened: dict = {}
+        texts: list = []
+        copies, positions = self._route(events, ingestion, opened=opened, texts=texts)
         if not copies:
             return
-        rec = {"c": copies, "p": positions}
-        seq = self._log.append(O.encode(copies, positions), O.ROUTED)
-        self._outbox.run({seq: rec})
+        rec = {"c": copies, "p": positions, "e": texts}
+        seq = self._log.append(O.encode(copies, positions, texts), O.ROUTED)
+        self._outbox.run({seq: rec}, opened)
 
     def _route(self, events: list, ingestion: str, src: str | None = None,
-               rules: list | None = None, only: list | None = None, archive: bool = True) -> tuple[list, dict]:
+               rules: list | None = None, only: list | None = None, archive: bool = True,
+               opened: dict | None = None, texts: list | None = None) -> tuple[list, dict]:
         """The copies ``events`` make through the enabled rules, each
         ``[name, uid, copy id hex, body, kind]``, and each destination log's
-        end before them (where completing a cut-short copy looks)."""
-        matcher, targets = self._matcher()
-        copies, positions, dests = [], {}, {}
+        end before them (where completing a cut-short copy looks).
+        ``opened``: filled with the destinations opened, (kind, name, uid)
+        -> the queue, topic or bus (None when deleted).  ``texts``: gets
+        each event's JSON once, and the copies that are that JSON name its
+        index there instead of holding it (outbox.encode)."""
+        matcher, plan = self._matcher()
+        queues = self._queues(plan)
+        copies, positions = [], {}
+        dests = {} if opened is None else opened
+        head = src or ""
+        blake2b = hashlib.blake2b
         for ev in events:
             if archive and rules is None:
                 self._archive_copies(ev, copies, positions)
-            hit = sorted(matcher.match(ev)) if rules is None else rules
-            for rule_name in hit if only is None else [n for n in hit if n in only]:
-                rule_arn = self._rule_arn(rule_name)
-                for t in targets.get(rule_name, []):
-                    kind = O.KIND_OF.get(t["kind"], "q")
-                    key = (kind, t["queue"], t["quid"])
-                    if key not in dests:
-                        dests[key] = O.open_dest(self._broker, kind, t["queue"], t["quid"])
-                    dest = dests[key]
+            hit = matcher.match(ev) if rules is None else rules
+            if not hit:
+                continue
+            if rules is None and len(hit) > 1:
+                hit = sorted(hit)
+            if only is not None:
+                hit = [n for n in hit if n in only]
+            text = None  # the event's JSON (or its index in texts), made once for every plain target
+            # Copy ids hash src|event id|rule|target|uid: the common head once per event.
+            ev_hash = blake2b(f"{head}|{ev['id']}".encode(), digest_size=16)
+            for rule_name in hit:
+                for t, kind, key, pkey, tail, rule_arn, plain in plan.get(rule_name, ()):
+                    dest = dests.get(key, dests)
+                    if dest is dests:
+                        dest = queues[key] if kind == "q" else O.open_dest(self._broker, kind, key[1], key[2])
+                        dests[key] = dest
+                        if dest is not None:
+                            positions.setdefault(pkey, dest._log.end)
                     if dest is None:
                         continue  # deleted: EventBridge fails that delivery
-                    positions.setdefault(O.pos_key(kind, t["quid"]), dest._log.end)
-                    cid = hashlib.blake2b(f"{src or ''}|{ev['id']}|{rule_name}|{t['id']}|{t['quid']}".encode(),
-                                          digest_size=16).hexdigest()
-                    body = json.dumps(ev) if kind == "b" else render(t, ev, rule_arn, rule_name, ingestion)
-                    copies.append([t["queue"], t["quid"], cid, body, kind])
+                    h = ev_hash.copy()
+                    h.update(tail)
+                    cid = h.hexdigest()
+                    if plain:
+                        if text is None:
+                            text = json.dumps(ev)
+                            if texts is not None:
+                                texts.append(text)
+                                text = len(texts) - 1
+                        body = text
+                    else:
+                        body = render(t, ev, rule_arn, rule_name, ingestion)
+                    copies.append([key[1], key[2], cid, body, kind])
         return copies, positions
 
     def _archive_copies(self, ev: dict, copies: list, positions: dict) -> None:

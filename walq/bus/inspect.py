@@ -102,10 +102,14 @@ def check_routed(type_: int, payload: bytes) -> None:
     r = json.loads(payload)
     if not isinstance(r, dict) or not isinstance(r["c"], list) or not isinstance(r["p"], dict):
         raise ValueError("a ROUTED record needs a list of copies 'c' and positions 'p'")
+    texts = r.get("e", [])
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise ValueError("a ROUTED record's bodies 'e' must be a list of text")
     for c in r["c"]:
         if not isinstance(c, list) or len(c) < 4 or not isinstance(c[0], str) or not isinstance(c[1], int) \
-                or not isinstance(c[3], str) or len(c) > 4 and c[4] not in ("q", "t", "b", "a"):
-            raise ValueError(f"copy {str(c)[:80]} is not [name, uid, copy id, body, kind]")
+                or not (isinstance(c[3], str) or type(c[3]) is int and 0 <= c[3] < len(texts)) \
+                or len(c) > 4 and c[4] not in ("q", "t", "b", "a"):
+            raise ValueError(f"copy {str(c)[:80]} is not [name, uid, copy id, body (or index into 'e'), kind]")
         bytes.fromhex(c[2])
 
 
@@ -393,7 +397,7 @@ def record_json(rec, kind: str) -> dict:
             r = json.loads(rec.payload)
             out["type"] = "routed"
             out["copies"] = [{"kind": c[4] if len(c) > 4 else "q", "to": c[0], "uid": f"{c[1]:016x}",
-                              "copy_id": c[2], "body": c[3]} for c in r["c"]]
+                              "copy_id": c[2], "body": O.body_of(r, c)} for c in r["c"]]
             out["positions"] = r["p"]
             out.update((k, r[k]) for k in ("src", "tick", "replay") if k in r)
         else:

@@ -16,14 +16,18 @@ branch must meet - in a per-field index:
   ``exists: true``): the field's presence, a list fired once per present field.
 
 The anchor chosen is the branch's most selective test (exact first, presence
-last), so a branch is looked at only when its rarest condition already holds;
+last), so a branch is looked at only when its rarest condition already holds.
+When two of a branch's fields take exact values only (EventBridge's usual
+``source`` with ``detail-type``) and the pair is rarer than any one test, the
+branch is filed under both values together: a dict ``value -> {other field:
+{value -> branches}}``, probed with the other field's leaves. Either way,
 the fired branches are then checked against the flattened message (all but
 the anchor's test, when meeting the anchor already decides that test; and
 array consistency, walq/match/arrays.py, when the message has arrays). A
 branch that can match with every field absent (only ``exists: false``) is
 checked on every message. Like event-ruler's single state machine for all
 rules, the cost follows the message (its fields and the branches they fire),
-not the number of policies; unlike it, only one field per branch is indexed.
+not the number of policies; unlike it, at most two fields per branch are indexed.
 """
 
 from __future__ import annotations
@@ -89,10 +93,15 @@ class _Stats:
 
 
 def choose_anchor(branch, stats: dict):
-    """``(test, [(kind, key), ...])`` for the test of ``branch`` that the fewest
-    messages are expected to meet (by ``stats``, path -> _Stats), or None when
-    every test can pass with its field absent."""
+    """``(test, [(kind, key), ...], partner)`` for the test of ``branch`` that
+    the fewest messages are expected to meet (by ``stats``, path -> _Stats),
+    or None when every test can pass with its field absent.  ``partner`` is
+    None, or ``(test, [key, ...])``: a second test of exact values only, on
+    another field, when the pair of them is rarer than any one test (a
+    source and a detail-type, say) - the branch is then filed under both
+    values together."""
     best = None
+    exact_only = []  # (guess, test, keys) of the tests met by exact values alone
     for test in branch:
         anchors = test_anchors(test)
         if anchors is None:
@@ -101,8 +110,22 @@ def choose_anchor(branch, stats: dict):
         guess = min(1.0, sum(field.estimate(kind, key) for kind, key in anchors))
         rank = (guess, max(_RANK[kind] for kind, _ in anchors), len(anchors))
         if best is None or rank < best[0]:
-            best = (rank, test, anchors)
-    return None if best is None else (best[1], best[2])
+            best = (rank, test, anchors, None)
+        if all(kind == EXACT for kind, _ in anchors):
+            exact_only.append((guess, test, [key for _, key in anchors]))
+    if len(exact_only) >= 2:
+        exact_only.sort(key=lambda e: (e[0], len(e[2])))
+        (g1, t1, k1), second = exact_only[0], None
+        for g2, t2, k2 in exact_only[1:]:
+            if t2.path != t1.path:
+                second = (g2, t2, k2)
+                break
+        if second is not None:
+            g2, t2, k2 = second
+            rank = (g1 * g2, _RANK[EXACT], len(k1) * len(k2))
+            if rank < best[0]:
+                best = (rank, t1, [(EXACT, k) for k in k1], (t2, k2))
+    return None if best is None else best[1:]
 
 
 def anchor_decides(test, anchors) -> bool:
@@ -115,11 +138,12 @@ def anchor_decides(test, anchors) -> bool:
 class _Field:
     """The anchors filed under one field path."""
 
-    __slots__ = ("exact", "ignore_case", "prefix", "prefix_lengths", "suffix", "suffix_lengths",
+    __slots__ = ("exact", "pairs", "ignore_case", "prefix", "prefix_lengths", "suffix", "suffix_lengths",
                  "ranges", "present", "_points", "_segments", "_lengths_cache")
 
     def __init__(self):
         self.exact: dict = {}
+        self.pairs: dict = {}  # key -> {partner path: {partner key: [branch]}}
         self.ignore_case: dict = {}
         self.prefix: dict = {}  # (ignore_case, text) -> [branch]
         self.suffix: dict = {}
@@ -154,6 +178,23 @@ class _Field:
         else:
             bucket.append(branch)
 
+    def file_pair(self, key, path: str, partner_key, branch: int) -> None:
+        """Files ``branch`` under an exact ``key`` here together with an exact
+        ``partner_key`` at ``path``."""
+        table = self.pairs.setdefault(key, {}).setdefault(path, {})
+        bucket = table.get(partner_key)
+        if bucket is None:
+            table[partner_key] = [branch]
+        else:
+            bucket.append(branch)
+
+    def _pair(self, key, flat, out: set) -> None:
+        for path, table in self.pairs[key].items():
+            for leaf in flat.get(path) or ():
+                hit = table.get(leaf if type(leaf) is str else leaf_key(leaf))
+                if hit:
+                    out.update(hit)
+
     def _lengths(self):
         if self._lengths_cache is None:
             def split(lengths):
@@ -173,11 +214,12 @@ class _Field:
                 segments[s].append(branch)
         self._points, self._segments = points, segments
 
-    def collect(self, leaves, out: set) -> None:
-        """Adds to ``out`` every branch whose anchor some leaf meets."""
+    def collect(self, leaves, out: set, flat) -> None:
+        """Adds to ``out`` every branch whose anchor some leaf meets (with its
+        partner's in ``flat``, for a branch filed under a pair)."""
         if self.present:
             out.update(self.present)
-        exact = self.exact
+        exact, pairs = self.exact, self.pairs
         for value in leaves:
             kind = type(value)
             if kind is str:
@@ -185,6 +227,8 @@ class _Field:
                     hit = exact.get(value)
                     if hit:
                         out.update(hit)
+                if pairs and value in pairs:
+                    self._pair(value, flat, out)
                 lowered = None
                 if self.ignore_case:
                     lowered = value.lower()
@@ -226,6 +270,8 @@ class _Field:
                     hit = exact.get(float(value))
                     if hit:
                         out.update(hit)
+                if pairs and float(value) in pairs:
+                    self._pair(float(value), flat, out)
                 if self.ranges:
                     if self._points is None:
                         self._build_segments()
@@ -235,10 +281,14 @@ class _Field:
                     hit = self._segments[segment]
                     if hit:
                         out.update(hit)
-            elif exact:
-                hit = exact.get(leaf_key(value))
-                if hit:
-                    out.update(hit)
+            else:
+                key = leaf_key(value)
+                if exact:
+                    hit = exact.get(key)
+                    if hit:
+                        out.update(hit)
+                if pairs and key in pairs:
+                    self._pair(key, flat, out)
 
 
 class Matcher:
@@ -327,13 +377,21 @@ class Matcher:
                 unanchored.add(bid)
                 checks[bid] = (key, branch, branch)
                 continue
-            test, anchors = anchor
+            test, anchors, partner = anchor
             field = fields.get(test.path)
             if field is None:
                 field = fields[test.path] = _Field()
-            for kind, akey in anchors:
-                field.file(kind, akey, bid)
-            rest = tuple(t for t in branch if t is not test) if anchor_decides(test, anchors) else branch
+            if partner is None:
+                for kind, akey in anchors:
+                    field.file(kind, akey, bid)
+                rest = tuple(t for t in branch if t is not test) if anchor_decides(test, anchors) else branch
+            else:
+                # Exact values decide both tests: only the others are left to check.
+                other, partner_keys = partner
+                for _, akey in anchors:
+                    for pkey in partner_keys:
+                        field.file_pair(akey, other.path, pkey, bid)
+                rest = tuple(t for t in branch if t is not test and t is not other)
             checks[bid] = (key, rest, branch)
         self._fields, self._unanchored, self._checks, self._dirty = fields, unanchored, checks, False
 
@@ -361,12 +419,12 @@ class Matcher:
             for path, leaves in flat.items():
                 field = fields.get(path)
                 if field is not None:
-                    field.collect(leaves, candidates)
+                    field.collect(leaves, candidates, flat)
         else:
             for path, field in fields.items():
                 leaves = flat.get(path)
                 if leaves:
-                    field.collect(leaves, candidates)
+                    field.collect(leaves, candidates, flat)
         matched = set()
         checks = self._checks
         arrays = getattr(flat, "members", None)

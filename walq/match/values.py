@@ -108,10 +108,11 @@ def flatten_attributes(attributes) -> dict:
 class Flat(dict):
     """``path -> [leaf, ...]`` of a JSON document; ``members`` holds, per path, each
     leaf's array membership - a tuple of ``(array id, index)``, outermost first -
-    or is None when the document has no array, so that matching can insist
-    that fields met inside an array of objects come from the same element."""
+    or is None when no leaf sits in an array, so that matching can insist
+    that fields met inside an array of objects come from the same element.
+    ``arrayed``: the paths with some leaf inside an array."""
 
-    __slots__ = ("members",)
+    __slots__ = ("members", "arrayed")
 
 
 def flatten_document(document) -> Flat | None:
@@ -127,23 +128,30 @@ def flatten_document(document) -> Flat | None:
     flat = Flat()
     members: dict = {}
     arrays = [0]
+    arrayed: set = set()
     for key, value in document.items():
-        _add(value, key, flat, members, (), arrays)
-    flat.members = members if arrays[0] else None
+        _add(value, key, flat, members, (), arrays, arrayed)
+    # A leaf outside every array is compatible with any other, so with no
+    # leaf inside one (an EventBridge event's empty "resources") there is
+    # nothing for array consistency to check.
+    flat.members = members if arrayed else None
+    flat.arrayed = arrayed
     return flat
 
 
-def _add(value, path: str, flat: dict, members: dict, member: tuple, arrays: list) -> None:
+def _add(value, path: str, flat: dict, members: dict, member: tuple, arrays: list, arrayed: set) -> None:
     kind = type(value)
     if kind is dict:
         for key, child in value.items():
-            _add(child, f"{path}.{key}", flat, members, member, arrays)
+            _add(child, f"{path}.{key}", flat, members, member, arrays, arrayed)
     elif kind is list:
         arrays[0] += 1
         array = arrays[0]
         for index, element in enumerate(value):
-            _add(element, path, flat, members, member + ((array, index),), arrays)
+            _add(element, path, flat, members, member + ((array, index),), arrays, arrayed)
     elif kind in _SCALARS:
+        if member:
+            arrayed.add(path)
         leaves = flat.get(path)
         if leaves is None:
             flat[path] = [value]
