@@ -261,7 +261,7 @@ class RecordingIO(OsIO):
         super().fsync_dir(directory)
         self._record(Op(SYNCDIR))
 
-    def write_file_atomic(self, path: str, data: bytes) -> None:
+    def write_file_atomic(self, path: str, data: bytes, sync: bool = True) -> None:
         # Mirrors OsIO.write_file_atomic: tmp file, write, fsync, rename, fsync dir.
         self._catch_up()
         tmp = path + ".tmp"
@@ -270,13 +270,15 @@ class RecordingIO(OsIO):
         try:
             vid = self._created(tmp, fd, existed)
             self.pwrite(fd, data, 0)
-            os.fsync(fd)
-            self._record(Op(SYNC, file=vid))
+            if sync:
+                os.fsync(fd)
+                self._record(Op(SYNC, file=vid))
         finally:
             os.close(fd)
         os.rename(tmp, path)
         self._record(Op(RENAME, name=self._name(tmp), dst=self._name(path)))
-        self.fsync_dir(os.path.dirname(path) or ".")
+        if sync:
+            self.fsync_dir(os.path.dirname(path) or ".")
 
     def rename(self, src: str, dst: str) -> None:
         self._catch_up()

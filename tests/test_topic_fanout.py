@@ -168,3 +168,23 @@ def test_a_publish_whose_publisher_died_before_copying_is_copied_when_the_topic_
     finally:
         b2.close()
         b.close()
+
+
+@pytest.mark.parametrize("durability, syncs", [("os", False), ("batch", True)])
+def test_a_cursor_syncs_the_queues_it_covers_except_under_os(tmp_path, monkeypatch, durability, syncs):
+    from walq.log import Log
+    from walq.topic import fanout
+
+    monkeypatch.setattr(fanout, "CURSOR_EVERY", 4)
+    monkeypatch.setattr(fanout, "CURSOR_PER_TARGET", 0)
+    synced = []
+    real = Log.sync_to
+    monkeypatch.setattr(Log, "sync_to", lambda log, upto: synced.append(log.path) or real(log, upto))
+    with walq.open(tmp_path / "s", durability=durability) as b:
+        t = b.create_topic("t")
+        q = b.create_queue("q")
+        t.subscribe(q)
+        for i in range(4):
+            t.publish(f"m{i}")
+        assert t._fan.read_cursor()["upto"] == t._log.end  # written either way
+        assert (q._log.path in synced) is syncs

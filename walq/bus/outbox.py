@@ -388,9 +388,12 @@ class Outbox:
 
     def _write_cursor(self, upto: int) -> None:
         """Syncs the bus log and every queue the records below ``upto`` name,
-        records that in the cursor file, trims the bus log below it."""
+        records that in the cursor file, trims the bus log below it.  Under
+        "os" nothing is synced (that mode promises nothing of a power cut)."""
         log = self._log
-        log.sync_to(upto)
+        durable = self._bus._broker._log_options.durability != "os"
+        if durable:
+            log.sync_to(upto)
         start = self.read_cursor()
         if 0 <= self._seen_from <= start and upto <= self._seen_upto:
             dests = self._seen_dests  # a superset when upto < _seen_upto: syncing more is harmless
@@ -400,7 +403,7 @@ class Outbox:
                 for c in json.loads(rec.payload)["c"]:
                     dests.add((c[4] if len(c) > 4 else "q", c[0], c[1]))
         broker = self._bus._broker
-        for kind, name, uid in dests:
+        for kind, name, uid in dests if durable else ():
             try:
                 d = open_dest(broker, kind, name, uid)
                 if d is not None:
@@ -408,7 +411,7 @@ class Outbox:
             except (WalqError, OSError):
                 continue  # deleted meanwhile: its copies no longer matter
         self._io.write_file_atomic(os.path.join(self._dir, CURSOR_FILE),
-                                   json.dumps({"upto": upto}).encode())
+                                   json.dumps({"upto": upto}).encode(), sync=durable)
         self._since_cursor = 0
         if upto == self._seen_upto:
             self._seen_from, self._seen_dests = upto, set()

@@ -111,15 +111,18 @@ class OsIO:
         finally:
             os.close(fd)
 
-    def write_file_atomic(self, path: str, data: bytes) -> None:
-        """Replaces ``path`` with ``data``: tmp file, fsync, rename, fsync dir."""
+    def write_file_atomic(self, path: str, data: bytes, sync: bool = True) -> None:
+        """Replaces ``path`` with ``data``: tmp file, fsync, rename, fsync dir.
+        ``sync=False``: no fsyncs (still whole or not at all after kill -9;
+        after a power cut, whichever version the kernel had written back)."""
         tmp = path + ".tmp"
         self.unlink(tmp)  # a leftover (or planted) tmp name is removed, never written through
         fd = self.access.create(tmp, os.O_WRONLY, exclusive=True)
         try:
             try:
                 self.pwrite(fd, data, 0)
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except BaseException as exc:
@@ -127,8 +130,9 @@ class OsIO:
             _raise_full(exc, tmp, os.path.basename(path))
             raise
         os.rename(tmp, path)
-        # The rename is only durable once the directory is.
-        self.fsync_dir(os.path.dirname(path) or ".")
+        if sync:
+            # The rename is only durable once the directory is.
+            self.fsync_dir(os.path.dirname(path) or ".")
 
     def rename(self, src: str, dst: str) -> None:
         """Renames a file (the caller fsyncs the directory when it matters)."""
