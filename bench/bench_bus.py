@@ -60,7 +60,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import walq  # noqa: E402
-from common import git_commit, machine, median, percentiles, print_machine, raw_fdatasync, table, wait_quiet  # noqa: E402
+from common import git_commit, machine, median, percentiles, print_machine, run_row, raw_fdatasync, table, wait_quiet  # noqa: E402
 from walq.match import Matcher, compile_pattern  # noqa: E402
 
 SOURCES = [f"shop.{s}" for s in ("orders", "billing", "shipping", "catalog", "users",
@@ -176,21 +176,6 @@ def setup_store(base: str, durability: str, counts: list[int], queues: int, seed
             bus.put_targets(f"r{i}", [walq.Target("q", qs[i % queues])])
         buses[n] = bus
     return path, b, buses, b.create_queue("direct")
-
-
-def run_row(fn, seconds: float) -> tuple[int, float, list[float]]:
-    lat = []
-    clock = time.perf_counter
-    t0 = clock()
-    end = t0 + seconds
-    while True:
-        a = clock()
-        fn()
-        b = clock()
-        lat.append(b - a)
-        if b >= end:
-            break
-    return len(lat), clock() - t0, lat
 
 
 def bench_put(args, base: str, counts: list[int], batches: list[int]) -> dict:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import walq  # noqa: E402
-from common import git_commit, machine, median, percentiles, print_machine, raw_fdatasync, wait_quiet  # noqa: E402
+from common import git_commit, machine, median, percentiles, print_machine, run_row, raw_fdatasync, wait_quiet  # noqa: E402
 
 BODY = b"x" * 100
 FANOUTS = (1, 10, 100)
@@ -45,21 +45,6 @@ def setup(base: str, durability: str = "always") -> tuple:
             t.subscribe(b.create_queue(f"t{n}-q{i}"))
         topics[n] = t
     return path, b, q, topics
-
-
-def run_row(fn, seconds: float) -> tuple[int, float, list[float]]:
-    lat = []
-    clock = time.perf_counter
-    t0 = clock()
-    end = t0 + seconds
-    while True:
-        a = clock()
-        fn()
-        b = clock()
-        lat.append(b - a)
-        if b >= end:
-            break
-    return len(lat), clock() - t0, lat
 
 
 def main() -> None:

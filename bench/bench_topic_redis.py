@@ -38,7 +38,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import walq  # noqa: E402
-from common import git_commit, machine, median, percentiles, print_machine, raw_fdatasync, wait_quiet  # noqa: E402
+from common import git_commit, machine, median, percentiles, print_machine, run_row, raw_fdatasync, wait_quiet  # noqa: E402
 
 BODY = b"x" * 100
 GROUPS = 10
@@ -73,21 +73,6 @@ def start_redis(server: str, workdir: str):
     got = client.config_get("appendfsync")
     assert got.get("appendfsync") == "always" or got.get(b"appendfsync") == b"always", got
     return proc, client
-
-
-def run_row(fn, seconds: float) -> tuple[int, float, list[float]]:
-    lat = []
-    clock = time.perf_counter
-    t0 = clock()
-    end = t0 + seconds
-    while True:
-        a = clock()
-        fn()
-        b = clock()
-        lat.append(b - a)
-        if b >= end:
-            break
-    return len(lat), clock() - t0, lat
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 import walq  # noqa: E402
-from common import git_commit, machine, median, percentiles, print_machine, wait_quiet  # noqa: E402
+from common import git_commit, machine, median, percentiles, print_machine, run_row, wait_quiet  # noqa: E402
 
 BODY = "x" * 100
 VALUES = 100  # each attribute takes one of this many values: a 1% match each
@@ -107,21 +107,6 @@ def make_topic(b, name: str, n: int, policy) -> object:
     for i in range(n):
         t.subscribe(b.create_queue(f"{name}-q{i}"), filter_policy=policy(i))
     return t
-
-
-def run_row(fn, seconds: float) -> tuple[int, float, list[float]]:
-    lat = []
-    clock = time.perf_counter
-    t0 = clock()
-    end = t0 + seconds
-    while True:
-        a = clock()
-        fn()
-        b = clock()
-        lat.append(b - a)
-        if b >= end:
-            break
-    return len(lat), clock() - t0, lat
 
 
 def bench_publish(args, base: str) -> None:

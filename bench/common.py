@@ -164,6 +164,23 @@ def raw_fdatasync(directory: str, layout: str, seconds: float, write_size: int =
 # -- output ----------------------------------------------------------------------
 
 
+def run_row(fn, seconds: float) -> tuple[int, float, list[float]]:
+    """Calls ``fn`` until ``seconds`` have passed: (calls, elapsed seconds,
+    each call's latency in seconds)."""
+    lat = []
+    clock = time.perf_counter
+    t0 = clock()
+    end = t0 + seconds
+    while True:
+        a = clock()
+        fn()
+        b = clock()
+        lat.append(b - a)
+        if b >= end:
+            break
+    return len(lat), clock() - t0, lat
+
+
 def fmt_rate(x: float) -> str:
     if x != x:  # nan
         return "-"

@@ -14,54 +14,14 @@ would not count; the cursor file is recorded (written through the log's I/O).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
-import shutil
 
 import pytest
 
-import crashsim
 import walq
+from powerloss import StampedRecordings, check_every_instant
 from walq.bus import outbox
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    """``record(root)``: every bus and queue log of the store ``root`` is
-    written through a RecordingIO whose operations carry global stamps."""
-    recs: dict[str, crashsim.RecordingIO] = {}
-    stamps: dict[str, list[int]] = {}
-    clock = itertools.count()
-
-    def record(root):
-        root = os.path.abspath(root) + os.sep
-
-        def log_io(self, directory):
-            d = os.path.abspath(directory)
-            parent = os.path.basename(os.path.dirname(d))
-            if not d.startswith(root) or parent not in ("queues", "buses") or os.path.basename(d) == "catalog":
-                return None
-            if d not in recs:
-                rec = crashsim.RecordingIO(d)
-                mine = stamps[d] = []
-                plain = rec._record
-
-                def stamped(op, _plain=plain, _mine=mine):
-                    _plain(op)
-                    _mine.append(next(clock))
-
-                rec._record = stamped
-                recs[d] = rec
-            return recs[d]
-
-        monkeypatch.setattr(walq.Broker, "_log_io", log_io)
-        return recs, stamps
-
-    yield record
-    for r in recs.values():
-        r.close()
 
 
 def _keys(q) -> list[str]:
@@ -86,79 +46,41 @@ def _check(path: str, confirmed: set, clock) -> None:
     assert bq == {k for k in a if int(k[1:]) % 2 == 0}, f"b is not a's even events: {sorted(bq)} vs {sorted(a)}"
 
 
-def _disk_point(ops, n: int) -> int:
-    """The crash point with the same files as after ``n`` operations (a note changes nothing on disk)."""
-    while n > 0 and ops[n - 1].kind == crashsim.NOTE:
-        n -= 1
-    return n
-
-
-def _run(tmp_path, recorded, clock, monkeypatch, n_states: int | None, seed: int) -> int:
+def _run(tmp_path, clock, monkeypatch, n_states: int | None, seed: int) -> int:
     monkeypatch.setattr(outbox, "CURSOR_EVERY", 3)  # cursors (and their syncs) inside the window
     monkeypatch.setattr(outbox, "CURSOR_PER_DEST", 0)
     root = str(tmp_path / "live")
-    recs, stamps = recorded(root)
-    b = walq.open(root, durability="always", clock=clock, segment_size=64 * 1024)
-    bus = b.get_bus("default")
-    qa, qb, qc = (b.create_queue(n) for n in "abc")
-    bus.put_rule("all", pattern={"source": ["p"]})
-    bus.put_targets("all", [walq.Target("a", qa), walq.Target("c", qc)])
-    bus.put_rule("even", pattern={"source": ["p"], "detail": {"even": [True]}})
-    bus.put_targets("even", [walq.Target("b", qb)])
-    start = {d: len(r.ops) for d, r in recs.items()}
-
-    def entry(k):
-        return {"source": "p", "detail_type": "t", "detail": {"key": f"k{k}", "even": k % 2 == 0}}
-
-    for k in range(8):
-        keys = [k * 10, k * 10 + 1] if k % 3 == 2 else [k]
-        res = bus.put_events([entry(j) for j in keys])
-        assert not res.failed
-        for r in recs.values():
-            r.note(("returned", [f"k{j}" for j in keys]))  # also records what the C path appended meanwhile
-    ops = {d: r.finish() for d, r in recs.items()}
-    snaps = {d: r.ctl_snapshots for d, r in recs.items()}
-    b.close()
-    bus_dir = next(d for d in recs if os.path.basename(os.path.dirname(d)) == "buses")
-    first = min(stamps[d][start[d]] for d in recs if len(stamps[d]) > start[d])
-    last = max(s[-1] for s in stamps.values()) + 1
-    rng = random.Random(seed)
-    points = list(range(first, last + 1))
-    if n_states is not None:
-        points = sorted(rng.sample(points, min(n_states, len(points))))
-    checked = 0
-    for g in points:
-        at = {d: _disk_point(ops[d], sum(1 for s in stamps[d] if s < g)) for d in recs}
-        per_log = {d: list(crashsim.crash_states(ops[d], snaps[d], seed=g, points={at[d]})) for d in recs}
-        bus_states = per_log[bus_dir]
-        confirmed = {k for op in ops[bus_dir][:sum(1 for s in stamps[bus_dir] if s < g)]
-                     if op.kind == crashsim.NOTE for k in op.note[1]}
-        picks = bus_states if n_states is None else [rng.choice(bus_states)]
-        for bs in picks:
-            scratch = str(tmp_path / "scratch")
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.copytree(root, scratch)
-            labels = []
-            for d in recs:
-                state = bs if d == bus_dir else rng.choice(per_log[d])
-                target = os.path.join(scratch, os.path.relpath(d, root))
-                shutil.rmtree(target)
-                crashsim.materialize(state, target)
-                labels.append(state.label)
-            try:
-                _check(scratch, confirmed, clock)
-            except AssertionError as exc:
-                raise AssertionError(f"crash at instant {g} ({labels}): {exc}") from None
-            checked += 1
-    return checked
+    rec = StampedRecordings(monkeypatch, root, ("queues", "buses"))
+    try:
+        b = walq.open(root, durability="always", clock=clock, segment_size=64 * 1024)
+        bus = b.get_bus("default")
+        qa, qb, qc = (b.create_queue(n) for n in "abc")
+        bus.put_rule("all", pattern={"source": ["p"]})
+        bus.put_targets("all", [walq.Target("a", qa), walq.Target("c", qc)])
+        bus.put_rule("even", pattern={"source": ["p"], "detail": {"even": [True]}})
+        bus.put_targets("even", [walq.Target("b", qb)])
+        start = {d: len(r.ops) for d, r in rec.recs.items()}
+        for k in range(8):
+            keys = [k * 10, k * 10 + 1] if k % 3 == 2 else [k]
+            res = bus.put_events([{"source": "p", "detail_type": "t", "detail": {"key": f"k{j}", "even": j % 2 == 0}}
+                                  for j in keys])
+            assert not res.failed
+            rec.note(("returned", [f"k{j}" for j in keys]))
+        rec.finish()
+        b.close()
+        bus_dir = next(d for d in rec.recs if os.path.basename(os.path.dirname(d)) == "buses")
+        return check_every_instant(tmp_path, root, rec, start, bus_dir,
+                                   lambda path, confirmed: _check(path, confirmed, clock), n_states, seed)
+    finally:
+        rec.close()
 
 
 def test_a_power_cut_over_put_events_leaves_each_event_in_all_its_queues_or_none_short(
-        tmp_path, recorded, clock, monkeypatch):
-    assert _run(tmp_path, recorded, clock, monkeypatch, n_states=25, seed=1) >= 20
+        tmp_path, clock, monkeypatch):
+    assert _run(tmp_path, clock, monkeypatch, n_states=25, seed=1) >= 20
 
 
 @pytest.mark.crash
 def test_a_power_cut_over_put_events_leaves_each_event_in_all_its_queues_or_none(
-        tmp_path, recorded, clock, monkeypatch):
-    assert _run(tmp_path, recorded, clock, monkeypatch, n_states=None, seed=2) > 100
+        tmp_path, clock, monkeypatch):
+    assert _run(tmp_path, clock, monkeypatch, n_states=None, seed=2) > 100

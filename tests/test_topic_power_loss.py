@@ -15,54 +15,14 @@ through the log's I/O object).
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
-import shutil
 
 import pytest
 
-import crashsim
 import walq
+from powerloss import StampedRecordings, check_every_instant
 from walq.topic import fanout
-
-
-@pytest.fixture
-def recorded(monkeypatch):
-    """``record(root)``: every topic and queue log of the store ``root`` is
-    written through a RecordingIO whose operations carry global stamps."""
-    recs: dict[str, crashsim.RecordingIO] = {}
-    stamps: dict[str, list[int]] = {}
-    clock = itertools.count()
-
-    def record(root):
-        root = os.path.abspath(root) + os.sep
-
-        def log_io(self, directory):
-            d = os.path.abspath(directory)
-            parent = os.path.basename(os.path.dirname(d))
-            if not d.startswith(root) or parent not in ("queues", "topics") or os.path.basename(d) == "catalog":
-                return None
-            if d not in recs:
-                rec = crashsim.RecordingIO(d)
-                mine = stamps[d] = []
-                plain = rec._record
-
-                def stamped(op, _plain=plain, _mine=mine):
-                    _plain(op)
-                    _mine.append(next(clock))
-
-                rec._record = stamped
-                recs[d] = rec
-            return recs[d]
-
-        monkeypatch.setattr(walq.Broker, "_log_io", log_io)
-        return recs, stamps
-
-    yield record
-    for r in recs.values():
-        r.close()
 
 
 def _messages(q, raw):
@@ -87,79 +47,42 @@ def _check(path: str, confirmed: set, clock) -> None:
     assert bq == {m for m in a if int(m[1:]) % 2 == 0}, f"b is not a's even messages: {sorted(bq)} vs {sorted(a)}"
 
 
-def _disk_point(ops, n: int) -> int:
-    """The crash point with the same files as after ``n`` operations: crashsim
-    gives no state right after a note (a note changes nothing on disk)."""
-    while n > 0 and ops[n - 1].kind == crashsim.NOTE:
-        n -= 1
-    return n
-
-
-def _run(tmp_path, recorded, clock, monkeypatch, n_states: int | None, seed: int) -> int:
+def _run(tmp_path, clock, monkeypatch, n_states: int | None, seed: int) -> int:
     monkeypatch.setattr(fanout, "CURSOR_EVERY", 3)  # cursors (and their syncs) inside the window
     monkeypatch.setattr(fanout, "CURSOR_PER_TARGET", 0)
     root = str(tmp_path / "live")
-    recs, stamps = recorded(root)
-    b = walq.open(root, durability="always", clock=clock, segment_size=64 * 1024)
-    t = b.create_topic("t")
-    t.subscribe(b.create_queue("a"))
-    t.subscribe(b.create_queue("b"), filter_policy={"k": ["x"]})
-    t.subscribe(b.create_queue("c"), raw=True)
-    start = {d: len(r.ops) for d, r in recs.items()}
-    for k in range(8):
-        if k % 3 == 2:
-            t.publish_batch([{"message": f"m{j}", "attributes": {"k": "x" if j % 2 == 0 else "y"}}
-                             for j in (k * 10, k * 10 + 1)])
-            done = [f"m{k * 10}", f"m{k * 10 + 1}"]
-        else:
-            t.publish(f"m{k}", attributes={"k": "x" if k % 2 == 0 else "y"})
-            done = [f"m{k}"]
-        for r in recs.values():
-            r.note(("returned", done))  # also records what the C path appended meanwhile
-    ops = {d: r.finish() for d, r in recs.items()}
-    snaps = {d: r.ctl_snapshots for d, r in recs.items()}
-    b.close()
-    topic_dir = next(d for d in recs if os.path.basename(os.path.dirname(d)) == "topics")
-    first = min(stamps[d][start[d]] for d in recs if len(stamps[d]) > start[d])
-    last = max(s[-1] for s in stamps.values()) + 1
-    rng = random.Random(seed)
-    points = list(range(first, last + 1))
-    if n_states is not None:
-        points = sorted(rng.sample(points, min(n_states, len(points))))
-    checked = 0
-    for g in points:
-        at = {d: _disk_point(ops[d], sum(1 for s in stamps[d] if s < g)) for d in recs}
-        per_log = {d: list(crashsim.crash_states(ops[d], snaps[d], seed=g, points={at[d]})) for d in recs}
-        topic_states = per_log[topic_dir]
-        # Notes change nothing on disk: those made by the instant count, wherever the state was taken.
-        confirmed = {m for op in ops[topic_dir][:sum(1 for s in stamps[topic_dir] if s < g)]
-                     if op.kind == crashsim.NOTE for m in op.note[1]}
-        picks = topic_states if n_states is None else [rng.choice(topic_states)]
-        for ts in picks:
-            scratch = str(tmp_path / "scratch")
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.copytree(root, scratch)
-            labels = []
-            for d in recs:
-                state = ts if d == topic_dir else rng.choice(per_log[d])
-                target = os.path.join(scratch, os.path.relpath(d, root))
-                shutil.rmtree(target)
-                crashsim.materialize(state, target)
-                labels.append(state.label)
-            try:
-                _check(scratch, confirmed, clock)
-            except AssertionError as exc:
-                raise AssertionError(f"crash at instant {g} ({labels}): {exc}") from None
-            checked += 1
-    return checked
+    rec = StampedRecordings(monkeypatch, root, ("queues", "topics"))
+    try:
+        b = walq.open(root, durability="always", clock=clock, segment_size=64 * 1024)
+        t = b.create_topic("t")
+        t.subscribe(b.create_queue("a"))
+        t.subscribe(b.create_queue("b"), filter_policy={"k": ["x"]})
+        t.subscribe(b.create_queue("c"), raw=True)
+        start = {d: len(r.ops) for d, r in rec.recs.items()}
+        for k in range(8):
+            if k % 3 == 2:
+                t.publish_batch([{"message": f"m{j}", "attributes": {"k": "x" if j % 2 == 0 else "y"}}
+                                 for j in (k * 10, k * 10 + 1)])
+                done = [f"m{k * 10}", f"m{k * 10 + 1}"]
+            else:
+                t.publish(f"m{k}", attributes={"k": "x" if k % 2 == 0 else "y"})
+                done = [f"m{k}"]
+            rec.note(("returned", done))
+        rec.finish()
+        b.close()
+        topic_dir = next(d for d in rec.recs if os.path.basename(os.path.dirname(d)) == "topics")
+        return check_every_instant(tmp_path, root, rec, start, topic_dir,
+                                   lambda path, confirmed: _check(path, confirmed, clock), n_states, seed)
+    finally:
+        rec.close()
 
 
 def test_a_power_cut_over_publishes_leaves_each_in_all_matching_queues_or_none_short(
-        tmp_path, recorded, clock, monkeypatch):
-    assert _run(tmp_path, recorded, clock, monkeypatch, n_states=25, seed=1) >= 20
+        tmp_path, clock, monkeypatch):
+    assert _run(tmp_path, clock, monkeypatch, n_states=25, seed=1) >= 20
 
 
 @pytest.mark.crash
 def test_a_power_cut_over_publishes_leaves_each_in_all_matching_queues_or_none(
-        tmp_path, recorded, clock, monkeypatch):
-    assert _run(tmp_path, recorded, clock, monkeypatch, n_states=None, seed=2) > 100
+        tmp_path, clock, monkeypatch):
+    assert _run(tmp_path, clock, monkeypatch, n_states=None, seed=2) > 100
