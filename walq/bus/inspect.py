@@ -211,11 +211,12 @@ def _check_cursor(d: str, extent: tuple[int, int] | None, raw: bytes | None) -> 
 # -- verify ----------------------------------------------------------------------------------
 
 
-def verify(store: str, report, *, strict: bool = False) -> list:
+def verify(store: str, report, *, strict: bool = False, progress=None) -> list:
     """Problems in the buses' catalog, each bus's log, mark and cursor, each
     archive's log, and the destinations the catalog names.  Logs are read
     by walq/tools/inspect.py's checker, counted into ``report`` (a
-    VerifyReport), whose problems it extends; returns the other problems."""
+    VerifyReport), whose problems it extends; returns the other problems.
+    ``progress`` is called with each segment's path once it is checked."""
     from walq.tools.inspect import DAMAGE, NOTE, Problem, _verify_log
 
     root = os.path.join(store, "buses")
@@ -224,7 +225,7 @@ def verify(store: str, report, *, strict: bool = False) -> list:
     problems: list = []
 
     def check_log(d: str, kind: str, check):
-        extent, _snap = _verify_log(d, kind=kind, strict=strict, report=report, progress=None, check=check)
+        extent, _snap = _verify_log(d, kind=kind, strict=strict, report=report, progress=progress, check=check)
         return extent
 
     check_log(os.path.join(root, "catalog"), "bus catalog", check_catalog_record)

@@ -893,9 +893,9 @@ def verify_store(store: str, *, strict: bool = False,
         if snap is not None:
             _verify_checkpoints(snap, extent, report, progress)
     from walq.topic import inspect as topic_inspect  # topics: catalog, logs, cursors, leftovers
-    report.problems += topic_inspect.verify(store, report)
+    report.problems += topic_inspect.verify(store, report, progress)
     from walq.bus import inspect as bus_inspect  # buses: catalog, logs, marks, cursors, archives, targets
-    report.problems += bus_inspect.verify(store, report, strict=strict)
+    report.problems += bus_inspect.verify(store, report, strict=strict, progress=progress)
     return report
 
 
@@ -984,6 +984,14 @@ def count_files(store: str) -> int:
             n += len(segment_files(d)) + len(ckpt.list_checkpoints(d))
         except FileNotFoundError:
             continue  # deleted meanwhile
+    from walq.bus.repair import log_dirs as bus_logs
+    from walq.topic.repair import log_dirs as topic_logs
+
+    for _label, d in topic_logs(store) + bus_logs(store):
+        try:
+            n += len(segment_files(d))
+        except FileNotFoundError:
+            continue
     return n
 
 

@@ -100,16 +100,26 @@ def describe(store: str) -> list[dict]:
     return out
 
 
-def verify(store: str, report=None) -> list:
+def verify(store: str, report=None, progress=None) -> list:
     """Problems in the topics' catalog, each topic's log and cursor, and
     leftovers (topic directories or internal queues nothing names).
-    Counts what it read into ``report`` (a walq.tools.inspect.VerifyReport) if given."""
-    from walq.tools.inspect import DAMAGE, NOTE, Problem, catalog_names, iter_log
+    Counts what it read into ``report`` (a walq.tools.inspect.VerifyReport) if given;
+    ``progress`` is called with each segment's path once its log is read."""
+    from walq.tools.inspect import DAMAGE, NOTE, Problem, catalog_names, iter_log, segment_files
+
+    def read(d: str) -> None:
+        """Counts a log read: its segments, into the report and the progress."""
+        for _base, path in segment_files(d):
+            if report is not None:
+                report.segments += 1
+            if progress:
+                progress(path)
 
     topics, problems = _catalog_state(store)
     root = os.path.join(store, "topics")
     if not os.path.isdir(root):
         return problems
+    read(os.path.join(root, "catalog"))
     if report is not None:
         report.logs += 1
     live = {t["uid"]: t for t in topics.values()}
@@ -140,6 +150,7 @@ def verify(store: str, report=None) -> list:
                                             rec.payload[:32]))
         except CorruptionError as exc:
             problems.append(Problem(DAMAGE, exc.path or d, exc.offset, None, str(exc)))
+        read(d)
         if report is not None:
             report.logs += 1
         cursor = os.path.join(d, CURSOR_FILE)
