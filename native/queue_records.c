@@ -28,6 +28,17 @@ static void put_hex(char *out, const uint8_t *raw, size_t n)
     }
 }
 
+/* A plain SEND's head: no attributes, group, dedup id or source; `id`
+ * (16 bytes) unless NULL, when the caller writes it. */
+static void put_send_head(char *p, const uint8_t *id, double sent, double visible)
+{
+    memset(p, 0, WALQ_SEND_HEAD);
+    if (id)
+        memcpy(p, id, 16);
+    memcpy(p + WALQ_SEND_SENT, &sent, 8);
+    memcpy(p + WALQ_SEND_VISIBLE, &visible, 8);
+}
+
 /* The text form "8-4-4-4-12" of a 16-byte id (ids.format_id). */
 static void put_id_text(char *out, const uint8_t raw[16])
 {
@@ -56,10 +67,7 @@ uint64_t walq_encode_sends(const char *bodies, const uint32_t *lens, size_t n,
         memcpy(id, prefix, 8);
         for (int b = 0; b < 8; b++)
             id[8 + b] = (uint8_t)(mixed >> (56 - 8 * b));  /* big-endian */
-        memset(p, 0, WALQ_SEND_HEAD);
-        memcpy(p, id, 16);
-        memcpy(p + WALQ_SEND_SENT, &sent_at, 8);
-        memcpy(p + WALQ_SEND_VISIBLE, &visible_at, 8);
+        put_send_head(p, id, sent_at, visible_at);
         memcpy(p + WALQ_SEND_HEAD, bodies, lens[i]);
         bodies += lens[i];
         out_lens[i] = WALQ_SEND_HEAD + lens[i];
@@ -109,11 +117,8 @@ int64_t walq_fanout_publish(const struct walq_copy_target *targets, const uint32
             buf = bigger;
             cap = len;
         }
-        double visible = now + t->delay;
-        memset(buf, 0, WALQ_SEND_HEAD);
+        put_send_head(buf, NULL, now, now + t->delay);
         walq_copy_id(message_id, t->uid, (uint8_t *)buf);
-        memcpy(buf + WALQ_SEND_SENT, &now, 8);
-        memcpy(buf + WALQ_SEND_VISIBLE, &visible, 8);
         put32(buf + WALQ_SEND_LENS, (uint32_t)alen);
         char *p = buf + WALQ_SEND_HEAD;
         if (t->raw) {
@@ -179,11 +184,7 @@ int64_t walq_bus_copies(struct walq_writer *const *writers, const double *delays
         }
         char *p = buf;
         for (size_t m = i; m < j; m++) {
-            double visible = now + delays[m];
-            memset(p, 0, WALQ_SEND_HEAD);
-            memcpy(p, ids + 16 * m, 16);
-            memcpy(p + WALQ_SEND_SENT, &now, 8);
-            memcpy(p + WALQ_SEND_VISIBLE, &visible, 8);
+            put_send_head(p, ids + 16 * m, now, now + delays[m]);
             memcpy(p + WALQ_SEND_HEAD, bodies + offs[m], lens[m]);
             run_lens[m - i] = WALQ_SEND_HEAD + lens[m];
             p += WALQ_SEND_HEAD + lens[m];

@@ -306,12 +306,8 @@ def _routed_next(bus, key: str, start: int) -> int | None:
     """The position after the batch the bus log's ROUTED record ``key`` (at
     or past ``start``) routed: None if there is no such record, -1 if it does
     not say (written before records said)."""
-    for rec in bus._log.iter_from(max(start, bus._log.first)):
-        if rec.type == O.ROUTED:
-            body = json.loads(rec.payload)
-            if body.get("replay") == key:
-                return body.get("next", -1)
-    return None
+    body = O.find_routed(bus._log, "replay", key, start)
+    return None if body is None else body.get("next", -1)
 
 
 def archive_dir(root: str, uid: int) -> str:

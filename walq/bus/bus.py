@@ -38,6 +38,12 @@ def check_rule_name(name) -> str:
     return name
 
 
+def rule_arn(broker, bus_name: str, rule: str) -> str:
+    """``arn:aws:events:{region}:{account}:rule/{rule}`` (``rule/{bus}/{rule}`` off the default bus)."""
+    where = rule if bus_name == DEFAULT_BUS else f"{bus_name}/{rule}"
+    return f"arn:aws:events:{broker.region}:{broker.account}:rule/{where}"
+
+
 def iso_time(secs: float) -> str:
     """EventBridge's event time: ISO-8601 UTC to the second, with Z."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(secs))
@@ -120,9 +126,7 @@ class Bus:
         return f"arn:aws:events:{b.region}:{b.account}:event-bus/{self.name}"
 
     def _rule_arn(self, name: str) -> str:
-        b = self._broker
-        where = name if self.name == DEFAULT_BUS else f"{self.name}/{name}"
-        return f"arn:aws:events:{b.region}:{b.account}:rule/{where}"
+        return rule_arn(self._broker, self.name, name)
 
     def _entry(self):
         return self._service.live_entry(self)

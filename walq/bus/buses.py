@@ -10,7 +10,7 @@ import re
 import threading
 
 from walq.bus import outbox
-from walq.bus.bus import DELIVERED, Bus
+from walq.bus.bus import DELIVERED, Bus, rule_arn
 from walq.bus.catalog import DEFAULT_BUS, BusCatalog
 from walq.errors import BusDoesNotExist, CorruptionError, InvalidParameter, QueueDoesNotExist
 from walq.log.access import Access, finish_deletions, remove_aside
@@ -181,8 +181,7 @@ class Buses:
         out = []
         for entry in list(self.catalog.buses.values()):
             for rule_name, targets in list(entry.targets.items()):
-                where = rule_name if entry.name == DEFAULT_BUS else f"{entry.name}/{rule_name}"
-                rule_arn = f"arn:aws:events:{b.region}:{b.account}:rule/{where}"
+                arn = rule_arn(b, entry.name, rule_name)
                 for t in targets:
                     if t["kind"] not in DELIVERED:
                         continue
@@ -197,9 +196,9 @@ class Buses:
                         except QueueDoesNotExist:
                             dl = None
                     retry = RetryPolicy.eventbridge(**t["retry"]) if t.get("retry") else RetryPolicy.eventbridge()
-                    out.append(DeliveryTarget(key=f"{rule_arn}:{t['id']}", queue=q, kind=t["kind"],
+                    out.append(DeliveryTarget(key=f"{arn}:{t['id']}", queue=q, kind=t["kind"],
                                               endpoint=t["endpoint"], raw=False, retry=retry, dead_letter=dl,
-                                              topic_arn="", rule_arn=rule_arn))
+                                              topic_arn="", rule_arn=arn))
         return out
 
     def close(self) -> None:

@@ -102,6 +102,21 @@ def encode(copies: list, positions: dict, texts: list | None = None) -> bytes:
     return json.dumps(rec, separators=(",", ":")).encode()
 
 
+def find_routed(log, field: str, key: str, start: int) -> dict | None:
+    """The decoded ROUTED record at or past ``start`` whose ``field`` (a
+    tick's "tick", a replay batch's "replay") is ``key``, once it is as
+    durable as the store's mode says: a claimer killed after appending it
+    may have left it unsynced, and what is decided on it must not outlive it
+    in a power cut.  None if there is none."""
+    for rec in log.iter_from(max(start, log.first)):
+        if rec.type == ROUTED:
+            body = json.loads(rec.payload)
+            if body.get(field) == key:
+                log.settle(rec.seq + 1)
+                return body
+    return None
+
+
 def body_of(rec: dict, copy: list) -> str:
     """The body of ``copy``, one of the decoded ROUTED record ``rec``'s:
     inline text, or the index of one of its ``e`` texts."""

@@ -98,7 +98,4 @@ def fire_due(svc) -> int:
 
 def _already_routed(bus, key: str, start: int) -> bool:
     """Whether the bus log holds the ROUTED record of tick ``key`` at or past ``start``."""
-    for rec in bus._log.iter_from(max(start, bus._log.first)):
-        if rec.type == O.ROUTED and json.loads(rec.payload).get("tick") == key:
-            return True
-    return False
+    return O.find_routed(bus._log, "tick", key, start) is not None

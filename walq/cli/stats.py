@@ -36,25 +36,25 @@ def delivery_rows(broker) -> list[dict]:
     attempts, dead-lettered, dropped) and how many deliveries wait.  The
     catalogs are read raw, so this works on a store opened read-only."""
     from walq.bus import inspect as bus_inspect
-    from walq.bus.bus import DELIVERED
-    from walq.bus.catalog import DEFAULT_BUS
+    from walq.bus.bus import DELIVERED, rule_arn
     from walq.topic import inspect as topic_inspect
+    from walq.topic.topic import topic_arn
     from walq.worker import counters
 
     found = []  # (key, source, kind, endpoint, internal queue)
     topics, _problems = topic_inspect._catalog_state(broker.path)
     for name, t in sorted(topics.items()):
-        arn = f"arn:aws:sns:{broker.region}:{broker.account}:{name}"
+        arn = topic_arn(broker, name)
         for sub in t["subs"].values():
             if sub["protocol"] != "sqs":
                 found.append((f"{arn}:{sub['id']}", f"topic {name}", sub["protocol"], sub["endpoint"], sub["queue"]))
     for e in sorted(bus_inspect.catalog_state(broker.path).buses.values(), key=lambda e: e.name):
         for rule, targets in e.targets.items():
-            where = rule if e.name == DEFAULT_BUS else f"{e.name}/{rule}"
+            arn = rule_arn(broker, e.name, rule)
             for t in targets:
                 if t.get("kind") in DELIVERED:
-                    key = f"arn:aws:events:{broker.region}:{broker.account}:rule/{where}:{t['id']}"
-                    found.append((key, f"rule {where}", t["kind"], t.get("endpoint", ""), t["queue"]))
+                    found.append((f"{arn}:{t['id']}", f"rule {arn.split(':rule/', 1)[1]}", t["kind"],
+                                  t.get("endpoint", ""), t["queue"]))
     counts = counters.read_all(broker) if found else {}
     out = []
     for key, source, kind, endpoint, queue in found:

@@ -44,6 +44,11 @@ class SubscriptionStats:
     pending: int = 0
 
 
+def topic_arn(broker, name: str) -> str:
+    """``arn:aws:sns:{region}:{account}:{name}``."""
+    return f"arn:aws:sns:{broker.region}:{broker.account}:{name}"
+
+
 def _check_subject(subject) -> None:
     if subject is None:
         return
@@ -85,7 +90,7 @@ class Topic:
     @property
     def arn(self) -> str:
         """``arn:aws:sns:{region}:{account}:{name}``."""
-        return f"arn:aws:sns:{self._broker.region}:{self._broker.account}:{self.name}"
+        return topic_arn(self._broker, self.name)
 
     def _entry(self):
         """The topic's catalog entry; TopicDoesNotExist if it was deleted."""

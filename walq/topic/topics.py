@@ -20,7 +20,7 @@ from walq.errors import InvalidParameter, QueueDoesNotExist, TopicDoesNotExist
 from walq.log.access import Access, finish_deletions, remove_aside
 from walq.topic import fanout
 from walq.topic.catalog import SubEntry, TopicCatalog
-from walq.topic.topic import Subscription, Topic
+from walq.topic.topic import Subscription, Topic, topic_arn
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
 #: Internal queues' names start with this (not a queue-name character).
@@ -238,7 +238,7 @@ class Topics:
         out = []
         b = self.broker
         for entry in list(self.catalog.topics.values()):
-            topic_arn = f"arn:aws:sns:{b.region}:{b.account}:{entry.name}"
+            arn = topic_arn(b, entry.name)
             for sub in list(entry.subs.values()):
                 if sub.protocol == "sqs":
                     continue
@@ -253,9 +253,9 @@ class Topics:
                     except QueueDoesNotExist:
                         dl = None
                 out.append(DeliveryTarget(
-                    key=f"{topic_arn}:{sub.id}", queue=q, kind=sub.protocol, endpoint=sub.endpoint, raw=sub.raw,
+                    key=f"{arn}:{sub.id}", queue=q, kind=sub.protocol, endpoint=sub.endpoint, raw=sub.raw,
                     retry=RetryPolicy(**sub.retry) if sub.retry else RetryPolicy(), dead_letter=dl,
-                    topic_arn=topic_arn))
+                    topic_arn=arn))
         return out
 
     # -- lifetime ---------------------------------------------------------------------------
